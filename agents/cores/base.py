@@ -1,0 +1,125 @@
+"""The memory-core interface every core implements.
+
+A core maps a sequence of feature vectors to a sequence of outputs while carrying a state. Everything outside a
+core (policy, buffer, trainer) treats the state as one opaque tensor, batch first ``[B, ...]``, and resets it only
+by passing ``episode_start`` flags to the core. Adding a core is one file plus one line in ``agents/cores/__init__.py``.
+
+Shapes::
+
+    state = core.initial_state(batch_size=B)                    # [B, *state_shape]
+    y, state = core.step(x, state, episode_start)               # x [B, F], episode_start [B] -> y [B, output_size]
+    y, state = core.forward_sequence(x, state, episode_start)   # x [T, B, F], episode_start [T, B] -> y [T, B, output_size]
+
+``episode_start[t, b]`` true means "zero the state of env b before step t".
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import nn
+
+
+def _check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r}: expected a positive integer")
+    return value
+
+
+class MemoryCore(nn.Module):
+    """Base class of memory cores. Subclasses set ``state_shape`` and implement ``_step`` / ``_sequence``."""
+
+    #: short registry name, set by subclasses
+    name: str = "base"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1) -> None:
+        super().__init__()
+        self.input_size = _check_positive_int("input_size", input_size)
+        self.hidden_size = _check_positive_int("hidden_size", hidden_size)
+        self.num_layers = _check_positive_int("num_layers", num_layers)
+
+    # ----------------------------------------------------------------- interface
+    @property
+    def output_size(self) -> int:
+        """Features per step handed to the heads."""
+        return self.hidden_size
+
+    @property
+    def state_shape(self) -> Tuple[int, ...]:
+        """Shape of one env's state (without the batch dimension)."""
+        raise NotImplementedError
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> torch.Tensor:
+        """Zero state for ``batch_size`` envs: ``[batch_size, *state_shape]``."""
+        _check_positive_int("batch_size", batch_size)
+        if device is None:
+            device = self._device()
+        return torch.zeros((batch_size, *self.state_shape), device=device)
+
+    def step(self, x: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One time step. ``x [B, F]``, ``state [B, *state_shape]``, ``episode_start [B]`` -> ``(y [B, H], state)``."""
+        self._check_step(x, state, episode_start)
+        return self._step(x, self._reset(state, episode_start))
+
+    def forward_sequence(
+        self, x: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """A whole sequence in one call. ``x [T, B, F]``, ``episode_start [T, B]`` -> ``(y [T, B, H], final state)``.
+
+        Resets anywhere in the sequence are honoured: the sequence is cut at every step where some env starts an
+        episode and each piece runs through the fused kernel in one call (training sequences only start episodes at
+        t=0, so they take a single call).
+        """
+        if x.dim() != 3 or x.shape[-1] != self.input_size:
+            raise ValueError(f"x has shape {tuple(x.shape)}: expected [T, B, {self.input_size}]")
+        T, B = x.shape[0], x.shape[1]
+        if tuple(episode_start.shape) != (T, B):
+            raise ValueError(f"episode_start has shape {tuple(episode_start.shape)}: expected [T, B] = [{T}, {B}]")
+        self._check_state(state, B)
+        starts = episode_start.to(dtype=torch.bool)
+        # time steps (after the first) at which at least one env resets: the sequence is cut there
+        cuts = [0] + (torch.nonzero(starts[1:].any(dim=1)).flatten() + 1).tolist() + [T]
+        outputs = []
+        for t0, t1 in zip(cuts[:-1], cuts[1:]):
+            if t1 <= t0:
+                continue
+            state = self._reset(state, starts[t0])
+            y, state = self._sequence(x[t0:t1], state)
+            outputs.append(y)
+        y = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=0)
+        return y, state
+
+    # ------------------------------------------------------------ for subclasses
+    def _step(self, x: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _sequence(self, x: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """A sequence without resets after its first step. ``x [T, B, F]`` -> ``(y [T, B, H], state)``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------- helpers
+    def _device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    @staticmethod
+    def _reset(state: torch.Tensor, episode_start: torch.Tensor) -> torch.Tensor:
+        keep = 1.0 - episode_start.to(dtype=state.dtype)
+        return state * keep.view(-1, *([1] * (state.dim() - 1)))
+
+    def _check_state(self, state: torch.Tensor, batch: int) -> None:
+        expected = (batch, *self.state_shape)
+        if tuple(state.shape) != expected:
+            raise ValueError(f"state has shape {tuple(state.shape)}: expected {list(expected)} for core {self.name!r}")
+
+    def _check_step(self, x: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor) -> None:
+        if x.dim() != 2 or x.shape[-1] != self.input_size:
+            raise ValueError(f"x has shape {tuple(x.shape)}: expected [B, {self.input_size}]")
+        if tuple(episode_start.shape) != (x.shape[0],):
+            raise ValueError(f"episode_start has shape {tuple(episode_start.shape)}: expected [B] = [{x.shape[0]}]")
+        self._check_state(state, x.shape[0])
+
+    def extra_repr(self) -> str:
+        return f"input_size={self.input_size}, hidden_size={self.hidden_size}, num_layers={self.num_layers}"

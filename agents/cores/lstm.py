@@ -1,0 +1,48 @@
+"""LSTM memory core.
+
+Long short-term memory: Hochreiter & Schmidhuber, "Long Short-Term Memory", Neural Computation 9(8), 1997; with the
+forget gate of Gers et al. 2000 as in ``torch.nn.LSTM``. Four gate blocks per layer.
+
+State: ``[B, 2 * num_layers, hidden_size]``: rows ``0..L-1`` hold each layer's hidden state h, rows ``L..2L-1`` its
+cell state c. The packing is this core's business only; the policy, buffer and trainer see one tensor.
+Sequences run through ``torch.nn.LSTM`` in one call; single steps through ``torch.lstm_cell`` with the same weights.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import nn
+
+from .base import MemoryCore
+
+
+class LSTMCore(MemoryCore):
+    name = "lstm"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1) -> None:
+        super().__init__(input_size, hidden_size, num_layers)
+        self.rnn = nn.LSTM(input_size, hidden_size, num_layers=num_layers)
+
+    @property
+    def state_shape(self) -> Tuple[int, ...]:
+        return (2 * self.num_layers, self.hidden_size)
+
+    def _step(self, x: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        w = self.rnn._flat_weights
+        L = self.num_layers
+        hs, cs = [], []
+        for k in range(L):
+            h, c = torch.lstm_cell(x, (state[:, k], state[:, L + k]), w[4 * k], w[4 * k + 1], w[4 * k + 2], w[4 * k + 3])
+            hs.append(h)
+            cs.append(c)
+            x = h
+        return x, torch.stack(hs + cs, dim=1)
+
+    def _sequence(self, x: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        L = self.num_layers
+        h0 = state[:, :L].transpose(0, 1).contiguous()
+        c0 = state[:, L:].transpose(0, 1).contiguous()
+        y, (h, c) = self.rnn(x, (h0, c0))
+        return y, torch.cat([h, c], dim=0).transpose(0, 1)

@@ -1,0 +1,91 @@
+"""Observation encoders: observation -> feature vector handed to the memory core.
+
+Every encoder maps ``[..., *obs_shape]`` to ``[..., output_size]`` for any number of leading dims (``[B]`` for a
+rollout step, ``[T, B]`` for a training sequence).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Type
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import nn
+
+
+class FlatEncoder(nn.Module):
+    """Flatten the observation, then an MLP (``sizes`` may be empty: the core sees the raw observation)."""
+
+    def __init__(self, observation_space: spaces.Box, sizes: Sequence[int], activation: Type[nn.Module]) -> None:
+        super().__init__()
+        self.obs_ndim = len(observation_space.shape)
+        in_size = int(np.prod(observation_space.shape))
+        layers: list[nn.Module] = []
+        for size in sizes:
+            layers += [nn.Linear(in_size, int(size)), activation()]
+            in_size = int(size)
+        self.net = nn.Sequential(*layers)
+        self.output_size = in_size
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        x = obs.reshape(*obs.shape[: obs.dim() - self.obs_ndim], -1).float()
+        return self.net(x)
+
+
+class MiniGridEncoder(nn.Module):
+    """MiniGrid's symbolic view (see ``envs.MiniGridObsWrapper``): a flat uint8 vector of ``V*V*3`` cell codes
+    (object, colour, state per cell, row-major over the view) followed by the agent's direction.
+
+    Each code is embedded (one table per channel, and one for the direction), the cell embeddings are flattened,
+    and an MLP maps them to the core's input. Embeddings instead of raw integers: the codes are categories, not
+    magnitudes.
+    """
+
+    #: sizes of the code vocabularies: MiniGrid's OBJECT_TO_IDX, COLOR_TO_IDX, STATE_TO_IDX, and 4 directions
+    VOCAB = (11, 6, 3)
+    N_DIRECTIONS = 4
+
+    def __init__(self, observation_space: spaces.Box, sizes: Sequence[int], activation: Type[nn.Module],
+                 embed_dim: int = 8) -> None:
+        super().__init__()
+        n = int(np.prod(observation_space.shape))
+        if len(observation_space.shape) != 1 or (n - 1) % 3 != 0:
+            raise ValueError(f"observation shape {observation_space.shape} is not a MiniGrid symbolic view: "
+                             "expected (V*V*3 + 1,) from envs.MiniGridObsWrapper")
+        self.n_cells = (n - 1) // 3
+        self.embed_dim = embed_dim
+        self.embeds = nn.ModuleList(nn.Embedding(v, embed_dim) for v in self.VOCAB)
+        self.dir_embed = nn.Embedding(self.N_DIRECTIONS, embed_dim)
+        in_size = (self.n_cells * 3 + 1) * embed_dim
+        layers: list[nn.Module] = []
+        for size in sizes or (64,):
+            layers += [nn.Linear(in_size, int(size)), activation()]
+            in_size = int(size)
+        self.net = nn.Sequential(*layers)
+        self.output_size = in_size
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        lead = obs.shape[:-1]
+        codes = obs.long()
+        cells = codes[..., :-1].reshape(*lead, self.n_cells, 3)
+        parts = [self.embeds[c](cells[..., c].clamp(0, self.VOCAB[c] - 1)) for c in range(3)]  # [..., cells, E] each
+        grid = torch.stack(parts, dim=-2).reshape(*lead, self.n_cells * 3 * self.embed_dim)
+        direction = self.dir_embed(codes[..., -1].clamp(0, self.N_DIRECTIONS - 1))
+        return self.net(torch.cat([grid, direction], dim=-1))
+
+
+ENCODERS = {"flat": FlatEncoder, "minigrid": MiniGridEncoder}
+
+
+def resolve_encoder(name: str, observation_space: spaces.Box) -> str:
+    """``"auto"`` -> ``"flat"`` (MiniGrid runs name ``"minigrid"`` in their config); other names are checked."""
+    if name == "auto":
+        return "flat"
+    if name not in ENCODERS:
+        raise ValueError(f"encoder {name!r} is unknown: expected 'auto' or one of {', '.join(ENCODERS)}")
+    return name
+
+
+def make_encoder(name: str, observation_space: spaces.Box, sizes: Sequence[int], activation: Type[nn.Module]) -> nn.Module:
+    return ENCODERS[name](observation_space, sizes, activation)

@@ -1,0 +1,363 @@
+"""The recurrent actor-critic policy: encoder -> memory core(s) -> actor and critic heads.
+
+The policy is separate from the algorithm (SB3 style): :class:`RecurrentActorCriticPolicy` is a ``torch.nn.Module``
+(an SB3 ``BasePolicy``) that can be rebuilt from plain data (:meth:`config` / :meth:`from_config`), which is what
+``agents.load_policy`` does with no trainer and no env.
+
+State: one tensor ``[B, S]`` per batch of envs. With a separate critic core (``shared_core=False``) it is the actor
+core's state followed by the critic core's state, each flattened; only the cores know what is inside.
+
+Shapes::
+
+    state = policy.initial_state(batch_size=B)                                # [B, S]
+    actions, values, log_prob, state = policy(obs [B, *obs], state, episode_start [B])        # one rollout step
+    values, log_prob, entropy = policy.evaluate_actions(obs [T, B, *obs], actions [T, B, ...],
+                                                        episode_start [T, B], state [B, S])   # [T*B] each
+    action, state = policy.act(obs, state, episode_start, deterministic)      # inference (numpy or torch)
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.distributions import (
+    BernoulliDistribution,
+    CategoricalDistribution,
+    DiagGaussianDistribution,
+    MultiCategoricalDistribution,
+    make_proba_distribution,
+)
+from stable_baselines3.common.policies import BasePolicy
+from torch import nn
+
+from .cores import MemoryCore, make_core
+from .encoders import ENCODERS, make_encoder, resolve_encoder
+from .spaces import space_from_config, space_to_config
+
+#: version of the saved policy format (``recurrent_policy.json``); bumped when the layout changes
+POLICY_FORMAT_VERSION = 1
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU}
+
+
+def _mlp(in_size: int, sizes: Sequence[int], activation: str) -> Tuple[nn.Module, int]:
+    layers: list[nn.Module] = []
+    for size in sizes:
+        layers += [nn.Linear(in_size, size), ACTIVATIONS[activation]()]
+        in_size = size
+    return nn.Sequential(*layers), in_size
+
+
+class RecurrentActorCriticPolicy(BasePolicy):
+    """Recurrent actor-critic for Box observations and Box / Discrete / MultiDiscrete / MultiBinary actions.
+
+    :param core: name of the memory core (``agents.CORES``)
+    :param hidden_size: units of the core (per layer)
+    :param num_layers: stacked core layers
+    :param shared_core: one core for actor and critic (True) or a separate critic core (False)
+    :param encoder: ``"flat"`` (vector MLP), ``"minigrid"`` (symbolic grid), or ``"auto"`` (chosen from the space)
+    :param encoder_sizes: hidden layers of the encoder before the core (``[]``: the core sees the raw observation)
+    :param net_arch: ``{"pi": [...], "vf": [...]}`` layers of the actor / critic heads after the core
+    :param activation: activation of encoder and heads (``tanh``, ``relu``, ``elu``, ``gelu``, ``leaky_relu``)
+    :param ortho_init: orthogonal initialisation of linear layers as in SB3's PPO
+    :param log_std_init: initial log standard deviation for Box actions
+    :param core_kwargs: extra keyword options for the core
+    :param env_id: the env id the policy is trained on (stored with the model for ``envs.make_env``)
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule=None,
+        core: str = "gru",
+        hidden_size: int = 64,
+        num_layers: int = 1,
+        shared_core: bool = False,
+        encoder: str = "auto",
+        encoder_sizes: Sequence[int] = (64,),
+        net_arch: Optional[Dict[str, Sequence[int]]] = None,
+        activation: str = "tanh",
+        ortho_init: bool = True,
+        log_std_init: float = 0.0,
+        core_kwargs: Optional[Dict[str, Any]] = None,
+        env_id: Optional[str] = None,
+        optimizer_class=torch.optim.Adam,
+        optimizer_kwargs: Optional[Dict[str, Any]] = None,
+        use_sde: bool = False,
+    ) -> None:
+        if not isinstance(observation_space, spaces.Box):
+            raise ValueError(f"observation space {observation_space} is not supported: expected a Box")
+        if use_sde:
+            raise ValueError("use_sde=True is not supported by the recurrent policy: expected use_sde=False")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation {activation!r} is unknown: expected one of {', '.join(ACTIVATIONS)}")
+        if optimizer_kwargs is None:
+            optimizer_kwargs = {"eps": 1e-5} if optimizer_class is torch.optim.Adam else {}
+        super().__init__(observation_space, action_space, normalize_images=False,
+                         optimizer_class=optimizer_class, optimizer_kwargs=optimizer_kwargs)
+        net_arch = {"pi": [64], "vf": [64]} if net_arch is None else net_arch
+        if not isinstance(net_arch, dict) or set(net_arch) - {"pi", "vf"}:
+            raise ValueError(f"net_arch={net_arch!r}: expected a dict like {{'pi': [64], 'vf': [64]}}")
+        self.core_name = core
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.shared_core = bool(shared_core)
+        self.encoder_name = resolve_encoder(encoder, observation_space)
+        self.encoder_sizes = [int(s) for s in encoder_sizes]
+        self.net_arch = {"pi": [int(s) for s in net_arch.get("pi", [])], "vf": [int(s) for s in net_arch.get("vf", [])]}
+        self.activation = activation
+        self.ortho_init = ortho_init
+        self.log_std_init = float(log_std_init)
+        self.core_kwargs = dict(core_kwargs or {})
+        self.env_id = env_id
+        self._obs_shape = tuple(observation_space.shape)
+
+        self.encoder = make_encoder(self.encoder_name, observation_space, self.encoder_sizes, ACTIVATIONS[activation])
+        self.core_pi: MemoryCore = make_core(core, self.encoder.output_size, hidden_size, num_layers, **self.core_kwargs)
+        self.core_vf: Optional[MemoryCore] = None
+        if not self.shared_core:
+            self.core_vf = make_core(core, self.encoder.output_size, hidden_size, num_layers, **self.core_kwargs)
+        self._n_pi = int(np.prod(self.core_pi.state_shape))
+        self._n_vf = int(np.prod(self.core_vf.state_shape)) if self.core_vf is not None else 0
+        self.pi_net, pi_out = _mlp(self.core_pi.output_size, self.net_arch["pi"], activation)
+        self.vf_net, vf_out = _mlp(self.core_pi.output_size, self.net_arch["vf"], activation)
+
+        self.action_dist = make_proba_distribution(action_space)
+        if isinstance(self.action_dist, DiagGaussianDistribution):
+            self.action_net, self.log_std = self.action_dist.proba_distribution_net(pi_out, log_std_init=self.log_std_init)
+        else:
+            self.action_net = self.action_dist.proba_distribution_net(pi_out)
+        self.value_net = nn.Linear(vf_out, 1)
+
+        if ortho_init:
+            gains = {self.encoder: math.sqrt(2), self.pi_net: math.sqrt(2), self.vf_net: math.sqrt(2),
+                     self.core_pi: math.sqrt(2), self.action_net: 0.01, self.value_net: 1.0}
+            if self.core_vf is not None:
+                gains[self.core_vf] = math.sqrt(2)
+            for module, gain in gains.items():
+                module.apply(partial(self.init_weights, gain=gain))
+        if lr_schedule is not None:
+            self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    # ------------------------------------------------------------------ config
+    def config(self) -> Dict[str, Any]:
+        """Plain-data description from which :meth:`from_config` rebuilds this network (weights aside)."""
+        return {
+            "format_version": POLICY_FORMAT_VERSION,
+            "observation_space": space_to_config(self.observation_space),
+            "action_space": space_to_config(self.action_space),
+            "core": self.core_name,
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "shared_core": self.shared_core,
+            "encoder": self.encoder_name,
+            "encoder_sizes": list(self.encoder_sizes),
+            "net_arch": {k: list(v) for k, v in self.net_arch.items()},
+            "activation": self.activation,
+            "log_std_init": self.log_std_init,
+            "core_kwargs": dict(self.core_kwargs),
+            "env_id": self.env_id,
+        }
+
+    @classmethod
+    def from_config(cls, cfg: Dict[str, Any]) -> "RecurrentActorCriticPolicy":
+        version = cfg.get("format_version")
+        if version != POLICY_FORMAT_VERSION:
+            raise ValueError(f"policy format_version {version!r} is not supported: expected {POLICY_FORMAT_VERSION}")
+        kwargs = {k: v for k, v in cfg.items() if k not in ("format_version", "observation_space", "action_space")}
+        return cls(space_from_config(cfg["observation_space"]), space_from_config(cfg["action_space"]),
+                   lr_schedule=None, ortho_init=False, **kwargs)
+
+    def _get_constructor_parameters(self) -> Dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        cfg = self.config()
+        data.update({k: v for k, v in cfg.items() if k not in ("format_version", "observation_space", "action_space")})
+        return data
+
+    # ------------------------------------------------------------------- state
+    @property
+    def state_size(self) -> int:
+        """Features of the packed state of one env (``S``)."""
+        return self._n_pi + self._n_vf
+
+    def initial_state(self, batch_size: int = 1, device: torch.device | str | None = None) -> torch.Tensor:
+        """Zero state for ``batch_size`` envs: ``[batch_size, S]``."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r}: expected a positive integer")
+        return torch.zeros((int(batch_size), self.state_size), device=self.device if device is None else device)
+
+    def _split(self, state: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        if state.dim() != 2 or state.shape[1] != self.state_size:
+            raise ValueError(f"state has shape {tuple(state.shape)}: expected [B, {self.state_size}] "
+                             f"(from policy.initial_state) for core {self.core_name!r}")
+        B = state.shape[0]
+        s_pi = state[:, : self._n_pi].reshape(B, *self.core_pi.state_shape)
+        s_vf = None
+        if self.core_vf is not None:
+            s_vf = state[:, self._n_pi:].reshape(B, *self.core_vf.state_shape)
+        return s_pi, s_vf
+
+    def _join(self, s_pi: torch.Tensor, s_vf: Optional[torch.Tensor]) -> torch.Tensor:
+        if s_vf is None:
+            return s_pi.reshape(s_pi.shape[0], -1)
+        return torch.cat([s_pi.reshape(s_pi.shape[0], -1), s_vf.reshape(s_vf.shape[0], -1)], dim=1)
+
+    # ----------------------------------------------------------- distribution
+    def _distribution(self, latent_pi: torch.Tensor):
+        out = self.action_net(latent_pi)
+        if isinstance(self.action_dist, DiagGaussianDistribution):
+            return self.action_dist.proba_distribution(out, self.log_std)
+        return self.action_dist.proba_distribution(action_logits=out)
+
+    def _mode(self, latent_pi: torch.Tensor) -> torch.Tensor:
+        """Deterministic action straight from the head (no distribution object: this is the latency path)."""
+        out = self.action_net(latent_pi)
+        dist = self.action_dist
+        if isinstance(dist, CategoricalDistribution):
+            return out.argmax(dim=-1)
+        if isinstance(dist, MultiCategoricalDistribution):
+            return torch.stack([c.argmax(dim=-1) for c in torch.split(out, list(dist.action_dims), dim=-1)], dim=-1)
+        if isinstance(dist, BernoulliDistribution):
+            return (out > 0).to(out.dtype)
+        return out  # Gaussian mean
+
+    # ---------------------------------------------------------------- training
+    def forward(self, obs: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor, deterministic: bool = False):
+        """One rollout step for a batch of envs: ``(actions, values [B], log_prob [B], new state [B, S])``."""
+        feat = self.encoder(obs)
+        s_pi, s_vf = self._split(state)
+        y_pi, s_pi = self.core_pi.step(feat, s_pi, episode_start)
+        if self.core_vf is None:
+            y_vf = y_pi
+        else:
+            y_vf, s_vf = self.core_vf.step(feat, s_vf, episode_start)
+        dist = self._distribution(self.pi_net(y_pi))
+        actions = dist.get_actions(deterministic=deterministic)
+        log_prob = dist.log_prob(actions)
+        values = self.value_net(self.vf_net(y_vf)).flatten()
+        return actions, values, log_prob, self._join(s_pi, s_vf)
+
+    def predict_values(self, obs: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor) -> torch.Tensor:
+        """Critic value of one step for a batch of envs: ``[B]``."""
+        feat = self.encoder(obs)
+        s_pi, s_vf = self._split(state)
+        if self.core_vf is None:
+            y_vf, _ = self.core_pi.step(feat, s_pi, episode_start)
+        else:
+            y_vf, _ = self.core_vf.step(feat, s_vf, episode_start)
+        return self.value_net(self.vf_net(y_vf)).flatten()
+
+    def evaluate_actions(self, obs: torch.Tensor, actions: torch.Tensor, episode_start: torch.Tensor,
+                         state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Whole sequences in one call per core: ``obs [T, B, *obs]``, ``actions [T, B, ...]``,
+        ``episode_start [T, B]``, ``state [B, S]`` -> ``(values, log_prob, entropy)``, each ``[T * B]``."""
+        T, B = episode_start.shape
+        feat = self.encoder(obs)
+        s_pi, s_vf = self._split(state)
+        y_pi, _ = self.core_pi.forward_sequence(feat, s_pi, episode_start)
+        if self.core_vf is None:
+            y_vf = y_pi
+        else:
+            y_vf, _ = self.core_vf.forward_sequence(feat, s_vf, episode_start)
+        dist = self._distribution(self.pi_net(y_pi.reshape(T * B, -1)))
+        if isinstance(self.action_space, spaces.Discrete):
+            actions = actions.reshape(T * B).long()
+        else:
+            actions = actions.reshape(T * B, -1)
+        log_prob = dist.log_prob(actions)
+        entropy = dist.entropy()
+        values = self.value_net(self.vf_net(y_vf.reshape(T * B, -1))).flatten()
+        return values, log_prob, entropy
+
+    # --------------------------------------------------------------- inference
+    def _as_batch(self, obs) -> Tuple[torch.Tensor, bool, bool]:
+        is_torch = isinstance(obs, torch.Tensor)
+        obs_t = obs if is_torch else torch.as_tensor(np.asarray(obs))
+        shape = tuple(obs_t.shape)
+        if shape == self._obs_shape:
+            return obs_t.unsqueeze(0).to(self.device), is_torch, True
+        if len(shape) == len(self._obs_shape) + 1 and shape[1:] == self._obs_shape:
+            return obs_t.to(self.device), is_torch, False
+        raise ValueError(f"observation has shape {shape}: expected {self._obs_shape} or [B, *{self._obs_shape}]")
+
+    def _starts(self, episode_start, batch: int) -> torch.Tensor:
+        if isinstance(episode_start, (bool, np.bool_, int, float)) or episode_start is None:
+            return torch.full((batch,), float(bool(episode_start)), device=self.device)
+        es = torch.as_tensor(np.asarray(episode_start) if not isinstance(episode_start, torch.Tensor) else episode_start)
+        es = es.reshape(-1).to(device=self.device, dtype=torch.float32)
+        if es.shape[0] != batch:
+            raise ValueError(f"episode_start has {es.shape[0]} entries: expected one per observation ({batch})")
+        return es
+
+    def act(self, obs, state: torch.Tensor, episode_start=False, deterministic: bool = True):
+        """Act for one observation or a batch; numpy or torch. Returns ``(action, new_state)``.
+
+        ``obs`` is one observation (shape of the observation space) or a batch ``[B, ...]``; the action comes back
+        unbatched or batched to match, as numpy for numpy input and torch for torch input. ``state`` is
+        ``[B, S]`` (from :meth:`initial_state`, ``B = 1`` for a single observation). ``episode_start`` (a bool or
+        one flag per observation) zeroes the state first. Acting advances the actor's memory only: with a separate
+        critic core, the critic's part of the state is passed through unchanged.
+        """
+        obs_t, is_torch, single = self._as_batch(obs)
+        B = obs_t.shape[0]
+        if not isinstance(state, torch.Tensor):
+            state = torch.as_tensor(np.asarray(state), dtype=torch.float32)
+        if tuple(state.shape) != (B, self.state_size):
+            raise ValueError(f"state has shape {tuple(state.shape)}: expected [{B}, {self.state_size}] "
+                             f"(policy.initial_state(batch_size={B}))")
+        starts = self._starts(episode_start, B)
+        with torch.inference_mode():
+            feat = self.encoder(obs_t)
+            s_pi, s_vf = self._split(state.to(self.device))
+            y, s_pi = self.core_pi.step(feat, s_pi, starts)
+            latent = self.pi_net(y)
+            if deterministic:
+                action = self._mode(latent)
+            else:
+                action = self._distribution(latent).get_actions(deterministic=False)
+            new_state = self._join(s_pi, s_vf)
+        if isinstance(self.action_space, spaces.Box):
+            low = torch.as_tensor(self.action_space.low, device=action.device)
+            high = torch.as_tensor(self.action_space.high, device=action.device)
+            action = torch.maximum(torch.minimum(action, high), low)
+        if single:
+            action = action[0]
+        if not is_torch:
+            action = action.cpu().numpy()
+        return action, new_state
+
+    def predict(self, observation, state=None, episode_start=None, deterministic: bool = False):
+        """SB3's ``predict``: numpy in, ``(actions, state)`` out, state as a numpy array ``[n_envs, S]``.
+
+        ``state=None`` starts every env fresh; ``episode_start=None`` means no env starts an episode now.
+        """
+        self.set_training_mode(False)
+        if isinstance(observation, tuple) and len(observation) == 2 and isinstance(observation[1], dict):
+            raise ValueError("predict() got a tuple (obs, info): pass only the observation "
+                             "(gymnasium's reset() returns (obs, info); SB3's VecEnv.reset() returns obs)")
+        obs = np.asarray(observation)
+        obs_t, _, single = self._as_batch(obs)
+        n = obs_t.shape[0]
+        if state is None:
+            state_t = self.initial_state(n)
+            episode_start = np.ones(n, dtype=bool)
+        else:
+            state_t = torch.as_tensor(np.asarray(state), dtype=torch.float32, device=self.device)
+        if episode_start is None:
+            episode_start = np.zeros(n, dtype=bool)
+        actions, new_state = self.act(obs_t, state_t, episode_start, deterministic=deterministic)
+        actions = actions.cpu().numpy()
+        if single:
+            actions = actions[0]
+        return actions, new_state.cpu().numpy()
+
+    def _predict(self, observation: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        # SB3's abstract hook; a recurrent policy needs its state, so ``predict``/``act`` are the entry points.
+        actions, _ = self.act(observation, self.initial_state(observation.shape[0]), True, deterministic)
+        return actions

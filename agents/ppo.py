@@ -1,0 +1,343 @@
+"""Recurrent PPO with a swappable memory core, as an SB3 algorithm.
+
+``RecurrentPPO`` is SB3's ``PPO`` with three parts replaced: the policy (:mod:`agents.policy`, whose core is any of
+``agents.CORES``), the rollout (which carries the core state through each env and stores it at every step), and the
+update (which runs whole padded sequences through the core in one call per minibatch, see :mod:`agents.buffer`).
+Everything else is SB3's: ``learn``, callbacks, ``VecEnv``, the logger and TensorBoard, schedules, ``save``/``load``,
+``predict`` and ``evaluate_policy``.
+
+Extra scalars beyond SB3's: ``train/grad_norm`` (before clipping, mean over the update) and ``train/grad_norm_max``,
+``perf/rollout_s``, ``perf/update_s`` and ``perf/steps_per_s`` (env steps over rollout + update time).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+import zipfile
+from pathlib import Path
+from typing import Any, ClassVar, Dict, Optional, Type
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.utils import FloatSchedule, explained_variance, obs_as_tensor
+from stable_baselines3.common.vec_env import VecEnv
+
+from .buffer import RecurrentRolloutBuffer
+from .cores import get_core_class
+from .policy import RecurrentActorCriticPolicy
+from .serialization import POLICY_CONFIG_NAME, read_policy_config
+
+
+def _positive_int(name: str, value: Any, allow_none: bool = False) -> Optional[int]:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}={value!r}: expected a positive integer" + (" or None" if allow_none else ""))
+    return int(value)
+
+
+class RecurrentPPO(PPO):
+    """PPO whose policy carries memory through a core from ``agents.CORES``.
+
+    :param policy: ``"MlpPolicy"`` (the recurrent actor-critic; the encoder follows ``policy_kwargs["encoder"]``)
+    :param env: a ``VecEnv``, a gymnasium env, or a registered id
+    :param core: memory core name (``"gru"``, ``"lstm"``, ``"mlp"``, ...)
+    :param hidden_size: core units per layer
+    :param num_layers: stacked core layers
+    :param shared_core: share one core between actor and critic (default: a separate critic core)
+    :param seq_len: truncated-BPTT length; sequences are cut at episode starts and every ``seq_len`` steps
+        (``None``: only at episode starts and rollout boundaries, i.e. up to ``n_steps``)
+    :param env_id: env id stored with the policy (default: read from the env's spec)
+
+    The other parameters are SB3 ``PPO``'s, with the same meaning and defaults, except ``batch_size`` (256): a
+    minibatch is a set of whole sequences holding about ``batch_size`` real steps.
+    """
+
+    policy_aliases: ClassVar[Dict[str, Type[RecurrentActorCriticPolicy]]] = {
+        "MlpPolicy": RecurrentActorCriticPolicy,
+        "RecurrentPolicy": RecurrentActorCriticPolicy,
+    }
+    policy: RecurrentActorCriticPolicy
+    rollout_buffer: RecurrentRolloutBuffer
+
+    def __init__(
+        self,
+        policy: str | Type[RecurrentActorCriticPolicy] = "MlpPolicy",
+        env=None,
+        core: str = "gru",
+        hidden_size: int = 64,
+        num_layers: int = 1,
+        shared_core: bool = False,
+        seq_len: Optional[int] = None,
+        learning_rate=3e-4,
+        n_steps: int = 128,
+        batch_size: int = 256,
+        n_epochs: int = 10,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        clip_range=0.2,
+        clip_range_vf=None,
+        normalize_advantage: bool = True,
+        ent_coef: float = 0.0,
+        vf_coef: float = 0.5,
+        max_grad_norm: Optional[float] = 0.5,
+        target_kl: Optional[float] = None,
+        stats_window_size: int = 100,
+        tensorboard_log: Optional[str] = None,
+        policy_kwargs: Optional[Dict[str, Any]] = None,
+        env_id: Optional[str] = None,
+        verbose: int = 0,
+        seed: Optional[int] = None,
+        device: torch.device | str = "auto",
+        _init_setup_model: bool = True,
+    ) -> None:
+        policy_kwargs = dict(policy_kwargs or {})
+        if _init_setup_model:
+            get_core_class(core)  # unknown core: clear error before anything is built
+            policy_kwargs.setdefault("core", core)
+            policy_kwargs.setdefault("hidden_size", _positive_int("hidden_size", hidden_size))
+            policy_kwargs.setdefault("num_layers", _positive_int("num_layers", num_layers))
+            policy_kwargs.setdefault("shared_core", bool(shared_core))
+            _positive_int("n_steps", n_steps)
+            _positive_int("batch_size", batch_size)
+            _positive_int("n_epochs", n_epochs)
+            if max_grad_norm is not None and not (max_grad_norm > 0):
+                raise ValueError(f"max_grad_norm={max_grad_norm!r}: expected a positive number or None (no clipping)")
+            for name, value in (("gamma", gamma), ("gae_lambda", gae_lambda)):
+                if not 0.0 <= float(value) <= 1.0:
+                    raise ValueError(f"{name}={value!r}: expected a number in [0, 1]")
+        self.seq_len = _positive_int("seq_len", seq_len, allow_none=True)
+        super().__init__(
+            policy, env, learning_rate=learning_rate, n_steps=n_steps, batch_size=batch_size, n_epochs=n_epochs,
+            gamma=gamma, gae_lambda=gae_lambda, clip_range=clip_range, clip_range_vf=clip_range_vf,
+            normalize_advantage=normalize_advantage, ent_coef=ent_coef, vf_coef=vf_coef,
+            max_grad_norm=max_grad_norm if max_grad_norm is not None else float("inf"), use_sde=False,
+            target_kl=target_kl, stats_window_size=stats_window_size, tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs, verbose=verbose, seed=seed, device=device, _init_setup_model=False,
+        )
+        if _init_setup_model and "env_id" not in self.policy_kwargs:
+            self.policy_kwargs["env_id"] = env_id if env_id is not None else self._detect_env_id()
+        self._last_state: Optional[torch.Tensor] = None
+        self._rollout_seconds = 0.0
+        if _init_setup_model:
+            self._setup_model()
+
+    # ------------------------------------------------------------------ setup
+    def _detect_env_id(self) -> Optional[str]:
+        try:
+            spec = self.env.get_attr("spec", indices=[0])[0] if self.env is not None else None
+            return spec.id if spec is not None else None
+        except Exception:  # an env without a spec is fine: the id is only informative
+            return None
+
+    def _setup_model(self) -> None:
+        self._setup_lr_schedule()
+        self.set_random_seed(self.seed)
+        self.policy = self.policy_class(self.observation_space, self.action_space, self.lr_schedule,
+                                        **self.policy_kwargs).to(self.device)
+        if not isinstance(self.policy, RecurrentActorCriticPolicy):
+            raise ValueError(f"policy {self.policy_class!r} is not a RecurrentActorCriticPolicy")
+        self.rollout_buffer = RecurrentRolloutBuffer(
+            self.n_steps, self.observation_space, self.action_space, self.policy.state_size, device=self.device,
+            gamma=self.gamma, gae_lambda=self.gae_lambda, n_envs=self.n_envs, seq_len=self.seq_len,
+        )
+        self._last_state = None
+        self.clip_range = FloatSchedule(self.clip_range)
+        if self.clip_range_vf is not None:
+            if isinstance(self.clip_range_vf, (float, int)) and self.clip_range_vf <= 0:
+                raise ValueError(f"clip_range_vf={self.clip_range_vf!r}: expected a positive number or None")
+            self.clip_range_vf = FloatSchedule(self.clip_range_vf)
+
+    def _excluded_save_params(self) -> list[str]:
+        return super()._excluded_save_params() + ["_last_state"]
+
+    # ---------------------------------------------------------------- rollout
+    def collect_rollouts(self, env: VecEnv, callback: BaseCallback, rollout_buffer: RecurrentRolloutBuffer,
+                         n_rollout_steps: int) -> bool:
+        """Step every env ``n_rollout_steps`` times, carrying each env's state; store the state before each step."""
+        assert self._last_obs is not None, "No previous observation was provided"
+        t_start = time.perf_counter()
+        self.policy.set_training_mode(False)
+        if self._last_state is None or self._last_state.shape[0] != env.num_envs:
+            self._last_state = self.policy.initial_state(env.num_envs)
+        n_steps = 0
+        rollout_buffer.reset()
+        callback.on_rollout_start()
+        state = self._last_state
+        dones = self._last_episode_starts
+
+        while n_steps < n_rollout_steps:
+            with torch.no_grad():
+                obs_tensor = obs_as_tensor(self._last_obs, self.device)
+                starts = torch.as_tensor(self._last_episode_starts, dtype=torch.float32, device=self.device)
+                actions, values, log_probs, new_state = self.policy(obs_tensor, state, starts)
+            actions = actions.cpu().numpy()
+            clipped_actions = actions
+            if isinstance(self.action_space, spaces.Box):
+                clipped_actions = np.clip(actions, self.action_space.low, self.action_space.high)
+
+            new_obs, rewards, dones, infos = env.step(clipped_actions)
+            self.num_timesteps += env.num_envs
+            callback.update_locals(locals())
+            if not callback.on_step():
+                return False
+            self._update_info_buffer(infos, dones)
+            n_steps += 1
+
+            if isinstance(self.action_space, spaces.Discrete):
+                actions = actions.reshape(-1, 1)
+
+            # Truncated (not terminated) episodes: bootstrap from the value of the final observation, seen through
+            # the critic's memory as it stands after this step (the episode's own state, before any reset).
+            for idx, done in enumerate(dones):
+                if done and infos[idx].get("terminal_observation") is not None \
+                        and infos[idx].get("TimeLimit.truncated", False):
+                    terminal_obs = self.policy.obs_to_tensor(infos[idx]["terminal_observation"])[0]
+                    with torch.no_grad():
+                        terminal_value = self.policy.predict_values(
+                            terminal_obs, new_state[idx: idx + 1], torch.zeros(1, device=self.device))[0]
+                    rewards[idx] += self.gamma * terminal_value.item()
+
+            rollout_buffer.add_state(state)
+            rollout_buffer.add(self._last_obs, actions, rewards, self._last_episode_starts, values, log_probs)
+            self._last_obs = new_obs
+            self._last_episode_starts = dones
+            state = new_state
+
+        self._last_state = state
+        with torch.no_grad():
+            starts = torch.as_tensor(dones, dtype=torch.float32, device=self.device)
+            values = self.policy.predict_values(obs_as_tensor(new_obs, self.device), state, starts)
+        rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
+        callback.update_locals(locals())
+        callback.on_rollout_end()
+        self._rollout_seconds = time.perf_counter() - t_start
+        return True
+
+    # ----------------------------------------------------------------- update
+    def train(self) -> None:
+        """PPO update over whole sequences: each minibatch runs through each core in one call, padding masked."""
+        t_start = time.perf_counter()
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        clip_range = self.clip_range(self._current_progress_remaining)
+        clip_range_vf = self.clip_range_vf(self._current_progress_remaining) if self.clip_range_vf is not None else None
+
+        entropy_losses, pg_losses, value_losses, clip_fractions, grad_norms = [], [], [], [], []
+        approx_kl_divs: list[float] = []
+        continue_training = True
+        loss = torch.zeros(())
+        for epoch in range(self.n_epochs):
+            approx_kl_divs = []
+            for batch in self.rollout_buffer.get_sequences(self.batch_size):
+                mask = batch.mask.reshape(-1)
+                n_valid = mask.sum()
+
+                def mmean(x: torch.Tensor) -> torch.Tensor:
+                    return (x * mask).sum() / n_valid
+
+                values, log_prob, entropy = self.policy.evaluate_actions(
+                    batch.observations, batch.actions, batch.episode_starts, batch.states)
+                advantages = batch.advantages.reshape(-1)
+                old_log_prob = batch.old_log_prob.reshape(-1)
+                if self.normalize_advantage and n_valid > 1:
+                    mean = mmean(advantages)
+                    std = torch.sqrt(((advantages - mean) ** 2 * mask).sum() / (n_valid - 1))
+                    advantages = (advantages - mean) / (std + 1e-8)
+
+                ratio = torch.exp(log_prob - old_log_prob)
+                policy_loss = -mmean(torch.min(advantages * ratio,
+                                               advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)))
+                old_values = batch.old_values.reshape(-1)
+                values_pred = values if clip_range_vf is None else \
+                    old_values + torch.clamp(values - old_values, -clip_range_vf, clip_range_vf)
+                value_loss = mmean((batch.returns.reshape(-1) - values_pred) ** 2)
+                entropy_loss = -mmean(entropy) if entropy is not None else mmean(log_prob)
+                loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+
+                pg_losses.append(policy_loss.item())
+                value_losses.append(value_loss.item())
+                entropy_losses.append(entropy_loss.item())
+                clip_fractions.append(mmean((torch.abs(ratio - 1) > clip_range).float()).item())
+                with torch.no_grad():
+                    log_ratio = log_prob - old_log_prob
+                    approx_kl = mmean((torch.exp(log_ratio) - 1) - log_ratio).item()
+                approx_kl_divs.append(approx_kl)
+
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"non-finite loss {loss.item()} at update {self._n_updates} (step {self.num_timesteps}): "
+                        f"policy {policy_loss.item()}, value {value_loss.item()}, entropy {entropy_loss.item()}; "
+                        "expected finite values (try a lower learning_rate or max_grad_norm)")
+                if self.target_kl is not None and approx_kl > 1.5 * self.target_kl:
+                    continue_training = False
+                    if self.verbose >= 1:
+                        print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl:.2f}")
+                    break
+
+                self.policy.optimizer.zero_grad()
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                grad_norms.append(grad_norm.item())
+                self.policy.optimizer.step()
+            self._n_updates += 1
+            if not continue_training:
+                break
+
+        update_seconds = time.perf_counter() - t_start
+        buf = self.rollout_buffer
+        explained_var = explained_variance(buf.values.flatten(), buf.returns.flatten())
+        log = self.logger.record
+        log("train/entropy_loss", float(np.mean(entropy_losses)) if entropy_losses else float("nan"))
+        log("train/policy_gradient_loss", float(np.mean(pg_losses)) if pg_losses else float("nan"))
+        log("train/value_loss", float(np.mean(value_losses)) if value_losses else float("nan"))
+        log("train/approx_kl", float(np.mean(approx_kl_divs)) if approx_kl_divs else float("nan"))
+        log("train/clip_fraction", float(np.mean(clip_fractions)) if clip_fractions else float("nan"))
+        log("train/loss", loss.item())
+        log("train/explained_variance", float(explained_var))
+        log("train/grad_norm", float(np.mean(grad_norms)) if grad_norms else float("nan"))
+        log("train/grad_norm_max", float(np.max(grad_norms)) if grad_norms else float("nan"))
+        if hasattr(self.policy, "log_std"):
+            log("train/std", torch.exp(self.policy.log_std).mean().item())
+        log("train/n_updates", self._n_updates, exclude="tensorboard")
+        log("train/clip_range", clip_range)
+        if clip_range_vf is not None:
+            log("train/clip_range_vf", clip_range_vf)
+        steps = buf.buffer_size * buf.n_envs
+        log("perf/rollout_s", self._rollout_seconds)
+        log("perf/update_s", update_seconds)
+        log("perf/steps_per_s", steps / max(self._rollout_seconds + update_seconds, 1e-9))
+
+    # ---------------------------------------------------------------- save/load
+    def save(self, path, exclude=None, include=None) -> None:
+        """SB3's ``save`` plus a plain-data policy description, written atomically (temp file, then rename)."""
+        if isinstance(path, io.BufferedIOBase):
+            raise ValueError("RecurrentPPO.save expects a file path (str or Path), not a file object")
+        path = Path(path)
+        if path.suffix != ".zip":
+            path = path.with_name(path.name + ".zip")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.zip")
+        try:
+            super().save(tmp, exclude=exclude, include=include)
+            with zipfile.ZipFile(tmp, "a") as archive:
+                archive.writestr(POLICY_CONFIG_NAME, json.dumps(self.policy.config(), indent=2))
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    @classmethod
+    def load(cls, path, env=None, device="auto", custom_objects=None, print_system_info=False,
+             force_reset=True, **kwargs):
+        """SB3's ``load``, after checking that the file is a model saved by ``RecurrentPPO.save``."""
+        read_policy_config(path)  # clear error for a missing, corrupt or foreign file
+        return super().load(path if not Path(str(path)).is_dir() else Path(path) / "model.zip", env=env,
+                            device=device, custom_objects=custom_objects, print_system_info=print_system_info,
+                            force_reset=force_reset, **kwargs)

@@ -302,7 +302,7 @@ class RecurrentActorCriticPolicy(BasePolicy):
         unbatched or batched to match, as numpy for numpy input and torch for torch input. ``state`` is
         ``[B, S]`` (from :meth:`initial_state`, ``B = 1`` for a single observation). ``episode_start`` (a bool or
         one flag per observation) zeroes the state first. Acting advances the actor's memory only: with a separate
-        critic core, the critic's part of the state is passed through unchanged.
+        critic core, the critic's part of the state is only reset by ``episode_start``, not advanced.
         """
         obs_t, is_torch, single = self._as_batch(obs)
         B = obs_t.shape[0]
@@ -316,6 +316,8 @@ class RecurrentActorCriticPolicy(BasePolicy):
             feat = self.encoder(obs_t)
             s_pi, s_vf = self._split(state.to(self.device))
             y, s_pi = self.core_pi.step(feat, s_pi, starts)
+            if s_vf is not None:  # the critic's memory is not advanced when acting, but it is reset
+                s_vf = MemoryCore._reset(s_vf, starts)
             latent = self.pi_net(y)
             if deterministic:
                 action = self._mode(latent)

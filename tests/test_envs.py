@@ -1,0 +1,399 @@
+"""Tests for envs/: registration, make_env, masking, MiniGrid wrapper, aliases, errors, seeding."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import envs
+from envs import MASKED_ENVS, make_env, resolve_env_id
+
+# Box2D's SWIG bindings warn on import under Python >= 3.11; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:builtin type .* has no __module__ attribute:DeprecationWarning")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+HAS_BOX2D = importlib.util.find_spec("Box2D") is not None
+NEEDS_BOX2D = pytest.mark.skipif(not HAS_BOX2D, reason=f"Box2D not installed ({envs.BOX2D_INSTALL})")
+
+MINIGRID_IDS = ["MiniGrid-Memory", "MiniGrid-MemoryS9", "MiniGrid-MemoryS7-v0", "MiniGrid-DoorKey-5x5-v0"]
+
+
+def _param(env_id: str):
+    spec = MASKED_ENVS.get(env_id)
+    return pytest.param(env_id, marks=NEEDS_BOX2D) if spec is not None and spec.needs_box2d else env_id
+
+
+ALL_IDS = [_param(i) for i in list(envs.ENV_IDS) + MINIGRID_IDS]
+MASKED_IDS = [_param(i) for i in envs.ENV_IDS]
+
+BASE_LIMITS = {
+    "CartPole-v1": 500,
+    "Pendulum-v1": 200,
+    "Acrobot-v1": 500,
+    "MountainCar-v0": 200,
+    "MountainCarContinuous-v0": 999,
+    "LunarLander-v3": 1000,
+}
+
+
+def _checker_warnings(env: gym.Env) -> set[str]:
+    """Messages gymnasium's env checker emits for ``env``, less the one about checking a wrapped env."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env, skip_render_check=True)
+    return {str(w.message) for w in caught if "different from the unwrapped version" not in str(w.message)}
+
+
+def _rollout(env: gym.Env, seed: int, n_steps: int, action_seed: int = 123):
+    """Reset with ``seed``, take ``n_steps`` seeded random actions (resetting on episode end)."""
+    env.action_space.seed(action_seed)
+    obs, _ = env.reset(seed=seed)
+    out = [obs]
+    for _ in range(n_steps):
+        obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        out.append(obs)
+        if terminated or truncated:
+            obs, _ = env.reset()
+            out.append(obs)
+    return out
+
+
+# --- every id: builds, resets, steps, passes the env checker --------------------------------------
+
+
+@pytest.mark.parametrize("env_id", ALL_IDS)
+def test_constructs_steps_and_passes_env_checker(env_id):
+    env = make_env(env_id)
+    obs, info = env.reset(seed=0)
+    assert env.observation_space.contains(obs), (env_id, obs)
+    assert isinstance(info, dict)
+    env.action_space.seed(0)
+    for _ in range(5):
+        obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        assert env.observation_space.contains(obs)
+        assert np.isscalar(reward) or np.ndim(reward) == 0
+        if terminated or truncated:
+            env.reset()
+    # The checker may repeat the base env's own complaints (e.g. CartPole's infinite velocity bounds),
+    # but must not find anything new in our wrappers.
+    canonical = resolve_env_id(env_id)
+    base_id = MASKED_ENVS[canonical].base_id if canonical in MASKED_ENVS else canonical
+    new = _checker_warnings(make_env(env_id)) - _checker_warnings(gym.make(base_id))
+    assert not new, f"{env_id}: env checker warnings not raised for the base env: {new}"
+    env.close()
+
+
+@pytest.mark.parametrize("env_id", MASKED_IDS)
+def test_masked_spaces_and_episode_limit(env_id):
+    spec = MASKED_ENVS[env_id]
+    env = make_env(env_id)
+    base = gym.make(spec.base_id)
+    assert gym.spec(env_id).max_episode_steps == BASE_LIMITS[spec.base_id]
+    assert env.spec.max_episode_steps == base.spec.max_episode_steps
+    assert env.action_space == base.action_space
+    space, base_space = env.observation_space, base.observation_space
+    assert space.dtype == base_space.dtype
+    if spec.kind == "keep":
+        dims = list(spec.dims)
+        assert space.shape == (len(dims),)
+        np.testing.assert_array_equal(space.low, base_space.low[dims])
+        np.testing.assert_array_equal(space.high, base_space.high[dims])
+    else:
+        assert space == base_space
+
+
+def test_pendulum_variants_truncate_at_base_limit():
+    for env_id in ("Pendulum-P-v1", "PendulumNoVel-v1"):
+        env = make_env(env_id)
+        env.reset(seed=0)
+        for t in range(1, 201):
+            _, _, terminated, truncated, _ = env.step(np.zeros(1, dtype=np.float32))
+            assert not terminated
+            assert truncated == (t == 200), (env_id, t)
+
+
+# --- masking hides exactly the claimed dims ------------------------------------------------------
+
+
+@pytest.mark.parametrize("env_id", MASKED_IDS)
+def test_masking_hides_exactly_the_claimed_dims(env_id):
+    spec = MASKED_ENVS[env_id]
+    masked, base = make_env(env_id), gym.make(spec.base_id)
+    obs, _ = masked.reset(seed=7)
+    base_obs, _ = base.reset(seed=7)
+    base.action_space.seed(7)
+    steps = 0
+    while True:
+        expected = base_obs[list(spec.dims)] if spec.kind == "keep" else spec.apply(base_obs)
+        np.testing.assert_array_equal(obs, expected)
+        if spec.kind == "zero":
+            assert np.all(obs[list(spec.dims)] == 0)
+            visible = list(spec.visible_dims)
+            np.testing.assert_array_equal(obs[visible], base_obs[visible])
+        assert obs.dtype == base_obs.dtype
+        if steps == 60:
+            break
+        action = base.action_space.sample()
+        obs, r, term, trunc, _ = masked.step(action)
+        base_obs, base_r, base_term, base_trunc, _ = base.step(action)
+        assert (r, term, trunc) == (base_r, base_term, base_trunc)
+        steps += 1
+        if term or trunc:
+            break
+    # The hidden dims are ones the base env actually varies (the mask is not a no-op).
+    hidden = spec.hidden_dims
+    assert hidden and len(hidden) + len(spec.visible_dims) == len(spec.base_dim_names)
+
+
+def test_mask_tables_match_published_choices():
+    # rl-zoo3 MaskVelocityWrapper.velocity_indices
+    assert MASKED_ENVS["CartPoleNoVel-v1"].dims == (1, 3)
+    assert MASKED_ENVS["PendulumNoVel-v1"].dims == (2,)
+    assert MASKED_ENVS["MountainCarContinuousNoVel-v0"].dims == (1,)
+    assert MASKED_ENVS["LunarLanderNoVel-v3"].dims == (2, 3, 5)
+    # pomdp-baselines envs/pomdp/__init__.py
+    assert MASKED_ENVS["CartPole-P-v1"].dims == (0, 2)
+    assert MASKED_ENVS["CartPole-V-v1"].dims == (1, 3)
+    assert MASKED_ENVS["Pendulum-P-v1"].dims == (0, 1)
+    assert MASKED_ENVS["Pendulum-V-v1"].dims == (2,)
+    assert MASKED_ENVS["LunarLander-P-v3"].dims == (0, 1, 4, 6, 7)
+    assert MASKED_ENVS["LunarLander-V-v3"].dims == (2, 3, 5, 6, 7)
+
+
+# --- MiniGrid wrapper ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("view_size", [3, 5, 7, 9])
+def test_minigrid_obs_layout_matches_raw_minigrid(view_size):
+    env = make_env("MiniGrid-Memory", view_size=view_size)
+    raw = gym.make("MiniGrid-MemoryS7-v0", agent_view_size=view_size)
+    layout = envs.minigrid_obs_layout(view_size)
+    assert env.observation_space.shape == layout.obs_shape == (3 * view_size**2 + 1,)
+    assert env.observation_space.dtype == np.uint8
+    assert env.layout == layout
+    assert envs.MiniGridObsLayout.from_obs_dim(layout.obs_shape[0]) == layout
+    np.testing.assert_array_equal(env.observation_space.high, layout.high)
+    assert layout.channel_sizes == (11, 6, 3) and layout.num_directions == 4
+
+    obs, _ = env.reset(seed=3)
+    raw_obs, _ = raw.reset(seed=3)
+    env.action_space.seed(3)
+    for _ in range(20):
+        image, direction = layout.split(obs)
+        np.testing.assert_array_equal(image, raw_obs["image"])
+        assert direction == raw_obs["direction"]
+        assert obs[-1] == raw_obs["direction"]
+        assert np.all(image[..., 0] < 11) and np.all(image[..., 1] < 6) and np.all(image[..., 2] < 3)
+        a = env.action_space.sample()
+        obs, r, term, trunc, _ = env.step(a)
+        raw_obs, raw_r, raw_term, raw_trunc, _ = raw.step(a)
+        assert (r, term, trunc) == (raw_r, raw_term, raw_trunc)
+        if term or trunc:
+            break
+    # split works on batches (numpy here; torch tensors have the same .shape/.reshape)
+    batch = np.stack([obs, obs])
+    image, direction = layout.split(batch)
+    assert image.shape == (2, view_size, view_size, 3) and direction.shape == (2,)
+
+
+ALL_MINIGRID = sorted(k for k in gym.registry if envs.is_minigrid_id(k))
+
+
+@pytest.mark.filterwarnings("ignore:.*is out of date.*:DeprecationWarning")  # minigrid's old v0 ids
+def test_every_minigrid_id_gets_the_wrapper_and_passes_the_checker():
+    """Any MiniGrid-* id (not only Memory) builds through the one wrapper, at any view size."""
+    assert len(ALL_MINIGRID) > 30
+    built = 0
+    for env_id in ALL_MINIGRID:
+        try:
+            env = make_env(env_id, view_size=5)
+        except envs.MissingDependencyError as e:  # e.g. the WFC ids need minigrid[wfc]
+            assert env_id in str(e) and "\n" not in str(e)
+            continue
+        assert isinstance(env, envs.MiniGridSymbolicObs), env_id
+        assert env.observation_space.shape == (76,) and env.observation_space.dtype == np.uint8
+        new = _checker_warnings(env)
+        assert not new, (env_id, new)
+        built += 1
+    assert built > 30
+
+
+def test_minigrid_agent_cell_and_door_states():
+    env = make_env("MiniGrid-DoorKey-5x5-v0")
+    layout = env.layout
+    seen_door = False
+    for seed in range(5):
+        obs, _ = env.reset(seed=seed)
+        for _ in range(30):
+            image, _ = layout.split(obs)
+            if np.any(image[..., 0] == 4):  # a door is in view: state is 0, 1 or 2
+                seen_door = True
+                assert set(image[image[..., 0] == 4][:, 2].tolist()) <= {0, 1, 2}
+            obs, *_ = env.step(env.action_space.sample())
+    assert seen_door
+
+
+def test_view_size_validation():
+    for bad in (4, 1, 2, 0, -3, "5", 5.0, True):
+        with pytest.raises(ValueError, match="view_size") as info:
+            make_env("MiniGrid-Memory", view_size=bad)
+        assert repr(bad) in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="MiniGrid"):
+        make_env("CartPole-P-v1", view_size=3)
+
+
+def test_unknown_kwargs_and_bad_values():
+    with pytest.raises(ValueError, match="colour") as info:
+        make_env("CartPole-P-v1", colour="red")
+    assert "max_episode_steps" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="max_episode_steps"):
+        make_env("CartPole-P-v1", max_episode_steps=0)
+    env = make_env("CartPole-P-v1", max_episode_steps=10)
+    assert env.spec.max_episode_steps == 10
+    env.reset(seed=0)
+    for t in range(1, 11):
+        *_, terminated, truncated, _ = env.step(t % 2)
+        assert truncated == (t == 10) or terminated
+    with pytest.raises(ValueError, match="render_mode"):
+        make_env("MiniGrid-Memory", render_mode=3)
+    env = make_env("MiniGrid-Memory", view_size=5, render_mode="rgb_array")
+    env.reset(seed=0)
+    frame = env.render()
+    assert frame.ndim == 3 and frame.shape[-1] == 3
+
+
+# --- aliases and errors --------------------------------------------------------------------------
+
+
+def test_aliases_resolve():
+    assert resolve_env_id("MiniGrid-Memory") == "MiniGrid-MemoryS7-v0"
+    assert resolve_env_id("MiniGrid-MemoryS9") == "MiniGrid-MemoryS9-v0"
+    assert resolve_env_id("MiniGrid-MemoryS13") == "MiniGrid-MemoryS13-v0"
+    assert resolve_env_id("CartPole-P") == "CartPole-P-v1"
+    assert resolve_env_id("CartPole-P-v1") == "CartPole-P-v1"
+    for alias, target in envs.ALIASES.items():
+        assert target in gym.registry, (alias, target)
+    memory_ns = {k.rsplit("-v", 1)[0] for k in gym.registry if k.startswith("MiniGrid-MemoryS")}
+    assert memory_ns <= set(envs.ALIASES)
+    assert make_env("MiniGrid-MemoryS9").unwrapped.spec.id == "MiniGrid-MemoryS9-v0"
+    assert make_env("MiniGrid-Memory").unwrapped.spec.id == "MiniGrid-MemoryS7-v0"
+
+
+def test_unknown_id_lists_close_matches():
+    with pytest.raises(envs.UnknownEnvError) as info:
+        make_env("CartPole-X-v1")
+    msg = str(info.value)
+    assert isinstance(info.value, ValueError)
+    assert "'CartPole-X-v1'" in msg and "CartPole-P-v1" in msg and "\n" not in msg
+    with pytest.raises(envs.UnknownEnvError, match="MiniGrid-Memory"):
+        resolve_env_id("MiniGrid-Memroy")
+    with pytest.raises(envs.UnknownEnvError, match="no close match"):
+        resolve_env_id("zzzzzz")
+
+
+def test_lunar_lander_without_box2d_is_a_clear_error(monkeypatch):
+    import envs.registry as registry
+
+    monkeypatch.setattr(registry, "_box2d_available", lambda: False)
+    for env_id in ("LunarLander-P-v3", "LunarLanderNoVel-v3"):
+        with pytest.raises(envs.MissingDependencyError) as info:
+            make_env(env_id)
+        msg = str(info.value)
+        assert env_id in msg and "Box2D" in msg and envs.BOX2D_INSTALL in msg and "\n" not in msg
+
+
+def test_list_env_ids():
+    ids = envs.list_env_ids()
+    assert ids[: len(envs.ENV_IDS)] == list(envs.ENV_IDS)
+    assert "MiniGrid-MemoryS7-v0" in ids
+    assert all(i in gym.registry for i in ids)
+    assert "MiniGrid-Memory" in envs.list_env_ids(include_aliases=True)
+
+
+def test_registration_is_idempotent_and_import_is_fast():
+    code = (
+        "import time, warnings, importlib\n"
+        "warnings.simplefilter('error')\n"
+        "t = time.perf_counter(); import envs; dt = time.perf_counter() - t\n"
+        "envs.register_envs(); envs.register_envs()\n"
+        "import envs.registry; importlib.reload(envs.registry); importlib.reload(envs)\n"
+        "import gymnasium as gym\n"
+        "assert all(i in gym.registry for i in envs.ENV_IDS)\n"
+        "print(dt)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT
+    )
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout.strip()) < 3.0, f"import envs took {out.stdout.strip()} s"
+
+
+def test_spec_recreates_the_same_env():
+    env = make_env("CartPole-P-v1")
+    again = gym.make(env.spec)
+    assert again.observation_space == env.observation_space
+    np.testing.assert_array_equal(env.reset(seed=1)[0], again.reset(seed=1)[0])
+
+
+# --- seeding -------------------------------------------------------------------------------------
+
+
+SEEDED_IDS = [_param(i) for i in list(envs.ENV_IDS) + ["MiniGrid-Memory", "MiniGrid-DoorKey-5x5-v0"]]
+
+
+@pytest.mark.parametrize("env_id", SEEDED_IDS)
+def test_seeding_reproduces_trajectories(env_id):
+    a = _rollout(make_env(env_id), seed=11, n_steps=30)
+    b = _rollout(make_env(env_id), seed=11, n_steps=30)
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    others = [_rollout(make_env(env_id), seed=s, n_steps=30) for s in (12, 13, 14)]
+    differs = [
+        len(o) != len(a) or any(not np.array_equal(x, y) for x, y in zip(o, a)) for o in others
+    ]
+    assert any(differs), f"{env_id}: seeds 12-14 gave the same trajectory as seed 11"
+
+
+# --- masking matters: memoryless linear control on CartPole --------------------------------------
+
+
+def _mean_return(env: gym.Env, weights: np.ndarray, seeds) -> float:
+    returns = []
+    for seed in seeds:
+        obs, _ = env.reset(seed=int(seed))
+        total, done = 0.0, False
+        while not done:
+            obs, r, terminated, truncated, _ = env.step(int(np.dot(weights, obs) > 0.0))
+            total += float(r)
+            done = terminated or truncated
+        returns.append(total)
+    return float(np.mean(returns))
+
+
+def test_masking_matters_for_memoryless_linear_control():
+    # Full state (x, x_dot, theta, theta_dot): a hand-tuned bang-bang linear controller balances.
+    full = _mean_return(make_env("CartPole-v1"), np.array([0.1, 0.5, 10.0, 1.0]), range(1000, 1010))
+    assert full >= 475.0, full
+
+    # Positions only (x, theta): search push = [a*x + b*theta > 0] over directions (a, b) on the unit
+    # circle (the sign rule is scale-free, so this covers every linear memoryless controller), on
+    # training seeds, then evaluate the best one on held-out seeds.
+    env = make_env("CartPole-P-v1")
+    angles = np.linspace(0.0, 2.0 * np.pi, 48, endpoint=False)
+    scores = [
+        (_mean_return(env, np.array([np.cos(t), np.sin(t)]), range(3)), t) for t in angles
+    ]
+    best_train, best_angle = max(scores)
+    best_eval = _mean_return(env, np.array([np.cos(best_angle), np.sin(best_angle)]), range(1000, 1010))
+    assert best_train < 150.0, best_train
+    assert best_eval < 150.0, best_eval
+    assert full - best_eval > 300.0

@@ -1,0 +1,291 @@
+"""RecurrentPPO, the policy, the sequence buffer and the saved artifact."""
+
+import json
+import zipfile
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+
+from agents import CORES, RecurrentPPO, load_policy
+from agents.buffer import RecurrentRolloutBuffer
+from agents.policy import RecurrentActorCriticPolicy
+
+torch.set_num_threads(1)
+ALL_CORES = sorted(CORES)
+
+
+def small_model(core, gym_id="CartPole-v1", n_envs=2, **kw):
+    env = make_vec_env(gym_id, n_envs=n_envs, seed=0)
+    kw = {"n_steps": 16, "batch_size": 32, "n_epochs": 2, "hidden_size": 16, "seed": 0, **kw}
+    return RecurrentPPO("MlpPolicy", env, core=core, **kw)
+
+
+# ---------------------------------------------------------------- the policy contract
+@pytest.mark.parametrize("name", ALL_CORES)
+@pytest.mark.parametrize("shared", [False, True])
+def test_policy_sequence_evaluation_equals_rollout_steps(name, shared):
+    """evaluate_actions over a sequence with resets == the values/log-probs the rollout computed step by step."""
+    torch.manual_seed(0)
+    obs_space = spaces.Box(-1, 1, (3,), np.float32)
+    policy = RecurrentActorCriticPolicy(obs_space, spaces.Discrete(3), core=name, hidden_size=8, num_layers=2,
+                                        shared_core=shared)
+    T, B = 12, 4
+    obs = torch.randn(T, B, 3)
+    starts = (torch.rand(T, B) < 0.25).float()
+    state = policy.initial_state(B)
+    state0 = state
+    acts, vals, logps = [], [], []
+    with torch.no_grad():
+        for t in range(T):
+            a, v, lp, state = policy(obs[t], state, starts[t])
+            acts.append(a), vals.append(v), logps.append(lp)
+        values, log_prob, entropy = policy.evaluate_actions(obs, torch.stack(acts).unsqueeze(-1), starts, state0)
+    torch.testing.assert_close(values, torch.stack(vals).reshape(-1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(log_prob, torch.stack(logps).reshape(-1), atol=1e-5, rtol=1e-5)
+    assert entropy.shape == (T * B,)
+
+
+@pytest.mark.parametrize("action_space", [spaces.Box(-2, 2, (2,), np.float32), spaces.MultiDiscrete([3, 4]),
+                                          spaces.MultiBinary(3), spaces.Discrete(5)])
+def test_policy_action_spaces(action_space):
+    policy = RecurrentActorCriticPolicy(spaces.Box(-1, 1, (4,), np.float32), action_space, core="gru", hidden_size=8)
+    state = policy.initial_state(3)
+    a, state = policy.act(np.zeros((3, 4), np.float32), state, True, deterministic=False)
+    assert a.shape == (3, *action_space.shape)
+    a1, _ = policy.act(np.zeros(4, np.float32), policy.initial_state(1), True)
+    assert a1.shape == action_space.shape
+    assert all(action_space.contains(np.asarray(x, dtype=action_space.dtype)) for x in a)
+
+
+def test_act_types_and_batching():
+    policy = RecurrentActorCriticPolicy(spaces.Box(-1, 1, (4,), np.float32), spaces.Discrete(2), core="lstm",
+                                        hidden_size=8)
+    a, s = policy.act(torch.zeros(4), policy.initial_state(1), episode_start=True)
+    assert isinstance(a, torch.Tensor) and a.shape == () and s.shape == (1, policy.state_size)
+    a, s = policy.act(np.zeros((5, 4), np.float32), policy.initial_state(5), episode_start=np.ones(5, bool))
+    assert isinstance(a, np.ndarray) and a.shape == (5,)
+    with pytest.raises(ValueError, match=r"observation has shape \(5,\): expected \(4,\)"):
+        policy.act(np.zeros(5, np.float32), policy.initial_state(1))
+    with pytest.raises(ValueError, match=r"state has shape \(2, \d+\): expected \[1, \d+\]"):
+        policy.act(np.zeros(4, np.float32), policy.initial_state(2))
+    with pytest.raises(ValueError, match="episode_start has 2 entries"):
+        policy.act(np.zeros((3, 4), np.float32), policy.initial_state(3), episode_start=[True, False])
+
+
+def test_unsupported_spaces_and_options_are_clear_errors():
+    with pytest.raises(ValueError, match="observation space .* expected a Box"):
+        RecurrentActorCriticPolicy(spaces.Discrete(3), spaces.Discrete(2))
+    with pytest.raises(ValueError, match="activation 'sigmoidish' is unknown"):
+        RecurrentActorCriticPolicy(spaces.Box(-1, 1, (2,)), spaces.Discrete(2), activation="sigmoidish")
+    with pytest.raises(ValueError, match="unknown core 'transformer'"):
+        small_model("transformer")
+    with pytest.raises(ValueError, match="seq_len=0: expected a positive integer"):
+        small_model("gru", seq_len=0)
+    with pytest.raises(ValueError, match="gamma=1.5: expected a number in"):
+        small_model("gru", gamma=1.5)
+
+
+# ------------------------------------------------------------------------ buffer
+def test_buffer_cuts_sequences_at_episode_starts_and_seq_len():
+    rng = np.random.default_rng(0)
+    T, E, S, seq_len = 20, 3, 2, 6
+    obs_space = spaces.Box(-np.inf, np.inf, (1,), np.float32)
+    buf = RecurrentRolloutBuffer(T, obs_space, spaces.Discrete(2), S, device="cpu", n_envs=E, seq_len=seq_len)
+    starts = rng.random((T, E)) < 0.15
+    for t in range(T):
+        buf.add_state(torch.full((E, S), float(t)) + torch.arange(E).view(E, 1) * 100)
+        obs = np.array([[t * 10 + e] for e in range(E)], np.float32)
+        buf.add(obs, np.zeros((E, 1)), np.zeros(E), starts[t], torch.zeros(E), torch.zeros(E))
+    buf.compute_returns_and_advantage(torch.zeros(E), np.zeros(E))
+    seen = []
+    for batch in buf.get_sequences(batch_size=16):
+        L, N = batch.mask.shape
+        assert L <= seq_len
+        for n in range(N):
+            valid = batch.mask[:, n].bool()
+            codes = batch.observations[valid, n, 0].numpy().astype(int)
+            t0, e = codes[0] // 10, codes[0] % 10
+            np.testing.assert_array_equal(codes, (t0 + np.arange(len(codes))) * 10 + e)  # consecutive steps, one env
+            assert batch.states[n, 0].item() == t0 + 100 * e  # starts from the state stored before its first step
+            assert batch.episode_starts[0, n].item() == float(starts[t0, e])
+            assert batch.episode_starts[1:, n].sum() == 0
+            assert not starts[t0 + 1: t0 + len(codes), e].any()  # no episode starts inside a sequence
+            seen.extend(codes.tolist())
+    assert sorted(seen) == sorted(t * 10 + e for t in range(T) for e in range(E))  # every step exactly once
+
+
+# ----------------------------------------------------------------------- predict
+@pytest.mark.parametrize("name", ALL_CORES)
+def test_predict_follows_sb3_semantics(name):
+    model = small_model(name)
+    obs = np.random.default_rng(0).normal(size=(2, 4)).astype(np.float32)
+    a, state = model.predict(obs, deterministic=True)
+    assert a.shape == (2,) and isinstance(state, np.ndarray) and state.shape == (2, model.policy.state_size)
+    # state=None means "start fresh": same as passing any state with episode_start all True
+    junk = np.random.default_rng(1).normal(size=state.shape).astype(np.float32)
+    a2, state2 = model.predict(obs, state=junk, episode_start=np.ones(2, bool), deterministic=True)
+    np.testing.assert_array_equal(a, a2)
+    np.testing.assert_allclose(state, state2, atol=1e-6)
+    # episode_start=None means no reset: the state carries over
+    _, state3 = model.predict(obs, state=state, deterministic=True)
+    if name != "mlp":
+        assert not np.allclose(state3, state)
+    # an unbatched observation gives an unbatched action
+    a1, s1 = model.predict(obs[0], deterministic=True)
+    assert np.ndim(a1) == 0 and s1.shape == (1, model.policy.state_size)
+    with pytest.raises(ValueError, match=r"observation has shape \(3,\)"):
+        model.predict(np.zeros(3, np.float32))
+
+
+def test_evaluate_policy_works_on_recurrent_ppo():
+    model = small_model("gru")
+    mean, std = evaluate_policy(model, model.get_env(), n_eval_episodes=4, deterministic=True)
+    assert mean > 0
+
+
+# --------------------------------------------------------------------- training
+@pytest.mark.parametrize("name", ALL_CORES)
+def test_learn_logs_and_updates(name, tmp_path):
+    model = small_model(name, tensorboard_log=str(tmp_path))
+    before = [p.detach().clone() for p in model.policy.parameters()]
+    model.learn(64)
+    assert model.num_timesteps >= 64
+    after = list(model.policy.parameters())
+    assert any(not torch.equal(b, a) for b, a in zip(before, after))
+    logged = model.logger.name_to_value
+    for key in ("train/grad_norm", "perf/rollout_s", "perf/update_s", "perf/steps_per_s"):
+        assert key in logged and np.isfinite(logged[key]), key
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "Acrobot-v1"])
+def test_learn_box_and_other_discrete(env_id):
+    model = small_model("lstm", gym_id=env_id, seq_len=5)
+    model.learn(64)
+
+
+def test_same_seed_same_result():
+    results = []
+    for _ in range(2):
+        model = small_model("gru")
+        model.learn(64)
+        results.append(torch.cat([p.detach().flatten() for p in model.policy.parameters()]))
+    torch.testing.assert_close(results[0], results[1], atol=0, rtol=0)
+
+
+class _Truncating(gym.Env):
+    """Reward 1 per step; truncates after 5 steps and never terminates, except action-independent termination at 7
+    steps for episodes that are not truncated (not reached). Observation is the step counter."""
+
+    observation_space = spaces.Box(0, 100, (1,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.array([0.0], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.array([self.t], np.float32), 1.0, False, self.t >= 5, {}
+
+
+def test_truncation_bootstraps_from_terminal_value():
+    env = make_vec_env(_Truncating, n_envs=1, seed=0)
+    model = RecurrentPPO("MlpPolicy", env, core="gru", hidden_size=8, n_steps=10, batch_size=10, seed=0, gamma=0.9)
+    model.learn(10)
+    rewards = model.rollout_buffer.rewards[:, 0]
+    truncated_steps = [4, 9]
+    assert all(abs(rewards[t] - 1.0) > 1e-6 for t in truncated_steps)  # 1 + gamma * V(final obs)
+    assert all(rewards[t] == 1.0 for t in range(10) if t not in truncated_steps)
+
+
+def test_nan_loss_is_a_clear_error():
+    model = small_model("gru")
+    with torch.no_grad():
+        model.policy.value_net.weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="non-finite loss"):
+        model.learn(64)
+
+
+# ----------------------------------------------------------------- save and load
+@pytest.mark.parametrize("name", ALL_CORES)
+def test_save_load_act_round_trip(name, tmp_path):
+    model = small_model(name, env_id="CartPole-P-v1")
+    model.learn(32)
+    path = tmp_path / "run" / "model.zip"
+    model.save(path)
+    obs = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+    starts = np.zeros(20, bool)
+    starts[[0, 9]] = True
+
+    def rollout(act, state):
+        out = []
+        for o, s in zip(obs, starts):
+            a, state = act(o, state, s)
+            out.append(int(a))
+        return out
+
+    policy = load_policy(path)
+    assert policy.env_id == "CartPole-P-v1" and not policy.training
+    reference = rollout(lambda o, st, s: model.policy.act(o, st, s), model.policy.initial_state(1))
+    assert rollout(lambda o, st, s: policy.act(o, st, s), policy.initial_state(1)) == reference
+    assert load_policy(tmp_path / "run").env_id == "CartPole-P-v1"  # a run directory works too
+    loaded = RecurrentPPO.load(path)
+    assert rollout(lambda o, st, s: loaded.predict(o, st, np.array([s]), deterministic=True),
+                   None) == reference
+    for p, q in zip(model.policy.parameters(), loaded.policy.parameters()):
+        torch.testing.assert_close(p, q)
+    assert not list(path.parent.glob("*.tmp.zip"))  # the atomic save leaves no temp file
+
+
+def test_load_policy_needs_no_pickle(tmp_path, monkeypatch):
+    model = small_model("lstm")
+    model.save(tmp_path / "m.zip")
+    import pickle
+
+    def refuse(*a, **k):
+        raise AssertionError("load_policy must not unpickle objects")
+
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    assert isinstance(load_policy(tmp_path / "m.zip"), torch.nn.Module)
+
+
+def test_bad_model_files_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_policy(tmp_path / "missing.zip")
+    junk = tmp_path / "junk.zip"
+    junk.write_bytes(b"not a zip at all")
+    with pytest.raises(ValueError, match="is not a zip archive"):
+        load_policy(junk)
+    with pytest.raises(ValueError, match="is not a zip archive"):
+        RecurrentPPO.load(junk)
+    foreign = tmp_path / "foreign.zip"
+    with zipfile.ZipFile(foreign, "w") as z:
+        z.writestr("data", "{}")
+    with pytest.raises(ValueError, match="has no recurrent_policy.json"):
+        load_policy(foreign)
+    # a description that does not fit the weights
+    model = small_model("gru")
+    good = tmp_path / "good.zip"
+    model.save(good)
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(bad, "w") as zout:
+        for item in zin.namelist():
+            data = zin.read(item)
+            if item == "recurrent_policy.json":
+                cfg = json.loads(data)
+                cfg["hidden_size"] = 32
+                data = json.dumps(cfg)
+            zout.writestr(item, data)
+    with pytest.raises(ValueError, match="weights do not fit the described policy"):
+        load_policy(bad)
+    truncated = tmp_path / "truncated.zip"
+    truncated.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(ValueError):
+        load_policy(truncated)

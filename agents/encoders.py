@@ -78,10 +78,24 @@ class MiniGridEncoder(nn.Module):
 ENCODERS = {"flat": FlatEncoder, "minigrid": MiniGridEncoder}
 
 
+def looks_like_minigrid(observation_space: spaces.Box) -> bool:
+    """True for the observation space of ``envs.MiniGridObsWrapper``: uint8 ``(3*V*V + 1,)``, highs 10, 5, 2 per cell
+    and 3 for the direction."""
+    shape = observation_space.shape
+    if observation_space.dtype != np.uint8 or len(shape) != 1 or (shape[0] - 1) % 3:
+        return False
+    cells = (shape[0] - 1) // 3
+    view = int(round(np.sqrt(cells)))
+    if view * view != cells:
+        return False
+    expected = np.concatenate([np.tile(np.array(MiniGridEncoder.VOCAB) - 1, cells), [MiniGridEncoder.N_DIRECTIONS - 1]])
+    return bool(np.array_equal(observation_space.high.astype(np.int64), expected))
+
+
 def resolve_encoder(name: str, observation_space: spaces.Box) -> str:
-    """``"auto"`` -> ``"flat"`` (MiniGrid runs name ``"minigrid"`` in their config); other names are checked."""
+    """``"auto"`` -> ``"minigrid"`` for MiniGrid's symbolic view, ``"flat"`` otherwise; other names are checked."""
     if name == "auto":
-        return "flat"
+        return "minigrid" if looks_like_minigrid(observation_space) else "flat"
     if name not in ENCODERS:
         raise ValueError(f"encoder {name!r} is unknown: expected 'auto' or one of {', '.join(ENCODERS)}")
     return name

@@ -1,0 +1,263 @@
+"""Registration with gymnasium, id aliases, and ``make_env`` (what the trainer calls per worker)."""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import re
+from typing import Any
+
+import gymnasium as gym
+import minigrid  # noqa: F401  (hard dependency; importing it registers the MiniGrid-* ids)
+from gymnasium.envs.registration import EnvSpec, WrapperSpec
+from gymnasium.error import DependencyNotInstalled
+
+from .masked import MASKED_ENVS, MaskedEnvSpec
+from .minigrid_obs import MiniGridSymbolicObs, validate_view_size
+
+__all__ = [
+    "ENV_IDS",
+    "ALIASES",
+    "UnknownEnvError",
+    "MissingDependencyError",
+    "register_envs",
+    "resolve_env_id",
+    "list_env_ids",
+    "is_minigrid_id",
+    "make_env",
+]
+
+#: The ids this package registers with gymnasium (masked classic control), in a stable order.
+ENV_IDS: tuple[str, ...] = tuple(MASKED_ENVS)
+
+BOX2D_INSTALL = 'pip install "gymnasium[box2d]"'
+_VERSION_RE = re.compile(r"-v(\d+)$")
+
+
+class UnknownEnvError(ValueError):
+    """An env id that is neither a project id, an alias, nor a registered gymnasium id."""
+
+
+class MissingDependencyError(DependencyNotInstalled):
+    """The env exists but needs an optional package that is not installed (e.g. Box2D)."""
+
+
+def _gym_spec(masked: MaskedEnvSpec) -> EnvSpec:
+    base = gym.spec(masked.base_id)
+    return EnvSpec(
+        id=masked.id,
+        entry_point=base.entry_point,
+        reward_threshold=base.reward_threshold,
+        nondeterministic=base.nondeterministic,
+        max_episode_steps=base.max_episode_steps,
+        order_enforce=base.order_enforce,
+        disable_env_checker=False,
+        kwargs=dict(base.kwargs),
+        additional_wrappers=(
+            WrapperSpec(
+                name=masked.wrapper.__name__,
+                entry_point=f"{masked.wrapper.__module__}:{masked.wrapper.__name__}",
+                kwargs={"dims": tuple(masked.dims)},
+            ),
+        ),
+    )
+
+
+def register_envs() -> None:
+    """Register every id of :data:`ENV_IDS` with gymnasium. Idempotent and silent.
+
+    Runs at ``import envs``; call it again only if something cleared gymnasium's registry.
+    The base env's entry point is stored as a string, so registering LunarLander ids never needs Box2D.
+    """
+    for masked in MASKED_ENVS.values():
+        spec = _gym_spec(masked)
+        current = gym.registry.get(spec.id)
+        if current is None:
+            gym.register(
+                id=spec.id,
+                entry_point=spec.entry_point,
+                reward_threshold=spec.reward_threshold,
+                nondeterministic=spec.nondeterministic,
+                max_episode_steps=spec.max_episode_steps,
+                order_enforce=spec.order_enforce,
+                disable_env_checker=spec.disable_env_checker,
+                additional_wrappers=spec.additional_wrappers,
+                kwargs=spec.kwargs,
+            )
+        elif current != spec:
+            # Our ids are ours: replace a stale definition without gymnasium's "Overriding" warning.
+            gym.registry[spec.id] = spec
+
+
+def _minigrid_memory_aliases() -> dict[str, str]:
+    aliases = {"MiniGrid-Memory": "MiniGrid-MemoryS7-v0"}
+    for env_id, spec in gym.registry.items():
+        if spec.namespace is None and spec.name.startswith("MiniGrid-Memory") and spec.version is not None:
+            best = aliases.get(spec.name)
+            if best is None or int(_VERSION_RE.search(best).group(1)) < spec.version:
+                aliases[spec.name] = env_id
+    return dict(sorted(aliases.items()))
+
+
+register_envs()
+
+#: Short names -> canonical ids. Any other id without "-vN" resolves to its latest registered version.
+ALIASES: dict[str, str] = _minigrid_memory_aliases()
+
+
+def is_minigrid_id(env_id: str) -> bool:
+    """True for canonical ``MiniGrid-*`` ids registered by minigrid (these get :class:`MiniGridSymbolicObs`)."""
+    return env_id.startswith("MiniGrid-") and env_id in gym.registry
+
+
+def list_env_ids(include_minigrid: bool = True, include_aliases: bool = False) -> list[str]:
+    """Project ids: the masked ids (:data:`ENV_IDS`), then every registered ``MiniGrid-*`` id, then aliases."""
+    ids = list(ENV_IDS)
+    if include_minigrid:
+        ids += sorted(k for k in gym.registry if is_minigrid_id(k))
+    if include_aliases:
+        ids += list(ALIASES)
+    return ids
+
+
+def _close_matches(env_id: str) -> list[str]:
+    ours = list_env_ids(include_minigrid=True, include_aliases=True)
+    matches = difflib.get_close_matches(env_id, ours, n=5, cutoff=0.6)
+    others = [k for k in gym.registry if k not in matches]
+    for m in difflib.get_close_matches(env_id, others, n=5, cutoff=0.6):
+        if m not in matches:
+            matches.append(m)
+    return matches[:6]
+
+
+def resolve_env_id(env_id: str) -> str:
+    """Map an id or alias to its canonical, gymnasium-registered id; raise :class:`UnknownEnvError` if none.
+
+    ``"MiniGrid-Memory"`` -> ``"MiniGrid-MemoryS7-v0"``, ``"MiniGrid-MemoryS9"`` -> ``"MiniGrid-MemoryS9-v0"``;
+    an id without ``-vN`` resolves to the latest registered version (``"CartPole-P"`` -> ``"CartPole-P-v1"``).
+    """
+    if not isinstance(env_id, str):
+        raise UnknownEnvError(f"env id must be a str, got {env_id!r} ({type(env_id).__name__})")
+    if env_id in ALIASES:
+        return ALIASES[env_id]
+    if env_id in gym.registry:
+        return env_id
+    if not _VERSION_RE.search(env_id):
+        versions = [
+            spec for spec in gym.registry.values()
+            if spec.namespace is None and spec.name == env_id and spec.version is not None
+        ]
+        if versions:
+            return max(versions, key=lambda s: s.version).id
+    matches = _close_matches(env_id)
+    hint = f"close matches: {', '.join(matches)}" if matches else "no close match"
+    raise UnknownEnvError(
+        f"unknown env id {env_id!r}; {hint} (envs.list_env_ids() lists the project ids; "
+        f"any gymnasium-registered id also works)"
+    )
+
+
+def _box2d_available() -> bool:
+    return importlib.util.find_spec("Box2D") is not None
+
+
+_COMMON_KWARGS = "render_mode, max_episode_steps"
+
+
+def make_env(
+    env_id: str,
+    *,
+    view_size: int | None = None,
+    render_mode: str | None = None,
+    max_episode_steps: int | None = None,
+    **unexpected: Any,
+) -> gym.Env:
+    """Build one env exactly as training does (the trainer calls this once per vec-env worker).
+
+    Args:
+        env_id: a project id (:data:`ENV_IDS`), an alias (:data:`ALIASES`), any ``MiniGrid-*`` id, or any
+            other gymnasium id (passed through unwrapped, e.g. ``"CartPole-v1"`` as a fully observed control).
+        view_size: MiniGrid only: the agent's view size (odd int >= 3; minigrid's default is 7).
+        render_mode: passed to the env (``None`` or e.g. ``"rgb_array"``).
+        max_episode_steps: override the episode limit (positive int).
+
+    Returns:
+        ``gymnasium.make(id)`` for masked and passthrough ids; ``MiniGridSymbolicObs(gymnasium.make(id))``
+        for MiniGrid ids (flat uint8 observation, see :mod:`envs.minigrid_obs`). No Monitor: the trainer
+        adds its own episode statistics wrapper.
+
+    Raises:
+        UnknownEnvError: unknown id (lists close matches).
+        ValueError: bad or unknown keyword argument.
+        MissingDependencyError: LunarLander ids without Box2D installed, or any other id whose optional
+            package is missing (e.g. the MiniGrid WFC ids without ``minigrid[wfc]``).
+    """
+    canonical = resolve_env_id(env_id)
+    minigrid_env = is_minigrid_id(canonical)
+
+    if unexpected:
+        expected = _COMMON_KWARGS + (", view_size" if minigrid_env else " (view_size: MiniGrid-* ids only)")
+        raise ValueError(
+            f"make_env({env_id!r}) got unknown keyword argument(s) {', '.join(sorted(unexpected))}; "
+            f"expected: {expected}"
+        )
+    if view_size is not None and not minigrid_env:
+        raise ValueError(f"view_size={view_size!r} applies only to MiniGrid-* ids, not {canonical!r}")
+
+    make_kwargs: dict[str, Any] = {}
+    if render_mode is not None:
+        if not isinstance(render_mode, str):
+            raise ValueError(f"render_mode must be None or a str such as 'rgb_array', got {render_mode!r}")
+        make_kwargs["render_mode"] = render_mode
+    if max_episode_steps is not None:
+        if isinstance(max_episode_steps, bool) or not isinstance(max_episode_steps, int) or max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps must be None or a positive int, got {max_episode_steps!r}")
+        make_kwargs["max_episode_steps"] = max_episode_steps
+
+    if canonical in MASKED_ENVS:
+        masked = MASKED_ENVS[canonical]
+        if masked.needs_box2d and not _box2d_available():
+            raise MissingDependencyError(
+                f"{canonical} needs Box2D, which is not installed; install it with: {BOX2D_INSTALL} "
+                f"(or the project's extra: pip install \"recurrent-agents[box2d]\")"
+            )
+        return _make(canonical, make_kwargs)
+
+    if minigrid_env:
+        entry = gym.spec(canonical).entry_point
+        if isinstance(entry, str) and entry.startswith("minigrid.envs.wfc") and not all(
+            importlib.util.find_spec(m) is not None for m in ("imageio", "networkx")
+        ):
+            # minigrid only notices at the first reset(); fail here instead.
+            raise MissingDependencyError(
+                f"{canonical} needs imageio and networkx, which are not installed; install them with: "
+                f'pip install "minigrid[wfc]"'
+            )
+        if view_size is not None:
+            make_kwargs["agent_view_size"] = validate_view_size(view_size)
+        try:
+            env = _make(canonical, make_kwargs)
+        except TypeError as e:
+            raise ValueError(
+                f"{canonical} does not accept these arguments {make_kwargs}: {_first_line(e)}"
+            ) from e
+        return MiniGridSymbolicObs(env)
+
+    return _make(canonical, make_kwargs)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _make(canonical: str, make_kwargs: dict[str, Any]) -> gym.Env:
+    """``gymnasium.make`` that turns a missing optional package into a one-line MissingDependencyError."""
+    try:
+        return gym.make(canonical, **make_kwargs)
+    except MissingDependencyError:
+        raise
+    except (DependencyNotInstalled, ImportError) as e:
+        raise MissingDependencyError(
+            f"{canonical} needs a package that is not installed: {_first_line(e)}"
+        ) from e

@@ -43,6 +43,7 @@ class RecurrentRolloutBuffer(RolloutBuffer):
 
     def reset(self) -> None:
         super().reset()
+        self._padded_cache: Optional[dict] = None
         self.states = np.zeros((self.buffer_size, self.n_envs, self.state_size), dtype=np.float32)
 
     def add_state(self, state: torch.Tensor) -> None:
@@ -65,37 +66,52 @@ class RecurrentRolloutBuffer(RolloutBuffer):
         pos = idx - seq_first[seq_id]
         return seq_id, pos, seq_first, len(seq_first)
 
-    def get_sequences(self, batch_size: int) -> Generator[SequenceBatch, None, None]:
-        """Minibatches of whole sequences, shuffled, about ``batch_size`` real steps each."""
-        assert self.full, "the rollout buffer must be full before sampling sequences"
+    def _padded(self) -> dict:
+        """All sequences of the rollout, padded once per rollout (cached until the next ``reset``/``add``)."""
+        if self._padded_cache is not None:
+            return self._padded_cache
         T, E = self.buffer_size, self.n_envs
         seq_id, pos, seq_first, n_seq = self._sequence_layout()
         lengths = np.bincount(seq_id, minlength=n_seq)
+        L = int(lengths.max())
 
         def env_major(a: np.ndarray) -> np.ndarray:  # [T, E, ...] -> [E*T, ...]
             return np.swapaxes(a, 0, 1).reshape(E * T, *a.shape[2:])
-
-        L = int(lengths.max())
 
         def pad(a: np.ndarray) -> torch.Tensor:  # [E*T, ...] -> [L, n_seq, ...]
             out = np.zeros((L, n_seq, *a.shape[1:]), dtype=a.dtype)
             out[pos, seq_id] = a
             return self.to_torch(out)
 
-        obs = pad(env_major(self.observations))
-        actions = pad(env_major(self.actions))
-        values = pad(env_major(self.values))
-        log_probs = pad(env_major(self.log_probs))
-        advantages = pad(env_major(self.advantages))
-        returns = pad(env_major(self.returns))
-        ep_starts = pad(env_major(self.episode_starts) * (pos == 0))
-        mask = pad(np.ones(E * T, dtype=np.float32))
-        states = self.to_torch(env_major(self.states)[seq_first])
+        self._padded_cache = {
+            "lengths": lengths,
+            "observations": pad(env_major(self.observations)),
+            "actions": pad(env_major(self.actions)),
+            "old_values": pad(env_major(self.values)),
+            "old_log_prob": pad(env_major(self.log_probs)),
+            "advantages": pad(env_major(self.advantages)),
+            "returns": pad(env_major(self.returns)),
+            "episode_starts": pad(env_major(self.episode_starts) * (pos == 0)),
+            "mask": pad(np.ones(E * T, dtype=np.float32)),
+            "states": self.to_torch(env_major(self.states)[seq_first]),
+        }
+        return self._padded_cache
 
-        n_minibatches = max(1, int(round(T * E / batch_size)))
+    def compute_returns_and_advantage(self, last_values: torch.Tensor, dones: np.ndarray) -> None:
+        super().compute_returns_and_advantage(last_values, dones)
+        self._padded_cache = None
+
+    def get_sequences(self, batch_size: int) -> Generator[SequenceBatch, None, None]:
+        """Minibatches of whole sequences, shuffled, about ``batch_size`` real steps each."""
+        assert self.full, "the rollout buffer must be full before sampling sequences"
+        data = self._padded()
+        lengths = data["lengths"]
+        n_seq = len(lengths)
+        n_minibatches = max(1, int(round(self.buffer_size * self.n_envs / batch_size)))
         order = np.random.permutation(n_seq)
         for group in np.array_split(order, min(n_minibatches, n_seq)):
             Lg = int(lengths[group].max())
             g = torch.as_tensor(group, device=self.device)
-            yield SequenceBatch(obs[:Lg, g], actions[:Lg, g], values[:Lg, g], log_probs[:Lg, g], advantages[:Lg, g],
-                                returns[:Lg, g], ep_starts[:Lg, g], mask[:Lg, g], states[g])
+            if len(group) == n_seq:  # one minibatch holds the whole rollout: no gather needed
+                g = slice(None)
+            yield SequenceBatch(*(data[k][:Lg, g] for k in SequenceBatch._fields[:-1]), data["states"][g])

@@ -34,6 +34,7 @@ from stable_baselines3.common.distributions import (
 )
 from stable_baselines3.common.policies import BasePolicy
 from torch import nn
+from torch.distributions import Bernoulli, Categorical, Normal
 
 from .cores import MemoryCore, make_core
 from .encoders import ENCODERS, make_encoder, resolve_encoder
@@ -98,7 +99,7 @@ class RecurrentActorCriticPolicy(BasePolicy):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation {activation!r} is unknown: expected one of {', '.join(ACTIVATIONS)}")
         if optimizer_kwargs is None:
-            optimizer_kwargs = {"eps": 1e-5} if optimizer_class is torch.optim.Adam else {}
+            optimizer_kwargs = {"eps": 1e-5, "foreach": True} if optimizer_class is torch.optim.Adam else {}
         super().__init__(observation_space, action_space, normalize_images=False,
                          optimizer_class=optimizer_class, optimizer_kwargs=optimizer_kwargs)
         net_arch = {"pi": [64], "vf": [64]} if net_arch is None else net_arch
@@ -144,6 +145,11 @@ class RecurrentActorCriticPolicy(BasePolicy):
                 module.apply(partial(self.init_weights, gain=gain))
         if lr_schedule is not None:
             self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        # SB3's BaseModel.device walks every parameter; one lookup keeps the per-step ``act`` path short.
+        return self.value_net.weight.device
 
     # ------------------------------------------------------------------ config
     def config(self) -> Dict[str, Any]:
@@ -210,10 +216,22 @@ class RecurrentActorCriticPolicy(BasePolicy):
 
     # ----------------------------------------------------------- distribution
     def _distribution(self, latent_pi: torch.Tensor):
+        """SB3's distribution for the action space, filled without torch's argument validation (which costs more
+        than the network itself at rollout batch sizes; the parameters come straight from the network)."""
         out = self.action_net(latent_pi)
-        if isinstance(self.action_dist, DiagGaussianDistribution):
-            return self.action_dist.proba_distribution(out, self.log_std)
-        return self.action_dist.proba_distribution(action_logits=out)
+        dist = self.action_dist
+        if isinstance(dist, DiagGaussianDistribution):
+            dist.distribution = Normal(out, torch.ones_like(out) * self.log_std.exp(), validate_args=False)
+        elif isinstance(dist, CategoricalDistribution):
+            dist.distribution = Categorical(logits=out, validate_args=False)
+        elif isinstance(dist, MultiCategoricalDistribution):
+            dist.distribution = [Categorical(logits=part, validate_args=False)
+                                 for part in torch.split(out, list(dist.action_dims), dim=-1)]
+        elif isinstance(dist, BernoulliDistribution):
+            dist.distribution = Bernoulli(logits=out, validate_args=False)
+        else:  # pragma: no cover - make_proba_distribution only returns the four above without SDE
+            raise ValueError(f"action distribution {type(dist).__name__} is not supported")
+        return dist
 
     def _mode(self, latent_pi: torch.Tensor) -> torch.Tensor:
         """Deterministic action straight from the head (no distribution object: this is the latency path)."""
@@ -311,13 +329,17 @@ class RecurrentActorCriticPolicy(BasePolicy):
         if tuple(state.shape) != (B, self.state_size):
             raise ValueError(f"state has shape {tuple(state.shape)}: expected [{B}, {self.state_size}] "
                              f"(policy.initial_state(batch_size={B}))")
-        starts = self._starts(episode_start, B)
+        no_reset = episode_start is None or (isinstance(episode_start, (bool, np.bool_)) and not episode_start)
+        starts = None if no_reset else self._starts(episode_start, B)
         with torch.inference_mode():
             feat = self.encoder(obs_t)
             s_pi, s_vf = self._split(state.to(self.device))
-            y, s_pi = self.core_pi.step(feat, s_pi, starts)
-            if s_vf is not None:  # the critic's memory is not advanced when acting, but it is reset
-                s_vf = MemoryCore._reset(s_vf, starts)
+            if starts is None:  # the common per-step case: no reset, no checks beyond the shapes above
+                y, s_pi = self.core_pi._step(feat, s_pi)
+            else:
+                y, s_pi = self.core_pi.step(feat, s_pi, starts)
+                if s_vf is not None:  # the critic's memory is not advanced when acting, but it is reset
+                    s_vf = MemoryCore._reset(s_vf, starts)
             latent = self.pi_net(y)
             if deterministic:
                 action = self._mode(latent)

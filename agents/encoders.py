@@ -14,13 +14,51 @@ from gymnasium import spaces
 from torch import nn
 
 
-class FlatEncoder(nn.Module):
-    """Flatten the observation, then an MLP (``sizes`` may be empty: the core sees the raw observation)."""
+class RunningNorm(nn.Module):
+    """Observation normalisation with running mean and variance kept *inside* the policy (buffers in its state
+    dict), so a saved or exported policy normalises exactly as in training with no env wrapper to carry along.
 
-    def __init__(self, observation_space: spaces.Box, sizes: Sequence[int], activation: Type[nn.Module]) -> None:
+    The statistics change only through :meth:`update` (the trainer calls it after each update with that rollout's
+    observations), so a rollout and the update on it see the same normalisation.
+    """
+
+    def __init__(self, size: int, clip: float = 10.0, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.clip, self.eps = float(clip), float(eps)
+        self.register_buffer("mean", torch.zeros(size))
+        self.register_buffer("var", torch.ones(size))
+        self.register_buffer("count", torch.tensor(1e-4, dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        """Fold a batch ``[N, size]`` into the running statistics (parallel-variance formula, as SB3's RunningMeanStd)."""
+        x = x.reshape(-1, self.mean.shape[0]).to(self.mean.dtype)
+        n = x.shape[0]
+        if n == 0:
+            return
+        b_mean, b_var = x.mean(0), x.var(0, unbiased=False)
+        total = self.count + n
+        delta = b_mean - self.mean
+        new_mean = self.mean + delta * (n / total).to(self.mean.dtype)
+        m2 = self.var * self.count.to(self.var.dtype) + b_var * n + delta ** 2 * (self.count * n / total).to(self.var.dtype)
+        self.mean.copy_(new_mean)
+        self.var.copy_(m2 / total.to(self.var.dtype))
+        self.count.copy_(total)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp((x - self.mean) / torch.sqrt(self.var + self.eps), -self.clip, self.clip)
+
+
+class FlatEncoder(nn.Module):
+    """Flatten the observation, optionally normalise it (:class:`RunningNorm`), then an MLP (``sizes`` may be empty:
+    the core sees the raw observation)."""
+
+    def __init__(self, observation_space: spaces.Box, sizes: Sequence[int], activation: Type[nn.Module],
+                 normalize: bool = False) -> None:
         super().__init__()
         self.obs_ndim = len(observation_space.shape)
         in_size = int(np.prod(observation_space.shape))
+        self.norm = RunningNorm(in_size) if normalize else None
         layers: list[nn.Module] = []
         for size in sizes:
             layers += [nn.Linear(in_size, int(size)), activation()]
@@ -30,6 +68,8 @@ class FlatEncoder(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         x = obs.reshape(*obs.shape[: obs.dim() - self.obs_ndim], -1).float()
+        if self.norm is not None:
+            x = self.norm(x)
         return self.net(x)
 
 
@@ -47,8 +87,9 @@ class MiniGridEncoder(nn.Module):
     N_DIRECTIONS = 4
 
     def __init__(self, observation_space: spaces.Box, sizes: Sequence[int], activation: Type[nn.Module],
-                 embed_dim: int = 8) -> None:
+                 normalize: bool = False, embed_dim: int = 8) -> None:
         super().__init__()
+        self.norm = None  # categorical codes: nothing to normalise
         n = int(np.prod(observation_space.shape))
         if len(observation_space.shape) != 1 or (n - 1) % 3 != 0:
             raise ValueError(f"observation shape {observation_space.shape} is not a MiniGrid symbolic view: "
@@ -101,5 +142,6 @@ def resolve_encoder(name: str, observation_space: spaces.Box) -> str:
     return name
 
 
-def make_encoder(name: str, observation_space: spaces.Box, sizes: Sequence[int], activation: Type[nn.Module]) -> nn.Module:
-    return ENCODERS[name](observation_space, sizes, activation)
+def make_encoder(name: str, observation_space: spaces.Box, sizes: Sequence[int], activation: Type[nn.Module],
+                 normalize: bool = False) -> nn.Module:
+    return ENCODERS[name](observation_space, sizes, activation, normalize=normalize)

@@ -63,6 +63,7 @@ class RecurrentActorCriticPolicy(BasePolicy):
     :param shared_core: one core for actor and critic (True) or a separate critic core (False)
     :param encoder: ``"flat"`` (vector MLP), ``"minigrid"`` (symbolic grid), or ``"auto"`` (chosen from the space)
     :param encoder_sizes: hidden layers of the encoder before the core (``[]``: the core sees the raw observation)
+    :param normalize_obs: normalise observations with running statistics kept in the policy (flat encoder only)
     :param net_arch: ``{"pi": [...], "vf": [...]}`` layers of the actor / critic heads after the core
     :param activation: activation of encoder and heads (``tanh``, ``relu``, ``elu``, ``gelu``, ``leaky_relu``)
     :param ortho_init: orthogonal initialisation of linear layers as in SB3's PPO
@@ -82,6 +83,7 @@ class RecurrentActorCriticPolicy(BasePolicy):
         shared_core: bool = False,
         encoder: str = "auto",
         encoder_sizes: Sequence[int] = (64,),
+        normalize_obs: bool = False,
         net_arch: Optional[Dict[str, Sequence[int]]] = None,
         activation: str = "tanh",
         ortho_init: bool = True,
@@ -111,6 +113,7 @@ class RecurrentActorCriticPolicy(BasePolicy):
         self.shared_core = bool(shared_core)
         self.encoder_name = resolve_encoder(encoder, observation_space)
         self.encoder_sizes = [int(s) for s in encoder_sizes]
+        self.normalize_obs = bool(normalize_obs)
         self.net_arch = {"pi": [int(s) for s in net_arch.get("pi", [])], "vf": [int(s) for s in net_arch.get("vf", [])]}
         self.activation = activation
         self.ortho_init = ortho_init
@@ -119,7 +122,8 @@ class RecurrentActorCriticPolicy(BasePolicy):
         self.env_id = env_id
         self._obs_shape = tuple(observation_space.shape)
 
-        self.encoder = make_encoder(self.encoder_name, observation_space, self.encoder_sizes, ACTIVATIONS[activation])
+        self.encoder = make_encoder(self.encoder_name, observation_space, self.encoder_sizes, ACTIVATIONS[activation],
+                                    normalize=self.normalize_obs)
         self.core_pi: MemoryCore = make_core(core, self.encoder.output_size, hidden_size, num_layers, **self.core_kwargs)
         self.core_vf: Optional[MemoryCore] = None
         if not self.shared_core:
@@ -164,6 +168,7 @@ class RecurrentActorCriticPolicy(BasePolicy):
             "shared_core": self.shared_core,
             "encoder": self.encoder_name,
             "encoder_sizes": list(self.encoder_sizes),
+            "normalize_obs": self.normalize_obs,
             "net_arch": {k: list(v) for k, v in self.net_arch.items()},
             "activation": self.activation,
             "log_std_init": self.log_std_init,
@@ -185,6 +190,12 @@ class RecurrentActorCriticPolicy(BasePolicy):
         cfg = self.config()
         data.update({k: v for k, v in cfg.items() if k not in ("format_version", "observation_space", "action_space")})
         return data
+
+    def update_obs_normalizer(self, observations) -> None:
+        """Fold observations (any leading dims) into the running normalisation statistics, if the policy has them."""
+        norm = getattr(self.encoder, "norm", None)
+        if norm is not None:
+            norm.update(torch.as_tensor(np.asarray(observations), device=self.device).reshape(-1, norm.mean.shape[0]))
 
     # ------------------------------------------------------------------- state
     @property

@@ -290,8 +290,10 @@ class RecurrentPPO(PPO):
             if not continue_training:
                 break
 
-        update_seconds = time.perf_counter() - t_start
         buf = self.rollout_buffer
+        # normalisation statistics move only between updates, so each rollout and its update see the same ones
+        self.policy.update_obs_normalizer(buf.observations)
+        update_seconds = time.perf_counter() - t_start
         explained_var = explained_variance(buf.values.flatten(), buf.returns.flatten())
         log = self.logger.record
         log("train/entropy_loss", float(np.mean(entropy_losses)) if entropy_losses else float("nan"))

@@ -289,3 +289,22 @@ def test_bad_model_files_are_clear_errors(tmp_path):
     truncated.write_bytes(good.read_bytes()[:200])
     with pytest.raises(ValueError):
         load_policy(truncated)
+
+
+def test_obs_normalizer_lives_in_the_policy_and_travels(tmp_path):
+    model = small_model("gru", policy_kwargs=dict(normalize_obs=True))
+    model.learn(32)  # one rollout of 16 steps x 2 envs
+    norm = model.policy.encoder.norm
+    seen = model.rollout_buffer.observations.reshape(-1, 4)
+    assert norm.count.item() == pytest.approx(32 + 1e-4)
+    assert np.isfinite(norm.mean.numpy()).all() and np.abs(norm.mean.numpy()).sum() > 0
+    # one rollout so far -> its statistics are exactly the rollout's (up to the tiny prior count)
+    np.testing.assert_allclose(norm.mean.numpy(), seen.mean(0), atol=1e-4)
+    np.testing.assert_allclose(norm.var.numpy(), seen.var(0), rtol=1e-3, atol=1e-4)
+    model.save(tmp_path / "m.zip")
+    policy = load_policy(tmp_path / "m.zip")
+    torch.testing.assert_close(policy.encoder.norm.mean, norm.mean)
+    obs = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32) * 3
+    a_ref, _ = model.policy.act(obs, model.policy.initial_state(6), True)
+    a, _ = policy.act(obs, policy.initial_state(6), True)
+    np.testing.assert_array_equal(a, a_ref)

@@ -1,0 +1,168 @@
+"""Training throughput and act latency of RecurrentPPO, side by side with the tools it is measured against.
+
+Three sections, all measured in this one process on this machine (one torch thread for every contender):
+
+1. CartPoleNoVel-v1 with rl-zoo3's ppo_lstm hyperparameters (8 envs, n_steps 32, batch 256, 20 epochs, gamma 0.98,
+   lambda 0.8, lr lin 1e-3, clip lin 0.2, hidden 64, separate critic core, pi/vf [64], ReLU, no ortho init):
+   sb3-contrib's RecurrentPPO (LSTM) vs ours (LSTM and GRU): steps/s over the whole run, and the mean return of 20
+   deterministic eval episodes at the end.
+2. MiniGrid-MemoryS7-v0 (8 envs, n_steps 128, batch 256, 4 epochs, lr 2.5e-4, ent 0.01, hidden 128): ours (GRU,
+   LSTM) vs SB3's memoryless PPO with the same settings and the same observation wrapper: steps/s.
+3. Batch-1 per-step latency: our ``policy.act`` (GRU, LSTM, hidden 64/128/256) vs sb3-contrib's ``predict``.
+
+Writes results/throughput.json and results/throughput.md. ``--quick`` runs a small version (for a smoke test).
+
+    python scripts/bench_throughput.py                  # full: ~15-20 min on 2 CPU cores
+    python scripts/bench_throughput.py --quick          # ~1-2 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Dict, List
+
+import numpy as np
+import torch
+from torch import nn
+
+from benchlib import provenance, time_per_call_us, write_results
+
+import envs
+from agents import RecurrentPPO
+from stable_baselines3 import PPO
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.utils import LinearSchedule
+from sb3_contrib import RecurrentPPO as ContribRecurrentPPO
+
+
+def cartpole_contenders(seed: int):
+    env = lambda: make_vec_env(lambda: envs.make_env("CartPoleNoVel-v1"), n_envs=8, seed=seed)  # noqa: E731
+    hp = dict(n_steps=32, batch_size=256, n_epochs=20, gamma=0.98, gae_lambda=0.8, ent_coef=0.0,
+              learning_rate=LinearSchedule(1e-3, 0.0, 1.0), clip_range=LinearSchedule(0.2, 0.0, 1.0), seed=seed)
+    ours_kwargs = dict(encoder_sizes=[], net_arch=dict(pi=[64], vf=[64]), activation="relu", ortho_init=False)
+    return {
+        "sb3-contrib RecurrentPPO (lstm)": lambda: ContribRecurrentPPO(
+            "MlpLstmPolicy", env(), policy_kwargs=dict(ortho_init=False, activation_fn=nn.ReLU, lstm_hidden_size=64,
+                                                       enable_critic_lstm=True, net_arch=dict(pi=[64], vf=[64])), **hp),
+        "recurrent-agents (lstm)": lambda: RecurrentPPO("MlpPolicy", env(), core="lstm", hidden_size=64,
+                                                        policy_kwargs=ours_kwargs, **hp),
+        "recurrent-agents (gru)": lambda: RecurrentPPO("MlpPolicy", env(), core="gru", hidden_size=64,
+                                                       policy_kwargs=ours_kwargs, **hp),
+    }
+
+
+def minigrid_contenders(seed: int):
+    env = lambda: make_vec_env(lambda: envs.make_env("MiniGrid-MemoryS7-v0"), n_envs=8, seed=seed)  # noqa: E731
+    hp = dict(n_steps=128, batch_size=256, n_epochs=4, learning_rate=2.5e-4, ent_coef=0.01, seed=seed)
+    return {
+        "SB3 PPO (memoryless MLP)": lambda: PPO("MlpPolicy", env(), **hp),
+        "recurrent-agents (gru)": lambda: RecurrentPPO("MlpPolicy", env(), core="gru", hidden_size=128, **hp),
+        "recurrent-agents (lstm)": lambda: RecurrentPPO("MlpPolicy", env(), core="lstm", hidden_size=128, **hp),
+    }
+
+
+def train_and_time(build, steps: int, eval_episodes: int, eval_env_id: str, seed: int) -> Dict[str, float]:
+    model = build()
+    t0 = time.perf_counter()
+    model.learn(steps)
+    seconds = time.perf_counter() - t0
+    row = {"steps": model.num_timesteps, "seconds": seconds, "steps_per_s": model.num_timesteps / seconds}
+    logged = model.logger.name_to_value
+    if "perf/update_s" in logged:
+        row["last_rollout_s"] = logged["perf/rollout_s"]
+        row["last_update_s"] = logged["perf/update_s"]
+    if eval_episodes:
+        eval_env = make_vec_env(lambda: envs.make_env(eval_env_id), n_envs=1, seed=seed + 1000)
+        mean, std = evaluate_policy(model, eval_env, n_eval_episodes=eval_episodes, deterministic=True)
+        row["eval_mean_return"], row["eval_std_return"] = float(mean), float(std)
+    return row
+
+
+def latency_rows(hidden_sizes: List[int], n: int) -> List[Dict[str, object]]:
+    env = make_vec_env(lambda: envs.make_env("CartPoleNoVel-v1"), n_envs=1, seed=0)
+    obs = env.reset()[0]
+    rows = []
+    for hidden in hidden_sizes:
+        for core in ("gru", "lstm"):
+            policy = RecurrentPPO("MlpPolicy", env, core=core, hidden_size=hidden, n_steps=8, batch_size=8).policy
+            state = policy.initial_state(1)
+            t = time_per_call_us(lambda: policy.act(obs, state, episode_start=False, deterministic=True), n=n)
+            rows.append({"impl": "recurrent-agents act", "core": core, "hidden": hidden, **t})
+        contrib = ContribRecurrentPPO("MlpLstmPolicy", env, n_steps=8, batch_size=8,
+                                      policy_kwargs=dict(lstm_hidden_size=hidden))
+        _, lstm_state = contrib.predict(obs[None], deterministic=True)
+        starts = np.zeros(1, dtype=bool)
+        t = time_per_call_us(lambda: contrib.predict(obs[None], state=lstm_state, episode_start=starts,
+                                                     deterministic=True), n=n)
+        rows.append({"impl": "sb3-contrib predict", "core": "lstm", "hidden": hidden, **t})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small budgets (smoke test; ratios are rough)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cartpole-steps", type=int, default=None, help="default 100000 (quick: 4096)")
+    parser.add_argument("--minigrid-steps", type=int, default=None, help="default 30720 (quick: 4096)")
+    parser.add_argument("--sections", default="cartpole,minigrid,latency")
+    parser.add_argument("--name", default=None, help="results file stem (default throughput, quick: throughput_quick)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    cartpole_steps = args.cartpole_steps or (4096 if args.quick else 100_000)
+    minigrid_steps = args.minigrid_steps or (4096 if args.quick else 30_720)
+    sections = set(args.sections.split(","))
+    payload: Dict[str, object] = {"provenance": provenance()}
+    table: List[str] = []
+
+    if "cartpole" in sections:
+        print(f"== CartPoleNoVel-v1, rl-zoo3 ppo_lstm hyperparameters, {cartpole_steps} steps", flush=True)
+        rows = {}
+        for name, build in cartpole_contenders(args.seed).items():
+            rows[name] = train_and_time(build, cartpole_steps, 0 if args.quick else 20, "CartPoleNoVel-v1", args.seed)
+            print(f"  {name:34s} {rows[name]['steps_per_s']:8.0f} steps/s  eval {rows[name].get('eval_mean_return', float('nan')):6.1f}", flush=True)
+        base = rows["sb3-contrib RecurrentPPO (lstm)"]["steps_per_s"]
+        table += ["## CartPoleNoVel-v1 (rl-zoo3 ppo_lstm hyperparameters)", "",
+                  f"{cartpole_steps} steps, seed {args.seed}; eval: 20 deterministic episodes after training.", "",
+                  "| implementation | steps/s | vs sb3-contrib | eval return | last rollout s | last update s |",
+                  "|---|---|---|---|---|---|"]
+        for name, r in rows.items():
+            r["ratio_vs_sb3_contrib"] = r["steps_per_s"] / base
+            table.append(f"| {name} | {r['steps_per_s']:.0f} | {r['ratio_vs_sb3_contrib']:.2f}x | "
+                         f"{r.get('eval_mean_return', float('nan')):.1f} | {r.get('last_rollout_s', float('nan')):.3f} | "
+                         f"{r.get('last_update_s', float('nan')):.3f} |")
+        table.append("")
+        payload["cartpole"] = rows
+
+    if "minigrid" in sections:
+        print(f"== MiniGrid-MemoryS7-v0, {minigrid_steps} steps", flush=True)
+        rows = {}
+        for name, build in minigrid_contenders(args.seed).items():
+            rows[name] = train_and_time(build, minigrid_steps, 0, "MiniGrid-MemoryS7-v0", args.seed)
+            print(f"  {name:34s} {rows[name]['steps_per_s']:8.0f} steps/s", flush=True)
+        base = rows["SB3 PPO (memoryless MLP)"]["steps_per_s"]
+        table += ["## MiniGrid-MemoryS7-v0 (8 envs, n_steps 128, batch 256, 4 epochs, hidden 128)", "",
+                  "| implementation | steps/s | vs SB3 PPO (no memory) |", "|---|---|---|"]
+        for name, r in rows.items():
+            r["ratio_vs_sb3_ppo"] = r["steps_per_s"] / base
+            table.append(f"| {name} | {r['steps_per_s']:.0f} | {r['ratio_vs_sb3_ppo']:.2f}x |")
+        table.append("")
+        payload["minigrid"] = rows
+
+    if "latency" in sections:
+        print("== batch-1 per-step latency (CartPoleNoVel obs, deterministic)", flush=True)
+        rows = latency_rows([64, 128] if args.quick else [64, 128, 256], 500 if args.quick else 3000)
+        table += ["## Batch-1 per-step latency (us, after warm-up)", "",
+                  "| implementation | core | hidden | p50 | p99 |", "|---|---|---|---|---|"]
+        for r in rows:
+            print(f"  {r['impl']:22s} {r['core']:5s} {r['hidden']:4d}  p50 {r['p50_us']:7.1f} us  p99 {r['p99_us']:7.1f} us")
+            table.append(f"| {r['impl']} | {r['core']} | {r['hidden']} | {r['p50_us']:.0f} | {r['p99_us']:.0f} |")
+        table.append("")
+        payload["latency"] = rows
+
+    write_results(args.name or ("throughput_quick" if args.quick else "throughput"), payload, table)
+
+
+if __name__ == "__main__":
+    main()

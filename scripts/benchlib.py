@@ -1,0 +1,76 @@
+"""Shared helpers for the benchmark scripts: provenance (commit, machine), latency timing, result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except OSError:
+        return "unknown"
+
+
+def machine() -> Dict[str, str]:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "torch": torch.__version__,
+            "torch_threads": str(torch.get_num_threads()), "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+def provenance(command: str | None = None) -> Dict[str, object]:
+    return {"commit": git_commit(), "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "command": command or "python " + " ".join([Path(sys.argv[0]).relative_to(ROOT).as_posix()
+                                                         if Path(sys.argv[0]).resolve().is_relative_to(ROOT)
+                                                         else sys.argv[0]] + sys.argv[1:])}
+
+
+def time_per_call_us(fn: Callable[[], object], warmup: int = 300, n: int = 3000) -> Dict[str, float]:
+    """p50/p99/mean wall time of ``fn`` in microseconds, after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    samples = np.empty(n)
+    for i in range(n):
+        t = time.perf_counter_ns()
+        fn()
+        samples[i] = time.perf_counter_ns() - t
+    samples /= 1e3
+    return {"p50_us": float(np.percentile(samples, 50)), "p99_us": float(np.percentile(samples, 99)),
+            "mean_us": float(samples.mean())}
+
+
+def write_results(name: str, payload: Dict[str, object], table: List[str]) -> None:
+    """Write ``results/<name>.json`` and ``results/<name>.md`` (the table plus provenance)."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    prov = payload["provenance"]
+    m = prov["machine"]
+    header = [f"# {name}", "",
+              f"Commit `{prov['commit']}`, {prov['date']}; {m['cpu']}, {m['cores']} cores, torch {m['torch']} "
+              f"({m['torch_threads']} thread(s)), Python {m['python']}.", "",
+              f"Reproduce: `{prov['command']}`", ""]
+    (RESULTS / f"{name}.md").write_text("\n".join(header + table) + "\n")

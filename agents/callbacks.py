@@ -10,7 +10,7 @@ Checkpoint layout (written into a temporary directory, then renamed: a checkpoin
     RUN_DIR/checkpoints/step_000012288/
         model.zip         RecurrentPPO.save: policy, optimizer, schedules, step and update counters, episode buffer
         rng.pkl           python, numpy and torch RNG states
-        vecnormalize.pkl  observation/reward normalization statistics (only with normalize: true)
+        vecnormalize.pkl  reward normalization statistics (only with normalize_reward: true)
         state.json        step, accumulated rollout/update/wall seconds, number of sessions
 """
 
@@ -33,12 +33,12 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
-from stable_baselines3.common.vec_env import VecEnv, VecNormalize, sync_envs_normalization
+from stable_baselines3.common.vec_env import VecEnv
 
-__all__ = ["RunState", "RunLogger", "TensorBoardFormat", "make_logger", "flush_logs", "BoundaryLogCallback",
-           "EvalCallback", "CheckpointCallback", "StopOnRequestCallback", "ProgressBarCallback", "Checkpoint",
-           "save_checkpoint", "latest_checkpoint", "restore_rng", "evaluate", "measure_act_latency",
-           "write_atomic"]
+__all__ = ["RunState", "RunLogger", "TensorBoardFormat", "make_logger", "count_pending_time", "flush_logs",
+           "BoundaryLogCallback", "EvalCallback", "CheckpointCallback", "StopOnRequestCallback", "ProgressBarCallback",
+           "Checkpoint", "save_checkpoint", "list_checkpoints", "latest_checkpoint", "restore_rng", "evaluate",
+           "record_eval", "measure_act_latency", "write_atomic"]
 
 CHECKPOINT_DIR = "checkpoints"
 _CKPT_PREFIX = "step_"
@@ -115,15 +115,19 @@ def make_logger(run_dir: Path, purge_step: Optional[int] = None) -> RunLogger:
     return RunLogger(folder=str(run_dir), output_formats=[TensorBoardFormat(str(run_dir), purge_step)])
 
 
-def flush_logs(model, state: RunState, step: Optional[int] = None) -> None:
-    """Add the pending perf/rollout_s and perf/update_s to ``state``, then write pending records at ``step``."""
-    logger = model.logger
+def count_pending_time(logger: Logger, state: RunState) -> None:
+    """Add the pending (not yet written) perf/rollout_s and perf/update_s of the last update to ``state``."""
     pending = logger.name_to_value
     if "perf/update_s" in pending:
         state.rollout_s += float(pending.get("perf/rollout_s", 0.0))
         state.update_s += float(pending["perf/update_s"])
-    if pending:
-        logger.dump(step=model.num_timesteps if step is None else step)
+
+
+def flush_logs(model, state: RunState, step: Optional[int] = None) -> None:
+    """Count the pending update's time in ``state``, then write the pending records at ``step`` (default: now)."""
+    count_pending_time(model.logger, state)
+    if model.logger.name_to_value:
+        model.logger.dump(step=model.num_timesteps if step is None else step)
 
 
 class BoundaryLogCallback(BaseCallback):
@@ -145,9 +149,9 @@ class BoundaryLogCallback(BaseCallback):
 # ---------------------------------------------------------------------------------------------------- evaluation
 def evaluate(model, eval_env: VecEnv, n_episodes: int, deterministic: bool = True,
              success_threshold: Optional[float] = None) -> Dict[str, float]:
-    """``evaluate_policy`` over ``n_episodes``: mean/std return, mean length, success rate (return > threshold)."""
-    if isinstance(model.get_vec_normalize_env(), VecNormalize):
-        sync_envs_normalization(model.get_env(), eval_env)
+    """``evaluate_policy`` over ``n_episodes``: mean/std return, mean length, success rate (return > threshold).
+
+    ``eval_env`` gives raw rewards (observation normalization, if any, is inside the policy)."""
     returns, lengths = evaluate_policy(model, eval_env, n_eval_episodes=n_episodes, deterministic=deterministic,
                                        return_episode_rewards=True, warn=False)
     result = {"mean_reward": float(np.mean(returns)), "std_reward": float(np.std(returns)),
@@ -240,6 +244,9 @@ def save_checkpoint(run_dir: Path, model, state: RunState, keep: int) -> Checkpo
             shutil.rmtree(tmp, ignore_errors=True)
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old.path, ignore_errors=True)
+    for stale in root.iterdir():  # left by a process killed while writing (SIGKILL, power loss)
+        if stale.name.startswith((".tmp-", ".old-")):
+            shutil.rmtree(stale, ignore_errors=True)
     return Checkpoint(final, step)
 
 
@@ -330,6 +337,8 @@ class ProgressBarCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         if self.bar is not None:
+            if self.num_timesteps > self.bar.total:  # learn() ends on a whole rollout, past the requested total
+                self.bar.total = self.num_timesteps
             self.bar.update(self.num_timesteps - self.bar.n)
             now = time.monotonic()
             if now - self._last_postfix > 1.0:

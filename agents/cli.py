@@ -15,7 +15,6 @@ Run directory ``<logdir>/<env>__<core>__s<seed>__<YYYYmmdd-HHMMSS>/``::
     events.out.tfevents.*  TensorBoard: rollout/, eval/, train/, perf/, latency/ scalars and the hparams summary
     config.yaml            the resolved config (what --resume reads)
     model.zip              the trained model (RecurrentPPO.load / agents.load_policy)
-    vecnormalize.pkl       normalization statistics (only with normalize: true)
     summary.json           final eval, success rate, steps/s, rollout/update seconds, latency, parameters, ...
     checkpoints/step_N/    the latest checkpoints (see agents.callbacks)
 
@@ -34,11 +33,11 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from .config import ConfigError, TrainConfig, config_help, family_for, resolve_config
 
@@ -176,9 +175,9 @@ class Session:
     start_step: int = 0
     input_size: int = 0
     matched: Optional[str] = None
-    closers: List[Any] = field(default_factory=list)
 
     def close(self) -> None:
+        release_lock(self.run_dir)
         for env in (self.train_env, self.eval_env):
             try:
                 if env is not None:
@@ -248,8 +247,8 @@ def new_session(args: argparse.Namespace) -> Session:
     device = _setup_torch(cfg)
     model = train_env = eval_env = None
     try:
-        train_env, eval_env = _make_envs(cfg, seed=cfg.seed)
-        model = _build_model(cfg, train_env, device)
+        train_env, eval_env = make_envs(cfg, seed=cfg.seed)
+        model = build_model(cfg, train_env, device)
         run_dir = create_run_dir(Path(cfg.logdir), _run_name(cfg), _needed_bytes(model, cfg))
     except BaseException as exc:
         _close_all(train_env, eval_env)
@@ -258,13 +257,16 @@ def new_session(args: argparse.Namespace) -> Session:
         raise
     session = Session(cfg, run_dir, model, train_env, eval_env, input_size=input_size, matched=matched)
     try:
+        acquire_lock(run_dir)
         write_config(run_dir, cfg)
         model.set_logger(_make_logger(run_dir, None))
         _log_hparams(session)
-    except OSError as exc:
+    except BaseException as exc:
         session.close()
         shutil.rmtree(run_dir, ignore_errors=True)
-        raise CLIError(f"cannot write to run directory {str(run_dir)!r} ({exc.strerror or exc})") from None
+        if isinstance(exc, OSError):
+            raise CLIError(f"cannot write to run directory {str(run_dir)!r} ({exc.strerror or exc})") from None
+        raise
     return session
 
 
@@ -303,10 +305,11 @@ def resume_session(args: argparse.Namespace) -> Session:
         raise CLIError(f"--resume {str(run_dir)!r}: the run already has {ckpt.step} steps >= total_timesteps="
                        f"{cfg.total_timesteps}; pass --total-timesteps N with N > {ckpt.step} to train further")
     device = _setup_torch(cfg)
+    acquire_lock(run_dir)
     train_env = eval_env = None
     try:
         # new env seeds: a resumed run does not replay the episodes of its first steps
-        train_env, eval_env = _make_envs(cfg, seed=cfg.seed + ckpt.step, vecnormalize=ckpt.vecnormalize)
+        train_env, eval_env = make_envs(cfg, seed=cfg.seed + ckpt.step, vecnormalize=ckpt.vecnormalize)
         model = RecurrentPPO.load(ckpt.model, env=train_env, device=device)
         if model.policy.core_name != cfg.core:
             raise CLIError(f"{ckpt.model}: core {model.policy.core_name!r} does not match config.yaml's "
@@ -314,6 +317,7 @@ def resume_session(args: argparse.Namespace) -> Session:
         probe_run_dir(run_dir, _needed_bytes(model, cfg))
     except BaseException as exc:
         _close_all(train_env, eval_env)
+        release_lock(run_dir)
         if isinstance(exc, _setup_errors()):
             raise CLIError(f"--resume {str(run_dir)!r}: {_one_line(exc)}") from None
         raise
@@ -381,12 +385,13 @@ def _size_core(cfg: TrainConfig, env) -> tuple:
 
     try:
         encoder_name = resolve_encoder(cfg.encoder, env.observation_space)
-        encoder = make_encoder(encoder_name, env.observation_space, cfg.encoder_sizes, ACTIVATIONS[cfg.activation])
+        encoder = make_encoder(encoder_name, env.observation_space, cfg.encoder_sizes, ACTIVATIONS[cfg.activation],
+                               normalize=cfg.normalize_obs and encoder_name == "flat")
     except ValueError as exc:
         raise CLIError(f"encoder={cfg.encoder!r} for {cfg.env}: {_one_line(exc)}") from None
-    if cfg.normalize and encoder_name == "minigrid":
-        raise CLIError(f"normalize=true (env {cfg.env}): the MiniGrid encoder embeds integer codes, which must not "
-                       "be normalized; expected normalize=false")
+    if cfg.normalize_obs and encoder_name != "flat":
+        raise CLIError(f"normalize_obs=true (env {cfg.env}, encoder {encoder_name}): only the flat encoder "
+                       "normalizes observations (MiniGrid's are integer codes, embedded); expected normalize_obs=false")
     input_size = encoder.output_size
     note = None
     if cfg.match_params:
@@ -398,8 +403,9 @@ def _size_core(cfg: TrainConfig, env) -> tuple:
     return input_size, note
 
 
-def _make_envs(cfg: TrainConfig, seed: int, vecnormalize: Optional[Path] = None):
-    """Training VecEnv (Monitor per env, optional VecNormalize) and a DummyVecEnv for evaluation."""
+def make_envs(cfg: TrainConfig, seed: int, vecnormalize: Optional[Path] = None):
+    """Training VecEnv (Monitor per env; VecNormalize for rewards only: observations are normalized inside the
+    policy, see normalize_obs) and a DummyVecEnv for evaluation (raw rewards)."""
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
 
@@ -416,17 +422,17 @@ def _make_envs(cfg: TrainConfig, seed: int, vecnormalize: Optional[Path] = None)
         train_env = make_vec_env(env_fn, n_envs=cfg.n_envs, seed=seed, vec_env_cls=DummyVecEnv)
     eval_env = make_vec_env(env_fn, n_envs=min(cfg.n_envs, cfg.eval_episodes), seed=seed + 10_000_019,
                             vec_env_cls=DummyVecEnv)
-    if cfg.normalize:
+    if cfg.normalize_reward:
         if vecnormalize is not None and Path(vecnormalize).exists():
             train_env = VecNormalize.load(str(vecnormalize), train_env)
             train_env.training = True
         else:
-            train_env = VecNormalize(train_env, gamma=cfg.gamma)
-        eval_env = VecNormalize(eval_env, training=False, norm_reward=False, gamma=cfg.gamma)
+            train_env = VecNormalize(train_env, norm_obs=False, norm_reward=True, gamma=cfg.gamma)
     return train_env, eval_env
 
 
-def _build_model(cfg: TrainConfig, train_env, device):
+def build_model(cfg: TrainConfig, train_env, device="cpu"):
+    """The RecurrentPPO a TrainConfig describes (what train_agent trains; tests and scripts reuse it)."""
     from .config import make_schedule
     from .ppo import RecurrentPPO
 
@@ -439,6 +445,7 @@ def _build_model(cfg: TrainConfig, train_env, device):
         vf_coef=cfg.vf_coef, max_grad_norm=cfg.max_grad_norm, target_kl=cfg.target_kl, seed=cfg.seed,
         device=device, verbose=0,
         policy_kwargs=dict(encoder=cfg.encoder, encoder_sizes=list(cfg.encoder_sizes),
+                           normalize_obs=cfg.normalize_obs,
                            net_arch=dict(pi=list(cfg.net_arch_pi), vf=list(cfg.net_arch_vf)),
                            activation=cfg.activation, ortho_init=cfg.ortho_init, log_std_init=cfg.log_std_init),
     )
@@ -504,6 +511,53 @@ def probe_run_dir(run_dir: Path, needed_bytes: int) -> None:
     if free < needed_bytes:
         raise CLIError(f"not enough free disk space for run directory {str(run_dir)!r}: {free / 2**20:.1f} MiB free, "
                        f"expected at least {needed_bytes / 2**20:.1f} MiB (checkpoints, model, logs)")
+
+
+_LOCK = ".lock"
+
+
+def acquire_lock(run_dir: Path) -> None:
+    """Mark the run directory as in use by this process (a second process resuming it would interleave its logs
+    and checkpoints). A lock left by a process that no longer exists is taken over."""
+    lock = run_dir / _LOCK
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid > 0 and pid != os.getpid() and _pid_alive(pid):
+                raise CLIError(f"run directory {str(run_dir)!r} is in use by process {pid} (another {PROG}); "
+                               f"expected it to be free (delete {lock} if that process is not {PROG})") from None
+            lock.unlink(missing_ok=True)
+            continue
+        except OSError as exc:
+            raise CLIError(f"run directory {str(run_dir)!r} is not writable ({exc.strerror or exc})") from None
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        return
+    raise CLIError(f"cannot lock run directory {str(run_dir)!r}")
+
+
+def release_lock(run_dir: Path) -> None:
+    lock = Path(run_dir) / _LOCK
+    try:
+        if lock.read_text().strip() == str(os.getpid()):
+            lock.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_config(run_dir: Path, cfg: TrainConfig) -> None:
@@ -584,6 +638,13 @@ def train(s: Session, progress: bool = True) -> int:
         keep = (f"last good checkpoint: {ckpt.path} (step {ckpt.step}); continue with {PROG} --resume {s.run_dir}"
                 if ckpt is not None else "no checkpoint was written before it")
         raise TrainingFailed(f"training stopped: {_one_line(exc)}; {keep}") from None
+    except KeyboardInterrupt:  # a second Ctrl-C / SIGTERM: quit now, without saving
+        bar.close()
+        ckpt = last_ckpt["ckpt"]
+        keep = (f"last checkpoint: {ckpt.path} (step {ckpt.step}); continue with {PROG} --resume {s.run_dir}"
+                if ckpt is not None else "no checkpoint was written")
+        print(f"{PROG}: aborted without saving; {keep}", file=sys.stderr, flush=True)
+        return 130
     except OSError as exc:
         bar.close()
         ckpt = last_ckpt["ckpt"]
@@ -617,25 +678,17 @@ def _save_or_fail(fn, s: Session):
 
 def finish(s: Session, state) -> int:
     """Final evaluation, model, latency, summary and checkpoint of a completed run."""
-    from .callbacks import evaluate, flush_logs, measure_act_latency, record_eval, save_checkpoint
+    from .callbacks import count_pending_time, evaluate, measure_act_latency, record_eval, save_checkpoint, write_atomic
     from .serialization import load_policy
 
     cfg, model, logger = s.cfg, s.model, s.model.logger
     step = int(model.num_timesteps)
     # the last update's train/ and perf/ records are still pending: count its time, write them with the final eval
-    pending = logger.name_to_value
-    if "perf/update_s" in pending:
-        state.rollout_s += float(pending.get("perf/rollout_s", 0.0))
-        state.update_s += float(pending["perf/update_s"])
+    count_pending_time(logger, state)
     result = evaluate(model, s.eval_env, cfg.eval_episodes, cfg.eval_deterministic, cfg.success_threshold)
     record_eval(logger, result)
 
-    def write_outputs():
-        model.save(s.run_dir / "model.zip")
-        venv = model.get_vec_normalize_env()
-        if venv is not None:
-            venv.save(str(s.run_dir / "vecnormalize.pkl"))
-    _save_or_fail(write_outputs, s)
+    _save_or_fail(lambda: model.save(s.run_dir / "model.zip"), s)
 
     policy = load_policy(s.run_dir / "model.zip", device=model.device)
     obs = s.eval_env.reset()[0]
@@ -680,7 +733,6 @@ def finish(s: Session, state) -> int:
         "model": str(s.run_dir / "model.zip"),
         "finished_at": datetime.now().isoformat(timespec="seconds"),
     }
-    from .callbacks import write_atomic
     _save_or_fail(lambda: write_atomic(s.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n"), s)
 
     success = "" if result.get("success_rate") is None else f", success {100 * result['success_rate']:.0f}%"
@@ -722,7 +774,8 @@ def _versions() -> Dict[str, str]:
     import torch
 
     from . import __version__
-    return {"recurrent-agents": __version__, "torch": torch.__version__, "stable-baselines3": stable_baselines3.__version__,
+    return {"recurrent-agents": __version__, "torch": torch.__version__,
+            "stable-baselines3": stable_baselines3.__version__,
             "gymnasium": gymnasium.__version__, "python": sys.version.split()[0]}
 
 

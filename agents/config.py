@@ -12,7 +12,7 @@ once the layers are merged (:meth:`TrainConfig.validate`).
 
 >>> cfg = resolve_config(env="CartPoleNoVel", overrides={"core": "lstm"}, set_items=["n_steps=64"])
 >>> cfg.env, cfg.n_envs, cfg.learning_rate, make_schedule(cfg.learning_rate)(0.5)
-('CartPoleNoVel-v1', 8, 'lin_0.001', 0.0005)
+('CartPoleNoVel-v1', 8, 'lin_1e-3', 0.0005)
 """
 
 from __future__ import annotations
@@ -73,7 +73,10 @@ class TrainConfig:
     view_size: Optional[int] = _opt(None, "MiniGrid only: the agent's view size (odd, >= 3); null: minigrid's 7",
                                     min=3, odd=True)
     max_episode_steps: Optional[int] = _opt(None, "episode step limit (null: the env's own)", min=1)
-    normalize: bool = _opt(False, "VecNormalize observations and rewards (not for MiniGrid's symbolic codes)")
+    normalize_obs: bool = _opt(False, "normalize observations by running mean/std kept inside the policy (saved "
+                                      "with the model; flat encoder only, not MiniGrid's symbolic codes)")
+    normalize_reward: bool = _opt(False, "scale rewards by a running std of the discounted return (SB3 VecNormalize, "
+                                         "training only; statistics saved in checkpoints)")
     # ------------------------------------------------------------------ evaluation
     eval_freq: int = _opt(25_000, "env steps between evaluations logged as eval/* (0: only the final one)", min=0)
     eval_episodes: int = _opt(10, "episodes per evaluation", min=1)
@@ -238,8 +241,8 @@ def _check_rules(name: str, value: Any, meta: Mapping[str, Any], source: str, it
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise _fail(name, value, source, f"one of {', '.join(choices)}{hint}")
     if "pattern" in meta and not meta["pattern"].fullmatch(value):
-        expected = {"device": "auto, cpu, cuda, cuda:N or mps",
-                    "match_params": "CORE:HIDDEN, e.g. lstm:128"}.get(name, f"a string matching {meta['pattern'].pattern}")
+        expected = {"device": "auto, cpu, cuda, cuda:N or mps", "match_params": "CORE:HIDDEN, e.g. lstm:128"}.get(
+            name, f"a string matching {meta['pattern'].pattern}")
         raise _fail(name, value, source, expected)
     if meta.get("match_params"):
         try:
@@ -460,6 +463,6 @@ def config_help() -> str:
         tname = _type_name(hints[f.name])
         meta = f.metadata
         extra = f" {{{', '.join(_choices(meta['choices']))}}}" if "choices" in meta else ""
-        lines.append(f"  {f.name} ({tname}{extra}, default {yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()}): "
-                     f"{meta['doc']}")
+        shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+        lines.append(f"  {f.name} ({tname}{extra}, default {shown}): {meta['doc']}")
     return "\n".join(lines)

@@ -15,7 +15,8 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
 import envs
-from agents import RecurrentPPO
+from agents.cli import build_model
+from agents.config import resolve_config
 
 pytestmark = pytest.mark.slow
 
@@ -23,10 +24,6 @@ ENV_ID = "CartPole-P-v1"
 STEPS = 60_000
 EVAL_EVERY = 10_000
 EVAL_EPISODES = 10
-HYPERPARAMETERS = dict(
-    n_steps=64, batch_size=1024, n_epochs=10, gamma=0.99, gae_lambda=0.95, learning_rate=1e-3, clip_range=0.2,
-    hidden_size=64, policy_kwargs=dict(encoder_sizes=[64], normalize_obs=True, activation="relu", ortho_init=False),
-)
 
 
 class PeriodicEval(BaseCallback):
@@ -43,10 +40,12 @@ class PeriodicEval(BaseCallback):
 
 
 def train(core: str, seed: int = 0) -> list:
+    """Train with exactly what ``train_agent --env CartPole-P-v1 --core CORE`` uses (configs/cartpole.yaml)."""
     torch.set_num_threads(1)
-    env = make_vec_env(lambda: envs.make_env(ENV_ID), n_envs=16, seed=seed)
+    cfg = resolve_config(env=ENV_ID, overrides={"core": core, "seed": seed})
+    env = make_vec_env(lambda: envs.make_env(ENV_ID), n_envs=cfg.n_envs, seed=seed)
     eval_env = make_vec_env(lambda: envs.make_env(ENV_ID), n_envs=1, seed=seed + 10_000)
-    model = RecurrentPPO("MlpPolicy", env, core=core, seed=seed, **HYPERPARAMETERS)
+    model = build_model(cfg, env)
     callback = PeriodicEval(eval_env)
     model.learn(STEPS, callback=callback)
     print(f"{core}: eval returns every {EVAL_EVERY} steps: {[round(r) for r in callback.returns]}")

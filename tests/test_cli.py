@@ -1,0 +1,335 @@
+"""train_agent: the console script end to end (subprocesses, tiny budgets), its configs and its error paths.
+
+The end-to-end runs start once per module (two at a time) and are shared by the tests that read their outputs.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agents import CORES, load_policy, match_hidden_size
+from agents.cli import PLACE_KEYS, TIMING_KEYS, main
+from agents.config import FAMILIES, ConfigError, TrainConfig, family_for, load_family, parse_set, resolve_config
+
+pytestmark = pytest.mark.filterwarnings("ignore:builtin type .* has no __module__ attribute:DeprecationWarning")
+
+SCRIPT = Path(sys.executable).with_name("train_agent")
+COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "agents.cli"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+#: a run of a few seconds: 4 updates of 2 envs x 32 steps; episodes of 16 steps so rollout/ tags appear
+TINY_SET = ["n_steps=32", "batch_size=64", "n_epochs=1", "eval_episodes=2", "max_episode_steps=16",
+            "latency_steps=50", "eval_freq=128", "checkpoint_freq=128"]
+TAG_GROUPS = ("rollout/", "eval/", "train/", "perf/", "latency/")
+SUMMARY_KEYS = {"status", "env", "core", "seed", "parameters", "core_parameters", "total_timesteps",
+                "eval_mean_return", "eval_success_rate", "steps_per_s", "rollout_s", "update_s", "latency_p50_us",
+                "latency_p99_us", "git_commit", "run_dir", "hidden_size"}
+
+
+def cli_args(core: str, logdir: Path, *extra: str, steps: int = 256, seed: int = 0) -> list[str]:
+    return [*COMMAND, "--core", core, "--env", "MiniGrid-Memory", "--total-timesteps", str(steps), "--n-envs", "2",
+            "--seed", str(seed), "--device", "cpu", "--logdir", str(logdir), *extra, "--set", *TINY_SET]
+
+
+def start(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 120) -> subprocess.CompletedProcess:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"{proc.args} did not finish in {timeout} s; stderr: {err[-2000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def only_run_dir(logdir: Path) -> Path:
+    dirs = [p for p in logdir.iterdir() if p.is_dir()]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def scalar_events(run_dir: Path) -> dict[str, list[int]]:
+    """Raw steps per scalar tag across all event files of a run, in file order (no purging, no reordering)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    steps: dict[str, list[int]] = {}
+    for path in sorted(glob.glob(str(run_dir / "events.out.tfevents.*"))):
+        for event in EventFileLoader(path).Load():
+            for value in event.summary.value:
+                if value.HasField("simple_value") or value.metadata.plugin_data.plugin_name == "scalars":
+                    steps.setdefault(value.tag, []).append(event.step)
+    return steps
+
+
+def scalar_tags(run_dir: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    return set(acc.Tags()["scalars"])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Four tiny MiniGrid-Memory runs: gru (twice, same seed), lstm, mlp; two processes at a time (2 CPU cores)."""
+    root = tmp_path_factory.mktemp("runs")
+    jobs = {name: cli_args(core, root / name) for name, core in
+            [("gru", "gru"), ("gru_again", "gru"), ("lstm", "lstm"), ("mlp", "mlp")]}
+    results = {}
+    names = list(jobs)
+    for i in range(0, len(names), 2):
+        procs = {n: start(jobs[n]) for n in names[i:i + 2]}
+        for n, proc in procs.items():
+            res = finish(proc)
+            assert res.returncode == 0, f"{n}: exit {res.returncode}\n{res.stderr[-3000:]}"
+            results[n] = (res, only_run_dir(root / n))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+def test_train_agent_gru_minigrid_memory_writes_a_run(runs):
+    res, run_dir = runs["gru"]
+    assert run_dir.name.startswith("MiniGrid-MemoryS7-v0__gru__s0__")
+    assert glob.glob(str(run_dir / "events.out.tfevents.*"))
+    for name in ("model.zip", "config.yaml", "summary.json"):
+        assert (run_dir / name).is_file(), name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["status"] == "completed" and summary["core"] == "gru" and summary["env"] == "MiniGrid-MemoryS7-v0"
+    assert summary["total_timesteps"] == 256 and summary["eval_success_rate"] is not None
+    assert summary["latency_p50_us"] > 0 and summary["steps_per_s"] > 0 and summary["parameters"] > 0
+    cfg = TrainConfig.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()), "config.yaml")
+    assert (cfg.core, cfg.n_steps, cfg.total_timesteps, cfg.view_size) == ("gru", 32, 256, 3)
+    policy = load_policy(run_dir / "model.zip")
+    assert policy.env_id == "MiniGrid-MemoryS7-v0" and policy.hidden_size == cfg.hidden_size
+    last = res.stdout.strip().splitlines()[-1]  # the final summary line
+    assert "eval return" in last and "success" in last and "steps/s" in last and "parameters" in last
+    assert str(run_dir) in last
+    assert (run_dir / "checkpoints").is_dir() and list((run_dir / "checkpoints").glob("step_*/model.zip"))
+
+
+def test_same_tensorboard_tags_for_every_core(runs):
+    tags = {core: scalar_tags(runs[core][1]) for core in ("gru", "lstm", "mlp")}
+    assert tags["gru"] == tags["lstm"] == tags["mlp"]
+    for group in TAG_GROUPS:
+        assert any(t.startswith(group) for t in tags["gru"]), group
+    assert all(t.startswith(TAG_GROUPS) for t in tags["gru"]), tags["gru"]
+    for tag in ("train/grad_norm", "perf/steps_per_s", "perf/rollout_s", "perf/update_s", "eval/mean_reward",
+                "eval/success_rate", "latency/act_p50_us", "latency/act_p99_us", "rollout/ep_rew_mean"):
+        assert tag in tags["gru"], tag
+
+
+def test_same_seed_same_summary_on_cpu(runs):
+    a, b = (json.loads((runs[n][1] / "summary.json").read_text()) for n in ("gru", "gru_again"))
+    varying = set(TIMING_KEYS) | set(PLACE_KEYS)
+    assert {k: v for k, v in a.items() if k not in varying} == {k: v for k, v in b.items() if k not in varying}
+
+
+def test_sigterm_saves_and_resume_continues_the_same_curves(tmp_path):
+    logdir = tmp_path / "runs"
+    proc = start(cli_args("gru", logdir, steps=100_000) + ["checkpoint_freq=64"])
+    deadline = time.monotonic() + 90
+    while not glob.glob(str(logdir / "*" / "checkpoints" / "step_*" / "state.json")):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no checkpoint within 90 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    res = finish(proc)
+    assert res.returncode == 128 + signal.SIGTERM, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr and "--resume" in res.stderr
+    run_dir = only_run_dir(logdir)
+    assert not (run_dir / "summary.json").exists()
+    stopped_at = max(int(p.name.split("_")[1]) for p in (run_dir / "checkpoints").glob("step_*"))
+    assert 0 < stopped_at < 100_000 and stopped_at % 64 == 0  # a rollout boundary
+
+    total = stopped_at + 192
+    res = finish(start([*COMMAND, "--resume", str(run_dir), "--total-timesteps", str(total)]))
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["total_timesteps"] == total and summary["sessions"] == 2
+    assert only_run_dir(logdir) == run_dir  # same run directory
+    steps = scalar_events(run_dir)
+    for tag in ("perf/steps_per_s", "train/grad_norm", "rollout/ep_len_mean"):
+        s = steps[tag]
+        assert all(b > a for a, b in zip(s, s[1:])), f"{tag} steps go back: {s}"
+        assert s[0] <= stopped_at < s[-1] == total, (tag, s)
+    assert len(glob.glob(str(run_dir / "events.out.tfevents.*"))) == 2
+
+
+def test_bad_input_is_one_line_without_traceback_subprocess(tmp_path):
+    # (the in-process test below covers many more cases; these check the installed script end to end)
+    cases = [["--core", "transformer"], ["--env", "MiniGrid-Memroy", "--set", "n_steps=64"]]
+    procs = [start([*COMMAND, *args, "--logdir", str(tmp_path)]) for args in cases]
+    for args, proc in zip(cases, procs):
+        res = finish(proc)
+        assert res.returncode == 2, (args, res.stderr)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("train_agent: error: "), (args, res.stderr)
+        assert "Traceback" not in res.stderr
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+# ---------------------------------------------------------------------------------------------- in process
+def run_main(argv, capsys) -> tuple[int, str, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--core", "gruu"], "invalid choice: 'gruu'"),
+    (["--env", "CartPole-X-v1"], "close matches"),
+    (["--set", "n_step=32"], "did you mean n_steps"),
+    (["--set", "gamma=1.5"], "gamma=1.5"),
+    (["--set", "n_steps"], "expected key=value"),
+    (["--set", "learning_rate=fast"], "lin_<x>"),
+    (["--set", "encoder_sizes=[64, -1]"], "encoder_sizes=[64, -1]"),
+    (["--set", "activation=sigmoid"], "activation='sigmoid'"),
+    (["--total-timesteps", "0"], "total_timesteps=0"),
+    (["--n-envs", "-2"], "n_envs=-2"),
+    (["--device", "tpu"], "device='tpu'"),
+    (["--match-params", "lstm"], "CORE:HIDDEN"),
+    (["--match-params", "rnn:128"], "match_params='rnn:128'"),
+    (["--hidden-size", "64", "--match-params", "lstm:64"], "not allowed with argument"),
+    (["--env", "CartPole-P-v1", "--set", "view_size=3"], "view_size=3"),
+    (["--set", "normalize_obs=true"], "normalize_obs=true"),
+    (["--config", "/nonexistent/cfg.yaml"], "does not exist"),
+    (["--resume", "/nonexistent/run"], "no such directory"),
+    (["--resume", "/tmp", "--core", "lstm"], "--core cannot be combined"),
+])
+def test_bad_input_is_one_clear_line(argv, expected, capsys, tmp_path):
+    logdir = [] if "--resume" in argv else ["--logdir", str(tmp_path / "runs")]
+    code, _, err = run_main([*argv, *logdir, "--no-progress"], capsys)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("train_agent: error: "), err
+    assert expected in lines[0], lines[0]
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+def test_resume_refuses_a_run_in_use(runs, capsys):
+    run_dir = runs["mlp"][1]
+    (run_dir / ".lock").write_text(str(os.getppid()))  # a live process holds the run
+    try:
+        code, _, err = run_main(["--resume", str(run_dir), "--total-timesteps", "512", "--no-progress"], capsys)
+    finally:
+        (run_dir / ".lock").unlink()
+    assert code == 2 and f"is in use by process {os.getppid()}" in err, err
+
+
+def test_config_file_with_unknown_key_is_rejected(tmp_path, capsys):
+    cfg = tmp_path / "my.yaml"
+    cfg.write_text("n_steps: 64\nlearning_rat: 1e-3\n")
+    code, _, err = run_main(["--config", str(cfg), "--logdir", str(tmp_path)], capsys)
+    assert code == 2 and "learning_rat" in err and "did you mean learning_rate" in err and str(cfg) in err
+
+
+def test_unwritable_logdir_fails_before_training(tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    for logdir in (a_file, a_file / "sub"):
+        code, _, err = run_main(["--core", "mlp", "--logdir", str(logdir), "--no-progress", "--set", *TINY_SET],
+                                capsys)
+        assert code == 2 and err.startswith("train_agent: error: --logdir") and len(err.strip().splitlines()) == 1
+
+
+def test_full_disk_fails_before_training(tmp_path, capsys, monkeypatch):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr("agents.cli.shutil.disk_usage", lambda path: usage(1 << 30, (1 << 30) - 4096, 4096))
+    code, _, err = run_main(["--core", "mlp", "--logdir", str(tmp_path), "--no-progress", "--set", *TINY_SET],
+                            capsys)
+    assert code == 2 and "not enough free disk space" in err, err
+    assert not list(tmp_path.iterdir())  # the run directory was removed again
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    from agents.ppo import RecurrentPPO
+    original, calls = RecurrentPPO.train, []
+
+    def train(self):
+        calls.append(self.num_timesteps)
+        if len(calls) == 3:
+            raise FloatingPointError(f"non-finite loss nan at update 2 (step {self.num_timesteps}): policy nan")
+        return original(self)
+
+    monkeypatch.setattr(RecurrentPPO, "train", train)
+    code, _, err = run_main(["--core", "gru", "--env", "MiniGrid-Memory", "--total-timesteps", "1024", "--n-envs",
+                             "2", "--logdir", str(tmp_path), "--no-progress", "--set", *TINY_SET,
+                             "checkpoint_freq=64"], capsys)
+    assert code == 1, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("train_agent: error: training stopped: non-finite loss nan") and "Traceback" not in err
+    assert "last good checkpoint" in line and "step_000000128" in line and "--resume" in line
+    run_dir = only_run_dir(tmp_path)
+    assert (run_dir / "checkpoints" / "step_000000128" / "model.zip").is_file()
+    assert not (run_dir / "model.zip").exists() and not (run_dir / "summary.json").exists()
+
+
+def test_help_explains_every_flag_and_config_key(capsys):
+    code, out, _ = run_main(["--help"], capsys)
+    assert code == 0
+    for flag in ("--core", "--env", "--seed", "--total-timesteps", "--n-envs", "--device", "--config",
+                 "--hidden-size", "--match-params", "--logdir", "--eval-episodes", "--resume", "--set", "--vec-env"):
+        assert flag in out, flag
+    for name in TrainConfig.field_names():
+        assert f"\n  {name} (" in out, name
+    for core in CORES:
+        assert core in out
+
+
+def test_print_config_applies_match_params(capsys):
+    code, out, _ = run_main(["--core", "gru", "--match-params", "lstm:128", "--print-config"], capsys)
+    assert code == 0
+    cfg = yaml.safe_load(out)
+    # the core's input is the MiniGrid encoder's output (encoder_sizes[-1] = 64 in minigrid_memory.yaml)
+    assert cfg["hidden_size"] == match_hidden_size("gru", "lstm", 128, input_size=64) != 128
+    assert cfg["match_params"] == "lstm:128" and cfg["view_size"] == 3
+
+
+# ---------------------------------------------------------------------------------------------- configs
+def test_every_family_file_loads_and_masked_envs_have_a_family():
+    import envs
+    for _, name in FAMILIES + [("", "default")]:
+        values = load_family(name)
+        TrainConfig.from_dict(values, name)  # complete after defaults, and valid
+    for env_id in envs.ENV_IDS:
+        assert family_for(env_id) != "default", env_id
+    assert family_for("MiniGrid-MemoryS7-v0") == "minigrid_memory"
+    assert family_for("MiniGrid-DoorKey-5x5-v0") == "minigrid"
+    assert family_for("CartPole-v1") == "cartpole" and family_for("Taxi-v3") == "default"
+
+
+def test_config_precedence_and_rl_zoo_values(tmp_path):
+    cfg = resolve_config(env="CartPoleNoVel")  # configs/cartpole.yaml, the recipe tests/test_learning.py checks
+    assert (cfg.env, cfg.n_envs, cfg.n_steps, cfg.batch_size, cfg.n_epochs) == ("CartPoleNoVel-v1", 16, 64, 1024, 10)
+    assert (cfg.gamma, cfg.gae_lambda, cfg.learning_rate, cfg.normalize_obs) == (0.99, 0.95, 1e-3, True)
+    user = tmp_path / "user.yaml"
+    user.write_text("n_steps: 64\nn_epochs: 3\nhidden_size: 32\n")
+    cfg = resolve_config(env="CartPoleNoVel", config_file=user, overrides={"hidden_size": 48},
+                         set_items=["n_epochs=5", "encoder_sizes=[16, 16]"])
+    assert (cfg.n_steps, cfg.n_epochs, cfg.hidden_size, cfg.encoder_sizes) == (64, 5, 48, [16, 16])
+    cfg = resolve_config(env="MiniGrid-Memory", set_items=["env=CartPole-P"])  # --set env picks the family
+    assert cfg.env == "CartPole-P-v1" and cfg.n_steps == 64
+
+
+def test_set_values_are_typed():
+    values = parse_set(["seq_len=null", "ortho_init=false", "learning_rate=1e-3", "total_timesteps=1e5",
+                        "net_arch_pi=[]", "clip_range=lin_0.1", "success_threshold=0.5"])
+    assert values == {"seq_len": None, "ortho_init": False, "learning_rate": 1e-3, "total_timesteps": 100_000,
+                      "net_arch_pi": [], "clip_range": "lin_0.1", "success_threshold": 0.5}
+    with pytest.raises(ConfigError, match="batch_size=1 .*expected an integer >= 2"):
+        parse_set(["batch_size=1"])

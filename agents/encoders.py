@@ -77,9 +77,9 @@ class MiniGridEncoder(nn.Module):
     """MiniGrid's symbolic view (see ``envs.MiniGridObsWrapper``): a flat uint8 vector of ``V*V*3`` cell codes
     (object, colour, state per cell, row-major over the view) followed by the agent's direction.
 
-    Each code is embedded (one table per channel, and one for the direction), the cell embeddings are flattened,
-    and an MLP maps them to the core's input. Embeddings instead of raw integers: the codes are categories, not
-    magnitudes.
+    Every code is embedded (each channel and the direction have their own rows of one table: one lookup per call),
+    the embeddings are flattened, and an MLP maps them to the core's input. Embeddings instead of raw integers: the
+    codes are categories, not magnitudes.
     """
 
     #: sizes of the code vocabularies: MiniGrid's OBJECT_TO_IDX, COLOR_TO_IDX, STATE_TO_IDX, and 4 directions
@@ -94,11 +94,17 @@ class MiniGridEncoder(nn.Module):
         if len(observation_space.shape) != 1 or (n - 1) % 3 != 0:
             raise ValueError(f"observation shape {observation_space.shape} is not a MiniGrid symbolic view: "
                              "expected (V*V*3 + 1,) from envs.MiniGridObsWrapper")
-        self.n_cells = (n - 1) // 3
-        self.embed_dim = embed_dim
-        self.embeds = nn.ModuleList(nn.Embedding(v, embed_dim) for v in self.VOCAB)
-        self.dir_embed = nn.Embedding(self.N_DIRECTIONS, embed_dim)
-        in_size = (self.n_cells * 3 + 1) * embed_dim
+        cells = (n - 1) // 3
+        sizes_per_code = list(self.VOCAB) * cells + [self.N_DIRECTIONS]
+        offsets = np.concatenate([[0], np.cumsum(sizes_per_code)[:-1]])
+        self.register_buffer("offsets", torch.as_tensor(offsets, dtype=torch.long), persistent=False)
+        self.register_buffer("max_code", torch.as_tensor(sizes_per_code, dtype=torch.long) - 1, persistent=False)
+        # rows: [objects, colours, states] for each cell position kind, then directions; shared across cells
+        self.embed = nn.Embedding(sum(self.VOCAB) + self.N_DIRECTIONS, embed_dim)
+        shared = np.concatenate([[0, 11, 17]] * cells + [[20]])
+        self.register_buffer("rows", torch.as_tensor(shared, dtype=torch.long), persistent=False)
+        self.n_codes = n
+        in_size = n * embed_dim
         layers: list[nn.Module] = []
         for size in sizes or (64,):
             layers += [nn.Linear(in_size, int(size)), activation()]
@@ -107,13 +113,8 @@ class MiniGridEncoder(nn.Module):
         self.output_size = in_size
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        lead = obs.shape[:-1]
-        codes = obs.long()
-        cells = codes[..., :-1].reshape(*lead, self.n_cells, 3)
-        parts = [self.embeds[c](cells[..., c].clamp(0, self.VOCAB[c] - 1)) for c in range(3)]  # [..., cells, E] each
-        grid = torch.stack(parts, dim=-2).reshape(*lead, self.n_cells * 3 * self.embed_dim)
-        direction = self.dir_embed(codes[..., -1].clamp(0, self.N_DIRECTIONS - 1))
-        return self.net(torch.cat([grid, direction], dim=-1))
+        codes = torch.minimum(obs.long().clamp_min(0), self.max_code) + self.rows  # [..., n] rows of the table
+        return self.net(self.embed(codes).flatten(-2))
 
 
 ENCODERS = {"flat": FlatEncoder, "minigrid": MiniGridEncoder}

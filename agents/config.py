@@ -73,6 +73,8 @@ class TrainConfig:
     view_size: Optional[int] = _opt(None, "MiniGrid only: the agent's view size (odd, >= 3); null: minigrid's 7",
                                     min=3, odd=True)
     max_episode_steps: Optional[int] = _opt(None, "episode step limit (null: the env's own)", min=1)
+    frame_stack: int = _opt(1, "observations stacked into one (the frame-stacking control: a memoryless core "
+                               "given the last k observations); 1: no stacking", min=1)
     normalize_obs: bool = _opt(False, "normalize observations by running mean/std kept inside the policy (saved "
                                       "with the model; flat encoder only, not MiniGrid's symbolic codes)")
     normalize_reward: bool = _opt(False, "scale rewards by a running std of the discounted return (SB3 VecNormalize, "

@@ -161,7 +161,7 @@ def _box2d_available() -> bool:
     return importlib.util.find_spec("Box2D") is not None
 
 
-_COMMON_KWARGS = "render_mode, max_episode_steps"
+_COMMON_KWARGS = "render_mode, max_episode_steps, frame_stack"
 
 
 def make_env(
@@ -170,6 +170,7 @@ def make_env(
     view_size: int | None = None,
     render_mode: str | None = None,
     max_episode_steps: int | None = None,
+    frame_stack: int | None = None,
     **unexpected: Any,
 ) -> gym.Env:
     """Build one env exactly as training does (the trainer calls this once per vec-env worker).
@@ -180,6 +181,9 @@ def make_env(
         view_size: MiniGrid only: the agent's view size (odd int >= 3; minigrid's default is 7).
         render_mode: passed to the env (``None`` or e.g. ``"rgb_array"``).
         max_episode_steps: override the episode limit (positive int).
+        frame_stack: stack the last k observations into one flat vector (oldest first, zeros before the episode's
+            first observation) - the frame-stacking control, a memoryless policy given a short window of history.
+            ``None`` or 1: no stacking.
 
     Returns:
         ``gymnasium.make(id)`` for masked and passthrough ids; ``MiniGridSymbolicObs(gymnasium.make(id))``
@@ -194,6 +198,12 @@ def make_env(
     """
     canonical = resolve_env_id(env_id)
     minigrid_env = is_minigrid_id(canonical)
+    if frame_stack is not None and frame_stack != 1:
+        if isinstance(frame_stack, bool) or not isinstance(frame_stack, int) or frame_stack < 1:
+            raise ValueError(f"frame_stack must be None or a positive int, got {frame_stack!r}")
+        env = make_env(canonical, view_size=view_size, render_mode=render_mode, max_episode_steps=max_episode_steps,
+                       **unexpected)
+        return stack_frames(env, frame_stack)
 
     if unexpected:
         expected = _COMMON_KWARGS + (", view_size" if minigrid_env else " (view_size: MiniGrid-* ids only)")
@@ -244,6 +254,13 @@ def make_env(
         return MiniGridSymbolicObs(env)
 
     return _make(canonical, make_kwargs)
+
+
+def stack_frames(env: gym.Env, k: int) -> gym.Env:
+    """The last ``k`` observations as one flat Box (oldest first; zero-padded at the start of an episode)."""
+    from gymnasium.wrappers import FlattenObservation, FrameStackObservation
+
+    return FlattenObservation(FrameStackObservation(env, stack_size=k, padding_type="zero"))
 
 
 def _first_line(e: BaseException) -> str:

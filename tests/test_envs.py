@@ -397,3 +397,19 @@ def test_masking_matters_for_memoryless_linear_control():
     assert best_train < 150.0, best_train
     assert best_eval < 150.0, best_eval
     assert full - best_eval > 300.0
+
+
+def test_frame_stack_gives_a_flat_window_of_recent_observations():
+    env = envs.make_env("CartPole-P-v1", frame_stack=3)
+    base = envs.make_env("CartPole-P-v1")
+    assert env.observation_space.shape == (6,)
+    obs, _ = env.reset(seed=3)
+    b0, _ = base.reset(seed=3)
+    np.testing.assert_array_equal(obs, np.concatenate([np.zeros(2), np.zeros(2), b0]).astype(np.float32))
+    obs, *_ = env.step(1)
+    b1, *_ = base.step(1)
+    np.testing.assert_array_equal(obs, np.concatenate([np.zeros(2), b0, b1]).astype(np.float32))
+    assert envs.make_env("MiniGrid-Memory", view_size=3, frame_stack=2).observation_space.shape == (56,)
+    assert envs.make_env("CartPole-P-v1", frame_stack=1).observation_space.shape == (2,)
+    with pytest.raises(ValueError, match="frame_stack must be None or a positive int, got 0"):
+        envs.make_env("CartPole-P-v1", frame_stack=0)

@@ -6,8 +6,8 @@ Extends SB3's ``RolloutBuffer`` (same storage and the same GAE, with SB3's handl
 * :meth:`get_sequences`: each env's rollout is cut into sequences that begin at an episode start, at the start of
   the rollout, or every ``seq_len`` steps (truncated BPTT); each sequence starts from its stored state. Sequences
   are padded to a common length ``L`` and returned time-major ``[L, N, ...]`` with a ``mask`` that is 0 on padding,
-  so a minibatch runs through each core in one call. Inside a sequence no episode starts after step 0, so the
-  stock fused ``nn.GRU`` / ``nn.LSTM`` kernels apply directly.
+  so a minibatch runs through each core in one call. Inside a sequence no episode starts after step 0, so even
+  the stock ``nn.GRU`` / ``nn.LSTM`` kernels (which cannot reset mid-sequence) take each minibatch in one call.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ EXIT_FAILED = 1
 
 #: summary.json keys that measure time (they differ between two otherwise identical runs)
 TIMING_KEYS = ("steps_per_s", "wall_s", "rollout_s", "update_s", "latency_p50_us", "latency_p99_us",
-               "latency_mean_us")
+               "latency_mean_us", "peak_rss_mb")
 #: summary.json keys that name where/when a run happened (also differ between identical runs)
 PLACE_KEYS = ("run_dir", "model", "finished_at")
 
@@ -445,7 +445,7 @@ def build_model(cfg: TrainConfig, train_env, device="cpu"):
         clip_range_vf=cfg.clip_range_vf, normalize_advantage=cfg.normalize_advantage, ent_coef=cfg.ent_coef,
         vf_coef=cfg.vf_coef, max_grad_norm=cfg.max_grad_norm, target_kl=cfg.target_kl, seed=cfg.seed,
         device=device, verbose=0,
-        policy_kwargs=dict(encoder=cfg.encoder, encoder_sizes=list(cfg.encoder_sizes),
+        policy_kwargs=dict(core_kwargs={"kernel": cfg.kernel}, encoder=cfg.encoder, encoder_sizes=list(cfg.encoder_sizes),
                            normalize_obs=cfg.normalize_obs,
                            net_arch=dict(pi=list(cfg.net_arch_pi), vf=list(cfg.net_arch_vf)),
                            activation=cfg.activation, ortho_init=cfg.ortho_init, log_std_init=cfg.log_std_init),
@@ -709,6 +709,7 @@ def finish(s: Session, state) -> int:
         "num_layers": cfg.num_layers,
         "shared_core": cfg.shared_core,
         "match_params": cfg.match_params,
+        "kernel": model.policy.core_pi.kernel_in_use,
         "parameters": _param_count(model),
         "core_parameters": _core_param_count(model),
         "total_timesteps": step,
@@ -726,6 +727,7 @@ def finish(s: Session, state) -> int:
         "latency_p50_us": latency["act_p50_us"],
         "latency_p99_us": latency["act_p99_us"],
         "latency_mean_us": latency["act_mean_us"],
+        "peak_rss_mb": _peak_rss_mb(),
         "device": str(model.device),
         "sessions": state.sessions,
         "git_commit": _git_commit(),
@@ -749,9 +751,20 @@ def _print_header(s: Session) -> None:
     what = f"resuming from step {s.start_step:,}" if s.resumed_from is not None else \
         f"config {family_for(cfg.env)}.yaml"
     size = f"hidden {cfg.hidden_size}" + (f", {s.matched}" if s.matched else "")
-    print(f"{PROG}: {cfg.env} | core {cfg.core} ({size}, {_param_count(s.model):,} parameters) | "
+    print(f"{PROG}: {cfg.env} | core {cfg.core} ({size}, {_param_count(s.model):,} parameters, "
+          f"{s.model.policy.core_pi.kernel_in_use} kernel) | "
           f"{cfg.n_envs} envs ({cfg.vec_env}) | {s.model.device} | {cfg.total_timesteps:,} steps | {what} | "
           f"run: {s.run_dir}", flush=True)
+
+
+def _peak_rss_mb() -> Optional[float]:
+    """Peak resident memory of this process so far, in MiB (None where the platform cannot tell)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 def _git_commit() -> Optional[str]:

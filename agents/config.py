@@ -92,6 +92,8 @@ class TrainConfig:
         None, "CORE:HIDDEN: size this core to CORE's parameter count at HIDDEN units (overrides hidden_size)",
         pattern=re.compile(r"[^:\s]+:[0-9]+"), match_params=True)
     num_layers: int = _opt(1, "stacked core layers", min=1)
+    kernel: str = _opt("auto", "recurrent kernel: auto (fused C++ CPU kernel where it builds, else torch's), fused, "
+                               "stock (torch's nn.GRU/nn.LSTM); see agents.kernels", choices=("auto", "fused", "stock"))
     shared_core: bool = _opt(False, "one core for actor and critic (false: a separate critic core)")
     seq_len: Optional[int] = _opt(None, "truncated-BPTT length in steps (null: whole rollout segments)", min=1)
     encoder: str = _opt("auto", "observation encoder: auto (from the obs space), flat, minigrid",

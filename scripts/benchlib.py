@@ -43,10 +43,12 @@ def machine() -> Dict[str, str]:
 
 
 def provenance(command: str | None = None) -> Dict[str, object]:
+    if command is None:
+        script = Path(sys.argv[0]).resolve()
+        shown = script.relative_to(ROOT).as_posix() if script.is_relative_to(ROOT) else sys.argv[0]
+        command = "python " + " ".join([shown] + sys.argv[1:])
     return {"commit": git_commit(), "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "command": command or "python " + " ".join([Path(sys.argv[0]).relative_to(ROOT).as_posix()
-                                                         if Path(sys.argv[0]).resolve().is_relative_to(ROOT)
-                                                         else sys.argv[0]] + sys.argv[1:])}
+            "command": command}
 
 
 def time_per_call_us(fn: Callable[[], object], warmup: int = 300, n: int = 3000) -> Dict[str, float]:

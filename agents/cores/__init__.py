@@ -45,7 +45,7 @@ def core_param_count(name: str, input_size: int, hidden_size: int, num_layers: i
 
 def match_hidden_size(
     core: str, target_core: str, target_hidden_size: int, input_size: int, num_layers: int = 1,
-    target_num_layers: int | None = None, max_hidden: int = 1 << 14,
+    target_num_layers: int | None = None, max_hidden: int = 1 << 16,
 ) -> int:
     """Hidden size at which ``core`` has the parameter count closest to ``target_core`` at ``target_hidden_size``.
 

@@ -32,6 +32,8 @@ class MemoryCore(nn.Module):
 
     #: short registry name, set by subclasses
     name: str = "base"
+    #: which kernel runs this core ("stock" unless a core has a fused path, see agents.kernels)
+    kernel_in_use: str = "stock"
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1) -> None:
         super().__init__()
@@ -71,12 +73,8 @@ class MemoryCore(nn.Module):
         episode and each piece runs through the fused kernel in one call (training sequences only start episodes at
         t=0, so they take a single call).
         """
-        if x.dim() != 3 or x.shape[-1] != self.input_size:
-            raise ValueError(f"x has shape {tuple(x.shape)}: expected [T, B, {self.input_size}]")
-        T, B = x.shape[0], x.shape[1]
-        if tuple(episode_start.shape) != (T, B):
-            raise ValueError(f"episode_start has shape {tuple(episode_start.shape)}: expected [T, B] = [{T}, {B}]")
-        self._check_state(state, B)
+        self._check_sequence(x, state, episode_start)
+        T = x.shape[0]
         starts = episode_start.to(dtype=torch.bool)
         # time steps (after the first) at which at least one env resets: the sequence is cut there
         cuts = [0] + (torch.nonzero(starts[1:].any(dim=1)).flatten() + 1).tolist() + [T]
@@ -113,6 +111,14 @@ class MemoryCore(nn.Module):
         expected = (batch, *self.state_shape)
         if tuple(state.shape) != expected:
             raise ValueError(f"state has shape {tuple(state.shape)}: expected {list(expected)} for core {self.name!r}")
+
+    def _check_sequence(self, x: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor) -> None:
+        if x.dim() != 3 or x.shape[-1] != self.input_size:
+            raise ValueError(f"x has shape {tuple(x.shape)}: expected [T, B, {self.input_size}]")
+        T, B = x.shape[0], x.shape[1]
+        if tuple(episode_start.shape) != (T, B):
+            raise ValueError(f"episode_start has shape {tuple(episode_start.shape)}: expected [T, B] = [{T}, {B}]")
+        self._check_state(state, B)
 
     def _check_step(self, x: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor) -> None:
         if x.dim() != 2 or x.shape[-1] != self.input_size:

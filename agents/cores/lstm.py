@@ -5,40 +5,80 @@ forget gate of Gers et al. 2000 as in ``torch.nn.LSTM``. Four gate blocks per la
 
 State: ``[B, 2 * num_layers, hidden_size]``: rows ``0..L-1`` hold each layer's hidden state h, rows ``L..2L-1`` its
 cell state c. The packing is this core's business only; the policy, buffer and trainer see one tensor.
-Sequences run through ``torch.nn.LSTM`` in one call; single steps through ``torch.lstm_cell`` with the same weights.
+
+Kernels (option ``kernel``, see ``agents.kernels``): ``"fused"`` runs a whole ``[T, B]`` sequence per layer in one
+C++ call with the ``episode_start`` resets inside the loop, and single steps in one C++ call for all layers;
+``"stock"`` runs sequences through ``torch.nn.LSTM`` (cut at resets) and steps through ``torch.lstm_cell``; ``"auto"``
+(default) takes the fused path where it builds. The weights are those of ``self.rnn`` (an ``nn.LSTM``) either way.
 """
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
+from ..kernels import fused
 from .base import MemoryCore
 
 
-class LSTMCore(MemoryCore):
+class LSTMCore(fused.FusedKernelMixin, MemoryCore):
     name = "lstm"
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1) -> None:
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, kernel: Optional[str] = None) -> None:
         super().__init__(input_size, hidden_size, num_layers)
         self.rnn = nn.LSTM(input_size, hidden_size, num_layers=num_layers)
+        self._init_kernel(kernel)
 
     @property
     def state_shape(self) -> Tuple[int, ...]:
         return (2 * self.num_layers, self.hidden_size)
 
+    # ------------------------------------------------------------------ steps
+    def step(self, x: torch.Tensor, state: torch.Tensor,
+             episode_start: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        self._check_step(x, state, episode_start)
+        if self._use_fused(x, state):
+            return self._fused_step(x, state, episode_start)
+        return self._stock_step(x, self._reset(state, episode_start))
+
     def _step(self, x: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self._use_fused(x, state):
+            return self._fused_step(x, state, None)
+        return self._stock_step(x, state)
+
+    def _fused_step(self, x: torch.Tensor, state: torch.Tensor,
+                    episode_start: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        w = self.rnn._flat_weights
+        if self._grad_needed(x, state):  # the sequence kernel with T = 1 carries the autograd
+            keep = None if episode_start is None else self._keep(episode_start.view(1, -1), x)
+            y, state = fused.lstm_sequence(x.unsqueeze(0), state, keep, w)
+            return y[0], state
+        return fused.lstm_step(x, state, episode_start, w)
+
+    def _stock_step(self, x: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         w = self.rnn._flat_weights
         L = self.num_layers
         hs, cs = [], []
         for k in range(L):
-            h, c = torch.lstm_cell(x, (state[:, k], state[:, L + k]), w[4 * k], w[4 * k + 1], w[4 * k + 2], w[4 * k + 3])
+            h, c = torch.lstm_cell(x, (state[:, k], state[:, L + k]),
+                                   w[4 * k], w[4 * k + 1], w[4 * k + 2], w[4 * k + 3])
             hs.append(h)
             cs.append(c)
             x = h
         return x, torch.stack(hs + cs, dim=1)
+
+    # --------------------------------------------------------------- sequences
+    def forward_sequence(
+        self, x: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``x [T, B, F]``, ``episode_start [T, B]`` -> ``(y [T, B, H], final state)``; with the fused kernel the whole
+        sequence, resets included, is one kernel call per layer."""
+        self._check_sequence(x, state, episode_start)
+        if x.shape[0] == 0 or x.shape[1] == 0 or not self._use_fused(x, state):
+            return super().forward_sequence(x, state, episode_start)
+        return fused.lstm_sequence(x, state, self._keep(episode_start, x), self.rnn._flat_weights)
 
     def _sequence(self, x: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         L = self.num_layers
@@ -46,3 +86,6 @@ class LSTMCore(MemoryCore):
         c0 = state[:, L:].transpose(0, 1).contiguous()
         y, (h, c) = self.rnn(x, (h0, c0))
         return y, torch.cat([h, c], dim=0).transpose(0, 1)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", kernel={self.kernel!r}"

@@ -21,7 +21,8 @@ from .base import MemoryCore
 class MLPCore(MemoryCore):
     name = "mlp"
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1) -> None:
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, kernel: str | None = None) -> None:
+        # ``kernel`` is accepted (and ignored) so the same core options work for every core; there is no recurrence
         super().__init__(input_size, hidden_size, num_layers)
         layers: list[nn.Module] = []
         for k in range(num_layers):
@@ -40,9 +41,5 @@ class MLPCore(MemoryCore):
 
     def forward_sequence(self, x, state, episode_start):
         # No state to reset: one call over the whole sequence, whatever the resets.
-        if x.dim() != 3 or x.shape[-1] != self.input_size:
-            raise ValueError(f"x has shape {tuple(x.shape)}: expected [T, B, {self.input_size}]")
-        if tuple(episode_start.shape) != tuple(x.shape[:2]):
-            raise ValueError(f"episode_start has shape {tuple(episode_start.shape)}: expected [T, B] = {list(x.shape[:2])}")
-        self._check_state(state, x.shape[1])
+        self._check_sequence(x, state, episode_start)
         return self.net(x), state

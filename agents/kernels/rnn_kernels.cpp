@@ -6,7 +6,7 @@
 //                    n = tanh(Win x + bin + r * (Whn h + bhn)),  h' = (1 - z) * n + z * h
 //   LSTM [i, f, g, o]: c' = f * c + i * g,  h' = o * tanh(c')
 // Episode resets happen inside the loop: before step t, h_eff = h * keep[t] (and c_eff = c * keep[t] for LSTM), with
-// keep = 1 - episode_start. An empty keep tensor means "no resets anywhere" (the multiply is skipped).
+// keep = 1 - episode_start. keep None (or empty) means "no resets anywhere" (the multiply is skipped).
 //
 // Forward: the input projections of all steps are one matrix product; each step is one addmm for h_eff @ W_hh^T plus
 // one elementwise pass (sigmoid/tanh inline). Backward runs the steps in reverse with one elementwise pass and one mm
@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 namespace {
@@ -57,6 +58,123 @@ inline float tanh_(float x) { return 2.0f / (1.0f + exp_approx(-2.0f * x)) - 1.0
 inline double sigm(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 inline double tanh_(double x) { return std::tanh(x); }
 
+// ------------------------------------------------------------------------------------------------ row kernels
+// One batch row of one step; plain loops over the hidden units that the compiler vectorises.
+template <typename s_t>
+void scale_row(s_t* __restrict dst, const s_t* __restrict src, s_t k, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) dst[j] = src[j] * k;
+}
+
+// g: input projections [r, z, n] (biases of r and z folded in) in, activated [r, z, n] out; q: h_eff @ W_hh^T in,
+// its n block plus b_hn out (the backward needs it); out = h'; nxt = h' * k
+template <typename s_t>
+void gru_fwd_row(s_t* __restrict g, s_t* __restrict q, const s_t* __restrict bn, const s_t* __restrict he,
+                 s_t* __restrict out, s_t* __restrict nxt, s_t k, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const s_t r = sigm(g[j] + q[j]);
+    const s_t z = sigm(g[H + j] + q[H + j]);
+    const s_t hn = q[2 * H + j] + bn[j];
+    const s_t n = tanh_(g[2 * H + j] + r * hn);
+    const s_t h = n + z * (he[j] - n);
+    g[j] = r;
+    g[H + j] = z;
+    g[2 * H + j] = n;
+    q[2 * H + j] = hn;
+    out[j] = h;
+    nxt[j] = h * k;
+  }
+}
+
+// dc: in, carried dL/dh_eff of the next step (times k = its keep); out, the direct part of dL/dh_eff of this step
+template <typename s_t>
+void gru_bwd_row(const s_t* __restrict g, const s_t* __restrict q, const s_t* __restrict he, const s_t* __restrict d,
+                 s_t* __restrict dc, s_t* __restrict di, s_t* __restrict dq, s_t k, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const s_t r = g[j], z = g[H + j], n = g[2 * H + j];
+    const s_t dh = dc[j] * k + d[j];
+    const s_t dn = dh * (s_t(1) - z) * (s_t(1) - n * n);
+    const s_t dz = dh * (he[j] - n) * z * (s_t(1) - z);
+    const s_t dr = dn * q[2 * H + j] * r * (s_t(1) - r);
+    di[j] = dr;
+    di[H + j] = dz;
+    di[2 * H + j] = dn;
+    dq[j] = dr;
+    dq[H + j] = dz;
+    dq[2 * H + j] = dn * r;
+    dc[j] = dh * z;
+  }
+}
+
+// g: gate pre-activations [i, f, g, o] in, activations out; tco = tanh(c'); hn, cn = h' * k, c' * k
+template <typename s_t>
+void lstm_fwd_row(s_t* __restrict g, const s_t* __restrict ce, s_t* __restrict tco, s_t* __restrict out,
+                  s_t* __restrict hn, s_t* __restrict cn, s_t k, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const s_t i = sigm(g[j]);
+    const s_t f = sigm(g[H + j]);
+    const s_t gg = tanh_(g[2 * H + j]);
+    const s_t o = sigm(g[3 * H + j]);
+    const s_t c = f * ce[j] + i * gg;
+    const s_t tcv = tanh_(c);
+    const s_t h = o * tcv;
+    g[j] = i;
+    g[H + j] = f;
+    g[2 * H + j] = gg;
+    g[3 * H + j] = o;
+    tco[j] = tcv;
+    out[j] = h;
+    hn[j] = h * k;
+    cn[j] = c * k;
+  }
+}
+
+template <typename s_t>
+void lstm_bwd_row(const s_t* __restrict g, const s_t* __restrict tcv, const s_t* __restrict ce,
+                  const s_t* __restrict d, const s_t* __restrict dhin, s_t* __restrict dcin, s_t* __restrict dgo, s_t k,
+                  int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const s_t i = g[j], f = g[H + j], gg = g[2 * H + j], o = g[3 * H + j], th = tcv[j];
+    const s_t dh = dhin[j] * k + d[j];
+    const s_t dc = dcin[j] * k + dh * o * (s_t(1) - th * th);
+    dgo[j] = dc * gg * i * (s_t(1) - i);
+    dgo[H + j] = dc * ce[j] * f * (s_t(1) - f);
+    dgo[2 * H + j] = dc * i * (s_t(1) - gg * gg);
+    dgo[3 * H + j] = dh * th * o * (s_t(1) - o);
+    dcin[j] = dc * f;
+  }
+}
+
+// single steps: gi = x @ W_ih^T + b_ih, q = h_eff @ W_hh^T + b_hh -> out = ns = h'
+template <typename s_t>
+void gru_step_row(const s_t* __restrict g, const s_t* __restrict q, const s_t* __restrict he, s_t* __restrict out,
+                  s_t* __restrict ns, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const s_t r = sigm(g[j] + q[j]);
+    const s_t z = sigm(g[H + j] + q[H + j]);
+    const s_t n = tanh_(g[2 * H + j] + r * q[2 * H + j]);
+    const s_t h = n + z * (he[j] - n);
+    out[j] = h;
+    ns[j] = h;
+  }
+}
+
+// g: all gate pre-activations; cold: c before the reset (times k)
+template <typename s_t>
+void lstm_step_row(const s_t* __restrict g, const s_t* __restrict cold, s_t* __restrict out, s_t* __restrict hs,
+                   s_t* __restrict cs, s_t k, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const s_t i = sigm(g[j]);
+    const s_t f = sigm(g[H + j]);
+    const s_t gv = tanh_(g[2 * H + j]);
+    const s_t o = sigm(g[3 * H + j]);
+    const s_t c = f * (cold[j] * k) + i * gv;
+    const s_t h = o * tanh_(c);
+    out[j] = h;
+    hs[j] = h;
+    cs[j] = c;
+  }
+}
+
 // ------------------------------------------------------------------------------------------------ checks
 void check_cpu(const Tensor& t, const char* name, at::ScalarType dtype) {
   TORCH_CHECK(t.device().is_cpu(), "fused rnn kernel: ", name, " must be a CPU tensor, got ", t.device());
@@ -64,32 +182,50 @@ void check_cpu(const Tensor& t, const char* name, at::ScalarType dtype) {
               dtype);
 }
 
+// keep = 1 - episode_start, [n] in `dtype`; an undefined tensor where there are no resets (None or empty)
+Tensor keep_of(const std::optional<Tensor>& keep, at::ScalarType dtype, int64_t n, const char* what) {
+  if (!keep.has_value() || !keep->defined() || keep->numel() == 0) return Tensor();
+  TORCH_CHECK(keep->device().is_cpu(), what, ": keep must be a CPU tensor");
+  TORCH_CHECK(keep->numel() == n, what, ": keep has ", keep->numel(), " elements, expected ", n);
+  return keep->to(dtype).contiguous();
+}
+
+// the same from the episode_start flags of one step (bool, integer or floating)
+Tensor keep_from_starts(const std::optional<Tensor>& starts, at::ScalarType dtype, int64_t n, const char* what) {
+  if (!starts.has_value() || !starts->defined()) return Tensor();
+  TORCH_CHECK(starts->device().is_cpu(), what, ": episode_start must be a CPU tensor");
+  TORCH_CHECK(starts->numel() == n, what, ": episode_start has ", starts->numel(), " elements, expected ", n);
+  return at::rsub(starts->to(dtype), 1).contiguous();
+}
+
 struct NoGrad {  // nothing inside a kernel is recorded by autograd
   at::NoGradGuard no_grad;
 };
 
 // ================================================================================================ GRU sequence
-// x [T, B, F], h0 [B, H], keep [T, B] or empty, w_ih [3H, F], w_hh [3H, H], b_ih [3H], b_hh [3H]
-// returns y [T, B, H], hT [B, H], and for backward: gates (activated r, z, n) [T, B, 3H], gh (h_eff @ W_hh^T + b_hh)
-// [T, B, 3H], heff [T, B, H]
-std::vector<Tensor> gru_forward(const Tensor& x_, const Tensor& h0_, const Tensor& keep_, const Tensor& w_ih_,
-                                const Tensor& w_hh_, const Tensor& b_ih_, const Tensor& b_hh_) {
+// x [T, B, F], h0 [B, H], keep [T, B] or None, w_ih [3H, F], w_hh [3H, H], b_ih [3H], b_hh [3H]
+// returns y [T, B, H], hT [B, H], and for backward: gates (activated r, z, n) [T, B, 3H],
+// gh [T, B, 3H] (its n block: W_hn h_eff + b_hn; the r, z blocks are not used), heff [T, B, H]
+std::vector<Tensor> gru_forward(const Tensor& x_, const Tensor& h0_, const std::optional<Tensor>& keep_,
+                                const Tensor& w_ih_, const Tensor& w_hh_, const Tensor& b_ih_, const Tensor& b_hh_) {
   NoGrad guard;
   const auto dtype = x_.scalar_type();
-  const Tensor x = x_.contiguous(), h0 = h0_.contiguous(), keep = keep_.contiguous();
-  const Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous(), b_ih = b_ih_.contiguous(),
-               b_hh = b_hh_.contiguous();
-  for (auto* p : {&x, &h0, &w_ih, &w_hh, &b_ih, &b_hh}) check_cpu(*p, "argument", dtype);
+  const Tensor x = x_.contiguous(), h0 = h0_.contiguous();
+  const Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
+  for (const Tensor* p : {&x, &h0, &w_ih, &w_hh, &b_ih_, &b_hh_}) check_cpu(*p, "argument", dtype);
+  TORCH_CHECK(x.dim() == 3 && h0.dim() == 2, "gru_forward: x must be [T, B, F] and h0 [B, H]");
   const int64_t T = x.size(0), B = x.size(1), F = x.size(2), H = h0.size(1);
   TORCH_CHECK(h0.size(0) == B && w_ih.size(0) == 3 * H && w_ih.size(1) == F && w_hh.size(0) == 3 * H &&
-                  w_hh.size(1) == H,
+                  w_hh.size(1) == H && b_ih_.numel() == 3 * H && b_hh_.numel() == 3 * H,
               "gru_forward: inconsistent shapes");
-  const bool has_keep = keep.numel() > 0;
-  if (has_keep) {
-    check_cpu(keep, "keep", dtype);
-    TORCH_CHECK(keep.numel() == T * B, "gru_forward: keep must be [T, B]");
-  }
-  Tensor gates = at::addmm(b_ih, x.view({T * B, F}), w_ih.t()).view({T, B, 3 * H});
+  const Tensor keep = keep_of(keep_, dtype, T * B, "gru_forward");
+  const bool has_keep = keep.defined();
+  // b_hr and b_hz folded into the input projection (they add to the same pre-activations); b_hn stays apart, it is
+  // scaled by r. Each step is then one plain mm, h_eff @ W_hh^T.
+  Tensor bias_x = b_ih_.contiguous().clone();
+  bias_x.narrow(0, 0, 2 * H).add_(b_hh_.narrow(0, 0, 2 * H));
+  const Tensor b_hn = b_hh_.narrow(0, 2 * H, H).contiguous();
+  Tensor gates = at::addmm(bias_x, x.view({T * B, F}), w_ih.t()).view({T, B, 3 * H});
   Tensor gh = at::empty({T, B, 3 * H}, x.options());
   Tensor heff = at::empty({T, B, H}, x.options());
   Tensor y = at::empty({T, B, H}, x.options());
@@ -100,61 +236,44 @@ std::vector<Tensor> gru_forward(const Tensor& x_, const Tensor& h0_, const Tenso
     using s_t = scalar_t;
     const s_t* kp = has_keep ? keep.data_ptr<s_t>() : nullptr;
     s_t* hep = heff.data_ptr<s_t>();
-    {  // h_eff of step 0
-      const s_t* hp = h0.data_ptr<s_t>();
-      for (int64_t b = 0; b < B; ++b) {
-        const s_t k = kp ? kp[b] : s_t(1);
-        for (int64_t j = 0; j < H; ++j) hep[b * H + j] = hp[b * H + j] * k;
-      }
-    }
+    const s_t* h0p = h0.data_ptr<s_t>();
+    for (int64_t b = 0; b < B; ++b) scale_row(hep + b * H, h0p + b * H, kp ? kp[b] : s_t(1), H);
     s_t* gp = gates.data_ptr<s_t>();
     s_t* ghp = gh.data_ptr<s_t>();
     s_t* yp = y.data_ptr<s_t>();
     s_t* hTp = hT.data_ptr<s_t>();
+    const s_t* bnp = b_hn.data_ptr<s_t>();
     for (int64_t t = 0; t < T; ++t) {
       Tensor gh_t = gh[t];
-      at::addmm_out(gh_t, b_hh, heff[t], w_hh_t);
+      at::mm_out(gh_t, heff[t], w_hh_t);
       const bool last = (t + 1 == T);
       for (int64_t b = 0; b < B; ++b) {
         const int64_t row = t * B + b;
-        s_t* __restrict g = gp + row * 3 * H;
-        const s_t* __restrict q = ghp + row * 3 * H;
-        const s_t* __restrict he = hep + row * H;
-        s_t* __restrict out = yp + row * H;
-        s_t* __restrict nxt = last ? hTp + b * H : hep + (row + B) * H;
-        const s_t k = (!last && kp) ? kp[row + B] : s_t(1);
-        for (int64_t j = 0; j < H; ++j) {
-          const s_t r = sigm(g[j] + q[j]);
-          const s_t z = sigm(g[H + j] + q[H + j]);
-          const s_t n = tanh_(g[2 * H + j] + r * q[2 * H + j]);
-          const s_t h = n + z * (he[j] - n);
-          g[j] = r;
-          g[H + j] = z;
-          g[2 * H + j] = n;
-          out[j] = h;
-          nxt[j] = h * k;
-        }
+        gru_fwd_row(gp + row * 3 * H, ghp + row * 3 * H, bnp, hep + row * H, yp + row * H,
+                    last ? hTp + b * H : hep + (row + B) * H, (!last && kp) ? kp[row + B] : s_t(1), H);
       }
     }
   });
   return {y, hT, gates, gh, heff};
 }
 
-// dy [T, B, H], dhT [B, H] -> dx [T, B, F] (or empty), dh0 [B, H], dw_ih, dw_hh, db_ih, db_hh (or empty)
-std::vector<Tensor> gru_backward(const Tensor& dy_, const Tensor& dhT_, const Tensor& x_, const Tensor& keep_,
-                                 const Tensor& w_ih_, const Tensor& w_hh_, const Tensor& gates, const Tensor& gh,
-                                 const Tensor& heff, bool need_dx, bool need_dw) {
+// dy [T, B, H], dhT [B, H] -> dx [T, B, F] (or None), dh0 [B, H], dw_ih, dw_hh, db_ih, db_hh (or None)
+std::vector<Tensor> gru_backward(const Tensor& dy_, const Tensor& dhT_, const Tensor& x_,
+                                 const std::optional<Tensor>& keep_, const Tensor& w_ih_, const Tensor& w_hh_,
+                                 const Tensor& gates, const Tensor& gh, const Tensor& heff, bool need_dx,
+                                 bool need_dw) {
   NoGrad guard;
   const auto dtype = gates.scalar_type();
-  const Tensor dy = dy_.contiguous(), dhT = dhT_.contiguous(), x = x_.contiguous(), keep = keep_.contiguous();
+  const Tensor dy = dy_.contiguous(), dhT = dhT_.contiguous(), x = x_.contiguous();
   const Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
   check_cpu(dy, "dy", dtype);
   check_cpu(dhT, "dhT", dtype);
   const int64_t T = gates.size(0), B = gates.size(1), H = heff.size(2), F = x.size(2);
-  const bool has_keep = keep.numel() > 0;
+  const Tensor keep = keep_of(keep_, dtype, T * B, "backward");
+  const bool has_keep = keep.defined();
   Tensor dgi = at::empty({T, B, 3 * H}, gates.options());
   Tensor dgh = at::empty({T, B, 3 * H}, gates.options());
-  Tensor dheff = dhT.clone();  // carried dh (before the keep of the step after): starts as dL/dh_T
+  Tensor dhc = dhT.clone();  // carried dL/dh_eff of the step after (before its keep); starts as dL/dh_T
   Tensor dh0 = at::empty({B, H}, gates.options());
 
   AT_DISPATCH_FLOATING_TYPES(dtype, "gru_backward", [&] {
@@ -166,41 +285,18 @@ std::vector<Tensor> gru_backward(const Tensor& dy_, const Tensor& dhT_, const Te
     const s_t* dyp = dy.data_ptr<s_t>();
     s_t* dgip = dgi.data_ptr<s_t>();
     s_t* dghp = dgh.data_ptr<s_t>();
-    s_t* dcp = dheff.data_ptr<s_t>();
+    s_t* dcp = dhc.data_ptr<s_t>();
     for (int64_t t = T - 1; t >= 0; --t) {
       const bool last = (t + 1 == T);
       for (int64_t b = 0; b < B; ++b) {
         const int64_t row = t * B + b;
-        const s_t k = (!last && kp) ? kp[row + B] : s_t(1);
-        const s_t* __restrict g = gp + row * 3 * H;
-        const s_t* __restrict q = ghp + row * 3 * H;
-        const s_t* __restrict he = hep + row * H;
-        const s_t* __restrict d = dyp + row * H;
-        s_t* __restrict dc = dcp + b * H;
-        s_t* __restrict di = dgip + row * 3 * H;
-        s_t* __restrict dq = dghp + row * 3 * H;
-        for (int64_t j = 0; j < H; ++j) {
-          const s_t r = g[j], z = g[H + j], n = g[2 * H + j];
-          const s_t dh = dc[j] * k + d[j];
-          const s_t dn = dh * (s_t(1) - z) * (s_t(1) - n * n);
-          const s_t dz = dh * (he[j] - n) * z * (s_t(1) - z);
-          const s_t dr = dn * q[2 * H + j] * r * (s_t(1) - r);
-          di[j] = dr;
-          di[H + j] = dz;
-          di[2 * H + j] = dn;
-          dq[j] = dr;
-          dq[H + j] = dz;
-          dq[2 * H + j] = dn * r;
-          dc[j] = dh * z;
-        }
+        gru_bwd_row(gp + row * 3 * H, ghp + row * 3 * H, hep + row * H, dyp + row * H, dcp + b * H,
+                    dgip + row * 3 * H, dghp + row * 3 * H, (!last && kp) ? kp[row + B] : s_t(1), H);
       }
-      dheff.addmm_(dgh[t], w_hh);  // dL/dh_eff[t]
+      dhc.addmm_(dgh[t], w_hh);  // dL/dh_eff[t] = direct part + dGates_h[t] @ W_hh
     }
     s_t* d0 = dh0.data_ptr<s_t>();
-    for (int64_t b = 0; b < B; ++b) {
-      const s_t k = kp ? kp[b] : s_t(1);
-      for (int64_t j = 0; j < H; ++j) d0[b * H + j] = dcp[b * H + j] * k;
-    }
+    for (int64_t b = 0; b < B; ++b) scale_row(d0 + b * H, dcp + b * H, kp ? kp[b] : s_t(1), H);
   });
   Tensor dx, dw_ih, dw_hh, db_ih, db_hh;
   const Tensor dgi2 = dgi.view({T * B, 3 * H}), dgh2 = dgh.view({T * B, 3 * H});
@@ -215,27 +311,24 @@ std::vector<Tensor> gru_backward(const Tensor& dy_, const Tensor& dhT_, const Te
 }
 
 // ================================================================================================ LSTM sequence
-// x [T, B, F], h0 [B, H], c0 [B, H], keep [T, B] or empty, w_ih [4H, F], w_hh [4H, H], b_ih [4H], b_hh [4H]
-// returns y [T, B, H], hT, cT [B, H], and for backward: gates (activated i, f, g, o) [T, B, 4H], tanh(c) [T, B, H],
+// x [T, B, F], h0 [B, H], c0 [B, H], keep [T, B] or None, w_ih [4H, F], w_hh [4H, H], b_ih [4H], b_hh [4H]
+// returns y [T, B, H], hT, cT [B, H], and for backward: gates (activated i, f, g, o) [T, B, 4H], tanh(c') [T, B, H],
 // heff [T, B, H], ceff [T, B, H]
-std::vector<Tensor> lstm_forward(const Tensor& x_, const Tensor& h0_, const Tensor& c0_, const Tensor& keep_,
-                                 const Tensor& w_ih_, const Tensor& w_hh_, const Tensor& b_ih_, const Tensor& b_hh_) {
+std::vector<Tensor> lstm_forward(const Tensor& x_, const Tensor& h0_, const Tensor& c0_,
+                                 const std::optional<Tensor>& keep_, const Tensor& w_ih_, const Tensor& w_hh_,
+                                 const Tensor& b_ih_, const Tensor& b_hh_) {
   NoGrad guard;
   const auto dtype = x_.scalar_type();
-  const Tensor x = x_.contiguous(), h0 = h0_.contiguous(), c0 = c0_.contiguous(), keep = keep_.contiguous();
+  const Tensor x = x_.contiguous(), h0 = h0_.contiguous(), c0 = c0_.contiguous();
   const Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
-  for (auto* p : {&x, &h0, &c0, &w_ih, &w_hh}) check_cpu(*p, "argument", dtype);
-  check_cpu(b_ih_, "b_ih", dtype);
-  check_cpu(b_hh_, "b_hh", dtype);
+  for (const Tensor* p : {&x, &h0, &c0, &w_ih, &w_hh, &b_ih_, &b_hh_}) check_cpu(*p, "argument", dtype);
+  TORCH_CHECK(x.dim() == 3 && h0.dim() == 2 && c0.dim() == 2, "lstm_forward: x must be [T, B, F], h0 and c0 [B, H]");
   const int64_t T = x.size(0), B = x.size(1), F = x.size(2), H = h0.size(1);
   TORCH_CHECK(h0.size(0) == B && c0.size(0) == B && c0.size(1) == H && w_ih.size(0) == 4 * H && w_ih.size(1) == F &&
-                  w_hh.size(0) == 4 * H && w_hh.size(1) == H,
+                  w_hh.size(0) == 4 * H && w_hh.size(1) == H && b_ih_.numel() == 4 * H && b_hh_.numel() == 4 * H,
               "lstm_forward: inconsistent shapes");
-  const bool has_keep = keep.numel() > 0;
-  if (has_keep) {
-    check_cpu(keep, "keep", dtype);
-    TORCH_CHECK(keep.numel() == T * B, "lstm_forward: keep must be [T, B]");
-  }
+  const Tensor keep = keep_of(keep_, dtype, T * B, "lstm_forward");
+  const bool has_keep = keep.defined();
   // both biases folded into the input projection; each step adds h_eff @ W_hh^T in place
   Tensor gates = at::addmm(b_ih_ + b_hh_, x.view({T * B, F}), w_ih.t()).view({T, B, 4 * H});
   Tensor tc = at::empty({T, B, H}, x.options());
@@ -251,16 +344,12 @@ std::vector<Tensor> lstm_forward(const Tensor& x_, const Tensor& h0_, const Tens
     const s_t* kp = has_keep ? keep.data_ptr<s_t>() : nullptr;
     s_t* hep = heff.data_ptr<s_t>();
     s_t* cep = ceff.data_ptr<s_t>();
-    {
-      const s_t* hp = h0.data_ptr<s_t>();
-      const s_t* cp = c0.data_ptr<s_t>();
-      for (int64_t b = 0; b < B; ++b) {
-        const s_t k = kp ? kp[b] : s_t(1);
-        for (int64_t j = 0; j < H; ++j) {
-          hep[b * H + j] = hp[b * H + j] * k;
-          cep[b * H + j] = cp[b * H + j] * k;
-        }
-      }
+    const s_t* h0p = h0.data_ptr<s_t>();
+    const s_t* c0p = c0.data_ptr<s_t>();
+    for (int64_t b = 0; b < B; ++b) {
+      const s_t k = kp ? kp[b] : s_t(1);
+      scale_row(hep + b * H, h0p + b * H, k, H);
+      scale_row(cep + b * H, c0p + b * H, k, H);
     }
     s_t* gp = gates.data_ptr<s_t>();
     s_t* tcp = tc.data_ptr<s_t>();
@@ -272,51 +361,30 @@ std::vector<Tensor> lstm_forward(const Tensor& x_, const Tensor& h0_, const Tens
       const bool last = (t + 1 == T);
       for (int64_t b = 0; b < B; ++b) {
         const int64_t row = t * B + b;
-        s_t* __restrict g = gp + row * 4 * H;
-        const s_t* __restrict ce = cep + row * H;
-        s_t* __restrict tco = tcp + row * H;
-        s_t* __restrict out = yp + row * H;
-        s_t* __restrict hn = last ? hTp + b * H : hep + (row + B) * H;
-        s_t* __restrict cn = last ? cTp + b * H : cep + (row + B) * H;
-        const s_t k = (!last && kp) ? kp[row + B] : s_t(1);
-        for (int64_t j = 0; j < H; ++j) {
-          const s_t i = sigm(g[j]);
-          const s_t f = sigm(g[H + j]);
-          const s_t gg = tanh_(g[2 * H + j]);
-          const s_t o = sigm(g[3 * H + j]);
-          const s_t c = f * ce[j] + i * gg;
-          const s_t tcv = tanh_(c);
-          const s_t h = o * tcv;
-          g[j] = i;
-          g[H + j] = f;
-          g[2 * H + j] = gg;
-          g[3 * H + j] = o;
-          tco[j] = tcv;
-          out[j] = h;
-          hn[j] = h * k;
-          cn[j] = c * k;
-        }
+        lstm_fwd_row(gp + row * 4 * H, cep + row * H, tcp + row * H, yp + row * H,
+                     last ? hTp + b * H : hep + (row + B) * H, last ? cTp + b * H : cep + (row + B) * H,
+                     (!last && kp) ? kp[row + B] : s_t(1), H);
       }
     }
   });
   return {y, hT, cT, gates, tc, heff, ceff};
 }
 
-// dy [T, B, H], dhT, dcT [B, H] -> dx (or empty), dh0, dc0, dw_ih, dw_hh, db_ih, db_hh (or empty)
+// dy [T, B, H], dhT, dcT [B, H] -> dx (or None), dh0, dc0, dw_ih, dw_hh, db_ih, db_hh (or None)
 std::vector<Tensor> lstm_backward(const Tensor& dy_, const Tensor& dhT_, const Tensor& dcT_, const Tensor& x_,
-                                  const Tensor& keep_, const Tensor& w_ih_, const Tensor& w_hh_, const Tensor& gates,
-                                  const Tensor& tc, const Tensor& heff, const Tensor& ceff, bool need_dx,
-                                  bool need_dw) {
+                                  const std::optional<Tensor>& keep_, const Tensor& w_ih_, const Tensor& w_hh_,
+                                  const Tensor& gates, const Tensor& tc, const Tensor& heff, const Tensor& ceff,
+                                  bool need_dx, bool need_dw) {
   NoGrad guard;
   const auto dtype = gates.scalar_type();
-  const Tensor dy = dy_.contiguous(), dhT = dhT_.contiguous(), dcT = dcT_.contiguous(), x = x_.contiguous(),
-               keep = keep_.contiguous();
+  const Tensor dy = dy_.contiguous(), dhT = dhT_.contiguous(), dcT = dcT_.contiguous(), x = x_.contiguous();
   const Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
   check_cpu(dy, "dy", dtype);
   check_cpu(dhT, "dhT", dtype);
   check_cpu(dcT, "dcT", dtype);
   const int64_t T = gates.size(0), B = gates.size(1), H = heff.size(2), F = x.size(2);
-  const bool has_keep = keep.numel() > 0;
+  const Tensor keep = keep_of(keep_, dtype, T * B, "backward");
+  const bool has_keep = keep.defined();
   Tensor dg = at::empty({T, B, 4 * H}, gates.options());
   Tensor dhc = dhT.clone();  // carried dL/dh_eff of the step after (before its keep)
   Tensor dcc = dcT.clone();  // carried dL/dc_eff of the step after (before its keep)
@@ -337,24 +405,8 @@ std::vector<Tensor> lstm_backward(const Tensor& dy_, const Tensor& dhT_, const T
       const bool last = (t + 1 == T);
       for (int64_t b = 0; b < B; ++b) {
         const int64_t row = t * B + b;
-        const s_t k = (!last && kp) ? kp[row + B] : s_t(1);
-        const s_t* __restrict g = gp + row * 4 * H;
-        const s_t* __restrict tcv = tcp + row * H;
-        const s_t* __restrict ce = cep + row * H;
-        const s_t* __restrict d = dyp + row * H;
-        const s_t* __restrict dhin = dhp + b * H;
-        s_t* __restrict dcin = dcp + b * H;
-        s_t* __restrict dgo = dgp + row * 4 * H;
-        for (int64_t j = 0; j < H; ++j) {
-          const s_t i = g[j], f = g[H + j], gg = g[2 * H + j], o = g[3 * H + j], th = tcv[j];
-          const s_t dh = dhin[j] * k + d[j];
-          const s_t dc = dcin[j] * k + dh * o * (s_t(1) - th * th);
-          dgo[j] = dc * gg * i * (s_t(1) - i);
-          dgo[H + j] = dc * ce[j] * f * (s_t(1) - f);
-          dgo[2 * H + j] = dc * i * (s_t(1) - gg * gg);
-          dgo[3 * H + j] = dh * th * o * (s_t(1) - o);
-          dcin[j] = dc * f;
-        }
+        lstm_bwd_row(gp + row * 4 * H, tcp + row * H, cep + row * H, dyp + row * H, dhp + b * H, dcp + b * H,
+                     dgp + row * 4 * H, (!last && kp) ? kp[row + B] : s_t(1), H);
       }
       at::mm_out(dhc, dg[t], w_hh);  // dL/dh_eff[t]
     }
@@ -362,10 +414,8 @@ std::vector<Tensor> lstm_backward(const Tensor& dy_, const Tensor& dhT_, const T
     s_t* dc0p = dc0.data_ptr<s_t>();
     for (int64_t b = 0; b < B; ++b) {
       const s_t k = kp ? kp[b] : s_t(1);
-      for (int64_t j = 0; j < H; ++j) {
-        dh0p[b * H + j] = dhp[b * H + j] * k;
-        dc0p[b * H + j] = dcp[b * H + j] * k;
-      }
+      scale_row(dh0p + b * H, dhp + b * H, k, H);
+      scale_row(dc0p + b * H, dcp + b * H, k, H);
     }
   });
   Tensor dx, dw_ih, dw_hh, db;
@@ -376,43 +426,41 @@ std::vector<Tensor> lstm_backward(const Tensor& dy_, const Tensor& dhT_, const T
     dw_hh = at::mm(dg2.t(), heff.view({T * B, H}));
     db = dg2.sum(0);
   }
-  return {dx, dh0, dc0, dw_ih, dw_hh, db, db};
+  // the two bias gradients are equal; separate tensors, as autograd may keep each as its parameter's .grad
+  return {dx, dh0, dc0, dw_ih, dw_hh, db, need_dw ? db.clone() : db};
 }
 
 // ================================================================================================ single steps
 // No autograd: for rollouts and act (grad disabled / inference mode). All layers in one call.
-// x [B, F], state [B, L, H] (GRU) or [B, 2L, H] (LSTM: h rows then c rows), keep [B] or empty,
-// weights [w_ih_0, w_hh_0, b_ih_0, b_hh_0, w_ih_1, ...] -> (y [B, H], new state like `state`)
-std::vector<Tensor> gru_step(const Tensor& x_, const Tensor& state_, const Tensor& keep_,
+// x [B, F], state [B, L, H] (GRU) or [B, 2L, H] (LSTM: h rows then c rows), episode_start [B] or None,
+// weights [w_ih_0, w_hh_0, b_ih_0, b_hh_0, w_ih_1, ...] -> (y [B, H], new state shaped like `state`)
+std::vector<Tensor> gru_step(const Tensor& x_, const Tensor& state_, const std::optional<Tensor>& starts,
                              const std::vector<Tensor>& weights) {
   NoGrad guard;
   const auto dtype = x_.scalar_type();
-  const Tensor state = state_.contiguous(), keep = keep_.contiguous();
+  const Tensor state = state_.contiguous();
   check_cpu(x_, "x", dtype);
   check_cpu(state, "state", dtype);
+  TORCH_CHECK(x_.dim() == 2 && state.dim() == 3 && state.size(0) == x_.size(0), "gru_step: inconsistent shapes");
   const int64_t B = state.size(0), L = state.size(1), H = state.size(2);
   TORCH_CHECK(static_cast<int64_t>(weights.size()) == 4 * L, "gru_step: expected 4 weights per layer");
-  const bool has_keep = keep.numel() > 0;
-  if (has_keep) check_cpu(keep, "keep", dtype);
+  for (const Tensor& w : weights) check_cpu(w, "weight", dtype);
+  const Tensor keep = keep_from_starts(starts, dtype, B, "gru_step");
+  const bool has_keep = keep.defined();
   Tensor new_state = at::empty({B, L, H}, state.options());
   Tensor heff = at::empty({B, H}, state.options());
   Tensor x = x_;
   for (int64_t l = 0; l < L; ++l) {
-    const Tensor& w_ih = weights[4 * l];
-    const Tensor& w_hh = weights[4 * l + 1];
-    Tensor gi = at::addmm(weights[4 * l + 2], x, w_ih.t());
-    Tensor y = at::empty({B, H}, state.options());
     AT_DISPATCH_FLOATING_TYPES(dtype, "gru_step", [&] {
       using s_t = scalar_t;
       const s_t* kp = has_keep ? keep.data_ptr<s_t>() : nullptr;
       const s_t* sp = state.data_ptr<s_t>();
       s_t* hep = heff.data_ptr<s_t>();
-      for (int64_t b = 0; b < B; ++b) {
-        const s_t k = kp ? kp[b] : s_t(1);
-        for (int64_t j = 0; j < H; ++j) hep[b * H + j] = sp[(b * L + l) * H + j] * k;
-      }
+      for (int64_t b = 0; b < B; ++b) scale_row(hep + b * H, sp + (b * L + l) * H, kp ? kp[b] : s_t(1), H);
     });
-    Tensor gh = at::addmm(weights[4 * l + 3], heff, w_hh.t());
+    const Tensor gi = at::addmm(weights[4 * l + 2], x, weights[4 * l].t());
+    const Tensor gh = at::addmm(weights[4 * l + 3], heff, weights[4 * l + 1].t());
+    Tensor y = at::empty({B, H}, state.options());
     AT_DISPATCH_FLOATING_TYPES(dtype, "gru_step", [&] {
       using s_t = scalar_t;
       const s_t* gip = gi.data_ptr<s_t>();
@@ -420,38 +468,28 @@ std::vector<Tensor> gru_step(const Tensor& x_, const Tensor& state_, const Tenso
       const s_t* hep = heff.data_ptr<s_t>();
       s_t* yp = y.data_ptr<s_t>();
       s_t* nsp = new_state.data_ptr<s_t>();
-      for (int64_t b = 0; b < B; ++b) {
-        const s_t* __restrict g = gip + b * 3 * H;
-        const s_t* __restrict q = ghp + b * 3 * H;
-        const s_t* __restrict he = hep + b * H;
-        s_t* __restrict out = yp + b * H;
-        s_t* __restrict ns = nsp + (b * L + l) * H;
-        for (int64_t j = 0; j < H; ++j) {
-          const s_t r = sigm(g[j] + q[j]);
-          const s_t z = sigm(g[H + j] + q[H + j]);
-          const s_t n = tanh_(g[2 * H + j] + r * q[2 * H + j]);
-          const s_t h = n + z * (he[j] - n);
-          out[j] = h;
-          ns[j] = h;
-        }
-      }
+      for (int64_t b = 0; b < B; ++b)
+        gru_step_row(gip + b * 3 * H, ghp + b * 3 * H, hep + b * H, yp + b * H, nsp + (b * L + l) * H, H);
     });
     x = y;
   }
   return {x, new_state};
 }
 
-std::vector<Tensor> lstm_step(const Tensor& x_, const Tensor& state_, const Tensor& keep_,
+std::vector<Tensor> lstm_step(const Tensor& x_, const Tensor& state_, const std::optional<Tensor>& starts,
                               const std::vector<Tensor>& weights) {
   NoGrad guard;
   const auto dtype = x_.scalar_type();
-  const Tensor state = state_.contiguous(), keep = keep_.contiguous();
+  const Tensor state = state_.contiguous();
   check_cpu(x_, "x", dtype);
   check_cpu(state, "state", dtype);
+  TORCH_CHECK(x_.dim() == 2 && state.dim() == 3 && state.size(0) == x_.size(0) && state.size(1) % 2 == 0,
+              "lstm_step: inconsistent shapes");
   const int64_t B = state.size(0), L = state.size(1) / 2, H = state.size(2);
   TORCH_CHECK(static_cast<int64_t>(weights.size()) == 4 * L, "lstm_step: expected 4 weights per layer");
-  const bool has_keep = keep.numel() > 0;
-  if (has_keep) check_cpu(keep, "keep", dtype);
+  for (const Tensor& w : weights) check_cpu(w, "weight", dtype);
+  const Tensor keep = keep_from_starts(starts, dtype, B, "lstm_step");
+  const bool has_keep = keep.defined();
   Tensor new_state = at::empty({B, 2 * L, H}, state.options());
   Tensor heff = at::empty({B, H}, state.options());
   Tensor x = x_;
@@ -461,10 +499,7 @@ std::vector<Tensor> lstm_step(const Tensor& x_, const Tensor& state_, const Tens
       const s_t* kp = has_keep ? keep.data_ptr<s_t>() : nullptr;
       const s_t* sp = state.data_ptr<s_t>();
       s_t* hep = heff.data_ptr<s_t>();
-      for (int64_t b = 0; b < B; ++b) {
-        const s_t k = kp ? kp[b] : s_t(1);
-        for (int64_t j = 0; j < H; ++j) hep[b * H + j] = sp[(b * 2 * L + l) * H + j] * k;
-      }
+      for (int64_t b = 0; b < B; ++b) scale_row(hep + b * H, sp + (b * 2 * L + l) * H, kp ? kp[b] : s_t(1), H);
     });
     Tensor g = at::addmm(weights[4 * l + 2] + weights[4 * l + 3], x, weights[4 * l].t());
     g.addmm_(heff, weights[4 * l + 1].t());
@@ -476,25 +511,9 @@ std::vector<Tensor> lstm_step(const Tensor& x_, const Tensor& state_, const Tens
       const s_t* sp = state.data_ptr<s_t>();
       s_t* yp = y.data_ptr<s_t>();
       s_t* nsp = new_state.data_ptr<s_t>();
-      for (int64_t b = 0; b < B; ++b) {
-        const s_t k = kp ? kp[b] : s_t(1);
-        const s_t* __restrict gg_ = gp + b * 4 * H;
-        const s_t* __restrict cold = sp + (b * 2 * L + L + l) * H;
-        s_t* __restrict out = yp + b * H;
-        s_t* __restrict hs = nsp + (b * 2 * L + l) * H;
-        s_t* __restrict cs = nsp + (b * 2 * L + L + l) * H;
-        for (int64_t j = 0; j < H; ++j) {
-          const s_t i = sigm(gg_[j]);
-          const s_t f = sigm(gg_[H + j]);
-          const s_t gv = tanh_(gg_[2 * H + j]);
-          const s_t o = sigm(gg_[3 * H + j]);
-          const s_t c = f * (cold[j] * k) + i * gv;
-          const s_t h = o * tanh_(c);
-          out[j] = h;
-          hs[j] = h;
-          cs[j] = c;
-        }
-      }
+      for (int64_t b = 0; b < B; ++b)
+        lstm_step_row(gp + b * 4 * H, sp + (b * 2 * L + L + l) * H, yp + b * H, nsp + (b * 2 * L + l) * H,
+                      nsp + (b * 2 * L + L + l) * H, kp ? kp[b] : s_t(1), H);
     });
     x = y;
   }

@@ -1,0 +1,179 @@
+"""Autograd wrappers of the fused kernels, and the mixin that lets a core choose between fused and stock paths.
+
+Shapes (per layer inside the autograd functions; all layers in the helpers)::
+
+    y, state = gru_sequence(x [T, B, F], state [B, L, H], keep [T, B] | None, weights)      # y [T, B, H]
+    y, state = lstm_sequence(x [T, B, F], state [B, 2L, H], keep [T, B] | None, weights)    # h rows, then c rows
+    y, state = gru_step(x [B, F], state [B, L, H], starts [B] | None, weights)              # no autograd
+    y, state = lstm_step(x [B, F], state [B, 2L, H], starts [B] | None, weights)           # no autograd
+
+``keep = 1 - episode_start`` multiplies the state before each step (``None``: no resets). ``weights`` is the
+``_flat_weights`` list of the core's ``nn.GRU`` / ``nn.LSTM`` (``[w_ih_0, w_hh_0, b_ih_0, b_hh_0, w_ih_1, ...]``), so
+parameters, state dicts and saved models are the same whichever kernel runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from .. import kernels as _kernels
+from . import check_kernel_option, load, resolve
+
+_FLOATS = (torch.float32, torch.float64)
+
+
+# ------------------------------------------------------------------------------------------ autograd functions
+class GRULayerFunction(torch.autograd.Function):
+    """One GRU layer over ``[T, B]`` with in-loop resets: ``(x, h0, keep, w_ih, w_hh, b_ih, b_hh) -> (y, hT)``."""
+
+    @staticmethod
+    def forward(ctx, x, h0, keep, w_ih, w_hh, b_ih, b_hh):
+        y, hT, gates, gh, heff = load().gru_forward(x, h0, keep, w_ih, w_hh, b_ih, b_hh)
+        ctx.save_for_backward(x, keep, w_ih, w_hh, gates, gh, heff)
+        return y, hT
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dhT):
+        x, keep, w_ih, w_hh, gates, gh, heff = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        dx, dh0, dw_ih, dw_hh, db_ih, db_hh = load().gru_backward(
+            dy, dhT, x, keep, w_ih, w_hh, gates, gh, heff, bool(need[0]), any(need[3:]))
+        return dx, (dh0 if need[1] else None), None, dw_ih, dw_hh, db_ih, db_hh
+
+
+class LSTMLayerFunction(torch.autograd.Function):
+    """One LSTM layer over ``[T, B]`` with in-loop resets:
+    ``(x, h0, c0, keep, w_ih, w_hh, b_ih, b_hh) -> (y, hT, cT)``."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, keep, w_ih, w_hh, b_ih, b_hh):
+        y, hT, cT, gates, tc, heff, ceff = load().lstm_forward(x, h0, c0, keep, w_ih, w_hh, b_ih, b_hh)
+        ctx.save_for_backward(x, keep, w_ih, w_hh, gates, tc, heff, ceff)
+        return y, hT, cT
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dhT, dcT):
+        x, keep, w_ih, w_hh, gates, tc, heff, ceff = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = load().lstm_backward(
+            dy, dhT, dcT, x, keep, w_ih, w_hh, gates, tc, heff, ceff, bool(need[0]), any(need[4:]))
+        return (dx, (dh0 if need[1] else None), (dc0 if need[2] else None), None, dw_ih, dw_hh,
+                (db_ih if need[6] else None), (db_hh if need[7] else None))
+
+
+# ------------------------------------------------------------------------------------------ multi-layer helpers
+def gru_sequence(x: torch.Tensor, state: torch.Tensor, keep: Optional[torch.Tensor],
+                 weights: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """All layers over ``x [T, B, F]`` from ``state [B, L, H]`` -> ``(y [T, B, H], final state [B, L, H])``."""
+    hs: List[torch.Tensor] = []
+    for k in range(state.shape[1]):
+        x, hT = GRULayerFunction.apply(x, state[:, k], keep, *weights[4 * k: 4 * k + 4])
+        hs.append(hT)
+    return x, torch.stack(hs, dim=1)
+
+
+def lstm_sequence(x: torch.Tensor, state: torch.Tensor, keep: Optional[torch.Tensor],
+                  weights: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """All layers over ``x [T, B, F]`` from ``state [B, 2L, H]`` -> ``(y [T, B, H], final state [B, 2L, H])``."""
+    L = state.shape[1] // 2
+    hs: List[torch.Tensor] = []
+    cs: List[torch.Tensor] = []
+    for k in range(L):
+        x, hT, cT = LSTMLayerFunction.apply(x, state[:, k], state[:, L + k], keep, *weights[4 * k: 4 * k + 4])
+        hs.append(hT)
+        cs.append(cT)
+    return x, torch.stack(hs + cs, dim=1)
+
+
+def gru_step(x: torch.Tensor, state: torch.Tensor, starts: Optional[torch.Tensor],
+             weights: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One step of all layers, no autograd (grad disabled or inference mode). ``starts [B]`` resets first."""
+    y, new_state = load().gru_step(x, state, starts, weights)
+    return y, new_state
+
+
+def lstm_step(x: torch.Tensor, state: torch.Tensor, starts: Optional[torch.Tensor],
+              weights: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One step of all layers, no autograd (grad disabled or inference mode). ``starts [B]`` resets first."""
+    y, new_state = load().lstm_step(x, state, starts, weights)
+    return y, new_state
+
+
+# ------------------------------------------------------------------------------------------ core mixin
+_is_tracing = torch._C._is_tracing
+_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
+_is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+
+
+def _capturing() -> bool:
+    """Tracing, ONNX export, torch.export and torch.compile must see torch ops, not an opaque extension call."""
+    if _is_tracing() or _is_compiling() or _is_exporting():
+        return True
+    onnx = sys.modules.get("torch.onnx")  # only an export that has imported torch.onnx can be running
+    return bool(onnx is not None and onnx.is_in_onnx_export())
+
+
+class FusedKernelMixin:
+    """Kernel choice for a core whose recurrent weights live in ``self.rnn`` (an ``nn.GRU`` / ``nn.LSTM``).
+
+    Subclasses call :meth:`_init_kernel` in ``__init__`` and route their paths through :meth:`_use_fused`.
+    """
+
+    _kernel: str
+
+    def _init_kernel(self, kernel: Optional[str]) -> None:
+        self._kernel = check_kernel_option(kernel)
+        if self._kernel == "fused":
+            resolve("fused")  # a clear KernelBuildError now, not at the first forward
+
+    @property
+    def kernel(self) -> str:
+        """The requested kernel: ``"auto"``, ``"fused"`` or ``"stock"``."""
+        return self._kernel
+
+    @property
+    def kernel_in_use(self) -> str:
+        """``"fused"`` or ``"stock"``: the path this core's forward takes now (builds the kernels on first call under
+        ``"auto"``). CPU float32/float64 parameters are needed for ``"fused"``."""
+        if self._kernel == "stock":
+            return "stock"
+        w = self.rnn._flat_weights[0]
+        if w.device.type != "cpu" or w.dtype not in _FLOATS:
+            return "stock"
+        return resolve(self._kernel)
+
+    def _use_fused(self, x: torch.Tensor, state: torch.Tensor) -> bool:
+        """Whether this call runs the fused kernel (the tensors' device/dtype permitting)."""
+        if self._kernel == "stock":
+            return False
+        w = self.rnn._flat_weights[0]
+        dtype = x.dtype
+        if not (x.is_cpu and state.is_cpu and w.is_cpu and (dtype is torch.float32 or dtype is torch.float64)
+                and state.dtype is dtype and w.dtype is dtype):
+            if self._kernel == "fused":
+                raise ValueError(
+                    f"kernel='fused' runs on CPU float32/float64 tensors of one dtype; got x {x.dtype} on {x.device}, "
+                    f"state {state.dtype} on {state.device}, weights {w.dtype} on {w.device} "
+                    "(kernel='auto' takes the stock path for these)")
+            return False
+        if _capturing():
+            return False
+        return _kernels._module is not None or resolve(self._kernel) == "fused"
+
+    def _grad_needed(self, *tensors: torch.Tensor) -> bool:
+        if not torch.is_grad_enabled():
+            return False
+        return any(t.requires_grad for t in tensors) or any(p.requires_grad for p in self.rnn._flat_weights)
+
+    @staticmethod
+    def _keep(episode_start: torch.Tensor, like: torch.Tensor) -> Optional[torch.Tensor]:
+        """``1 - episode_start`` in ``like``'s dtype, or ``None`` where nothing resets."""
+        if not bool(episode_start.any()):
+            return None
+        return (1.0 - episode_start.to(dtype=like.dtype)).contiguous()

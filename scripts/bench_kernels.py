@@ -1,0 +1,229 @@
+"""Fused CPU GRU/LSTM kernels vs the stock torch.nn.GRU / torch.nn.LSTM (oneDNN) path, one recurrent layer.
+
+For every T x B x H of the grid (input size 64 by default, no resets inside the sequence so the stock path is ONE
+nn.GRU / nn.LSTM call), through the core interface (``core.forward_sequence``) with ``kernel="fused"`` and
+``kernel="stock"`` and the same weights:
+
+- forward+backward (loss = <y, g> for a fixed random g; gradients of x, the initial state and every weight),
+- forward only (``torch.no_grad``),
+
+median of ``--repeats`` timings, the contenders interleaved round-robin so that machine noise hits all alike; and
+the per-step latency of ``core._step`` (the ``act`` path, inference mode) at B = 1 and B = 8 (rollouts). One torch
+thread. Writes results/kernels.json and results/kernels.md (commit, CPU, torch version, command).
+
+    python scripts/bench_kernels.py                          # the full grid: ~3-5 min on 2 shared CPU cores
+    python scripts/bench_kernels.py --T 32 --B 8 --H 64 128  # a slice
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List
+
+import torch
+
+from benchlib import provenance, time_per_call_us, write_results
+
+from agents import kernels
+from agents.cores import make_core
+
+CORES = ("gru", "lstm")
+KERNELS = ("stock", "fused")
+STOCK_LABEL = {"gru": "nn.GRU", "lstm": "nn.LSTM (oneDNN)"}
+
+
+def _calibrate(fn: Callable[[], object], min_time_s: float) -> int:
+    """Calls per timing so that one timing lasts at least ``min_time_s`` (after a warm-up call)."""
+    fn()
+    t = time.perf_counter()
+    fn()
+    once = time.perf_counter() - t
+    return max(1, math.ceil(min_time_s / max(once, 1e-7)))
+
+
+def sequence_row(T: int, B: int, H: int, F: int, repeats: int, min_time_s: float) -> Dict[str, float]:
+    """Median ms of fwd+bwd and fwd-only for each (core, kernel) at one shape."""
+    g = torch.Generator().manual_seed(T * 10000 + B * 100 + H)
+    x = torch.randn(T, B, F, generator=g)
+    starts = torch.zeros(T, B)
+    fns: Dict[str, Callable[[], object]] = {}
+    for name in CORES:
+        torch.manual_seed(0)
+        stock = make_core(name, F, H, 1, kernel="stock")
+        fused = make_core(name, F, H, 1, kernel="fused")
+        fused.load_state_dict(stock.state_dict())
+        state0 = torch.randn(B, *stock.state_shape, generator=g) * 0.1
+        gy = torch.randn(T, B, H, generator=g)
+        for kernel, core in (("stock", stock), ("fused", fused)):
+            xg = x.clone().requires_grad_(True)
+            sg = state0.clone().requires_grad_(True)
+
+            def fwd_bwd(core=core, xg=xg, sg=sg, gy=gy):
+                y, s = core.forward_sequence(xg, sg, starts)
+                (y * gy).sum().backward()
+
+            def fwd(core=core, state0=state0):
+                with torch.no_grad():
+                    core.forward_sequence(x, state0, starts)
+
+            fns[f"{name}_{kernel}_fb"] = fwd_bwd
+            fns[f"{name}_{kernel}_f"] = fwd
+    inner = {k: _calibrate(fn, min_time_s) for k, fn in fns.items()}
+    samples: Dict[str, List[float]] = {k: [] for k in fns}
+    for _ in range(repeats):  # round-robin: each repeat times every contender once
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            for _ in range(inner[k]):
+                fn()
+            samples[k].append((time.perf_counter() - t) / inner[k] * 1e3)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def step_rows(batches: List[int], hiddens: List[int], F: int, n: int) -> List[Dict[str, object]]:
+    rows = []
+    for B in batches:
+        for H in hiddens:
+            row: Dict[str, object] = {"B": B, "H": H}
+            for name in CORES:
+                torch.manual_seed(0)
+                for kernel in KERNELS:
+                    core = make_core(name, F, H, 1, kernel=kernel)
+                    x = torch.randn(B, F)
+                    state = core.initial_state(B)
+
+                    def act(core=core, x=x, state=state):
+                        with torch.inference_mode():
+                            core._step(x, state)
+
+                    row[f"{name}_{kernel}_p50_us"] = time_per_call_us(act, warmup=200, n=n)["p50_us"]
+            rows.append(row)
+    return rows
+
+
+def _gmean(values: List[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--T", type=int, nargs="+", default=[16, 32, 128])
+    parser.add_argument("--B", type=int, nargs="+", default=[8, 32, 64])
+    parser.add_argument("--H", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--input-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5, help="timings per contender and shape (median reported)")
+    parser.add_argument("--min-time-ms", type=float, default=20.0, help="each timing loops the call this long at least")
+    parser.add_argument("--step-calls", type=int, default=2000, help="calls per step-latency measurement (0: skip)")
+    parser.add_argument("--name", default="kernels", help="results file stem")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    t_build = time.perf_counter()
+    kernels.load()  # raises KernelBuildError with the reason where it cannot build
+    build_s = time.perf_counter() - t_build
+    print(f"fused kernels ready in {build_s:.1f} s (includes the build on first use)", flush=True)
+
+    F = args.input_size
+    header = (f"{'T':>4} {'B':>3} {'H':>4} | {'nn.GRU':>8} {'fusedGRU':>8} {'x':>5} | {'nn.LSTM':>8} {'fusedLSTM':>9} "
+              f"{'x':>5} | {'fGRU/nnLSTM':>11}")
+    rows = []
+    print(f"median ms over {args.repeats} repeats; x = stock / fused (higher: fused faster)")
+    print(header)
+    t0 = time.perf_counter()
+    for T in args.T:
+        for B in args.B:
+            for H in args.H:
+                r = sequence_row(T, B, H, F, args.repeats, args.min_time_ms / 1e3)
+                row = {"T": T, "B": B, "H": H, "F": F, **{f"{k}_ms": v for k, v in r.items()}}
+                for mode in ("fb", "f"):
+                    row[f"gru_speedup_{mode}"] = r[f"gru_stock_{mode}"] / r[f"gru_fused_{mode}"]
+                    row[f"lstm_speedup_{mode}"] = r[f"lstm_stock_{mode}"] / r[f"lstm_fused_{mode}"]
+                    row[f"fused_gru_vs_stock_lstm_{mode}"] = r[f"lstm_stock_{mode}"] / r[f"gru_fused_{mode}"]
+                rows.append(row)
+                print(f"{T:4d} {B:3d} {H:4d} | {r['gru_stock_fb']:8.2f} {r['gru_fused_fb']:8.2f} "
+                      f"{row['gru_speedup_fb']:5.2f} | {r['lstm_stock_fb']:8.2f} {r['lstm_fused_fb']:9.2f} "
+                      f"{row['lstm_speedup_fb']:5.2f} | {row['fused_gru_vs_stock_lstm_fb']:11.2f}   "
+                      f"(fwd-only x: GRU {row['gru_speedup_f']:.2f}, LSTM {row['lstm_speedup_f']:.2f})", flush=True)
+    seq_s = time.perf_counter() - t0
+
+    steps = []
+    if args.step_calls:
+        print("per-step latency, core._step in inference mode (p50 us)", flush=True)
+        steps = step_rows([1, 8], args.H, F, args.step_calls)
+        for s in steps:
+            print(f"  B={s['B']:2d} H={s['H']:4d}  GRU stock {s['gru_stock_p50_us']:6.1f} "
+                  f"fused {s['gru_fused_p50_us']:6.1f} | LSTM stock {s['lstm_stock_p50_us']:6.1f} "
+                  f"fused {s['lstm_fused_p50_us']:6.1f}", flush=True)
+
+    # ------------------------------------------------------------------ targets
+    n = len(rows)
+    summary = {
+        "shapes": n,
+        "gru_fb_speedup_gmean": _gmean([r["gru_speedup_fb"] for r in rows]),
+        "gru_fb_speedup_min": min(r["gru_speedup_fb"] for r in rows),
+        "gru_fb_speedup_max": max(r["gru_speedup_fb"] for r in rows),
+        "gru_fb_at_least_3x": sum(r["gru_speedup_fb"] >= 3.0 for r in rows),
+        "fused_gru_faster_than_stock_lstm_fb": sum(r["fused_gru_vs_stock_lstm_fb"] > 1.0 for r in rows),
+        "lstm_fb_speedup_gmean": _gmean([r["lstm_speedup_fb"] for r in rows]),
+        "lstm_fb_speedup_min": min(r["lstm_speedup_fb"] for r in rows),
+        "lstm_fb_no_slower": sum(r["lstm_speedup_fb"] >= 1.0 for r in rows),
+        "gru_f_speedup_gmean": _gmean([r["gru_speedup_f"] for r in rows]),
+        "lstm_f_speedup_gmean": _gmean([r["lstm_speedup_f"] for r in rows]),
+        "lstm_f_no_slower": sum(r["lstm_speedup_f"] >= 1.0 for r in rows),
+        "sequence_seconds": seq_s,
+        "kernel_load_seconds": build_s,
+    }
+    print(f"fused GRU vs nn.GRU fwd+bwd: gmean {summary['gru_fb_speedup_gmean']:.2f}x "
+          f"(min {summary['gru_fb_speedup_min']:.2f}, max {summary['gru_fb_speedup_max']:.2f}), >= 3x on "
+          f"{summary['gru_fb_at_least_3x']}/{n}; faster than nn.LSTM on "
+          f"{summary['fused_gru_faster_than_stock_lstm_fb']}/{n}")
+    print(f"fused LSTM vs oneDNN fwd+bwd: gmean {summary['lstm_fb_speedup_gmean']:.2f}x (min "
+          f"{summary['lstm_fb_speedup_min']:.2f}), no slower on {summary['lstm_fb_no_slower']}/{n}; fwd-only gmean "
+          f"{summary['lstm_f_speedup_gmean']:.2f}x, no slower on {summary['lstm_f_no_slower']}/{n}")
+
+    # ------------------------------------------------------------------ files
+    table: List[str] = [
+        f"One recurrent layer, input size {F}, no resets inside the sequences (so the stock path is one nn.GRU / "
+        f"nn.LSTM call), through `core.forward_sequence` with `kernel=\"stock\"` vs `kernel=\"fused\"` and the same "
+        f"weights. Median of {args.repeats} timings (contenders interleaved), each looping the call for "
+        f">= {args.min_time_ms:g} ms; one torch thread. `x` = stock time / fused time (> 1: fused is faster). "
+        "`fused GRU vs nn.LSTM` = nn.LSTM time / fused GRU time at the same hidden size.", ""]
+    for mode, title in (("fb", "Forward + backward (ms)"), ("f", "Forward only, no grad (ms)")):
+        table += [f"## {title}", "",
+                  "| T | B | H | nn.GRU | fused GRU | x | nn.LSTM (oneDNN) | fused LSTM | x | fused GRU vs nn.LSTM |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            table.append(f"| {r['T']} | {r['B']} | {r['H']} | {r[f'gru_stock_{mode}_ms']:.2f} | "
+                         f"{r[f'gru_fused_{mode}_ms']:.2f} | {r[f'gru_speedup_{mode}']:.2f} | "
+                         f"{r[f'lstm_stock_{mode}_ms']:.2f} | {r[f'lstm_fused_{mode}_ms']:.2f} | "
+                         f"{r[f'lstm_speedup_{mode}']:.2f} | {r[f'fused_gru_vs_stock_lstm_{mode}']:.2f} |")
+        table.append("")
+    if steps:
+        table += ["## Per-step latency, `core._step` in inference mode (p50 us; the act/rollout path)", "",
+                  "| B | H | GRU stock | GRU fused | LSTM stock | LSTM fused |", "|---|---|---|---|---|---|"]
+        for s in steps:
+            table.append(f"| {s['B']} | {s['H']} | {s['gru_stock_p50_us']:.1f} | {s['gru_fused_p50_us']:.1f} | "
+                         f"{s['lstm_stock_p50_us']:.1f} | {s['lstm_fused_p50_us']:.1f} |")
+        table.append("")
+    table += ["## Targets", "",
+              f"- fused GRU >= 3x nn.GRU (fwd+bwd): {summary['gru_fb_at_least_3x']}/{n} shapes; speedup gmean "
+              f"{summary['gru_fb_speedup_gmean']:.2f}x, range {summary['gru_fb_speedup_min']:.2f}-"
+              f"{summary['gru_fb_speedup_max']:.2f}x.",
+              f"- fused GRU faster than nn.LSTM (oneDNN) at equal hidden size (fwd+bwd): "
+              f"{summary['fused_gru_faster_than_stock_lstm_fb']}/{n} shapes.",
+              f"- fused LSTM no slower than oneDNN: fwd+bwd {summary['lstm_fb_no_slower']}/{n} shapes (gmean "
+              f"{summary['lstm_fb_speedup_gmean']:.2f}x, min {summary['lstm_fb_speedup_min']:.2f}x); fwd-only "
+              f"{summary['lstm_f_no_slower']}/{n} (gmean {summary['lstm_f_speedup_gmean']:.2f}x).",
+              f"- kernel load: {build_s:.1f} s in this run (a first build on this machine takes ~35-45 s).", ""]
+    command = "python scripts/bench_kernels.py" + "".join(f" {a}" for a in sys.argv[1:])
+    payload = {"provenance": provenance(command), "settings": vars(args), "summary": summary, "sequence": rows,
+               "step_latency": steps}
+    write_results(args.name, payload, table)
+    print(f"wrote results/{args.name}.json and results/{args.name}.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""Per-step inference latency of each core's policy: batch 1 and batch N, equal hidden size and equal parameters.
+
+For each env (CartPole-P-v1: 2 floats; MiniGrid-Memory: the 3x3 symbolic view of configs/minigrid_memory.yaml) and
+each hidden size H, the policy train_agent builds (its family config, ``agents.cli.build_model``) is timed:
+
+* equal hidden size: gru, lstm and mlp at H units;
+* equal parameters: gru and mlp sized to the core parameter count of an LSTM at H (``agents.match_hidden_size``,
+  same core input size), beside that LSTM.
+
+Per configuration: ``policy.act`` (eager torch, inference mode inside act, deterministic, state not reset) at batch 1
+and batch N, and the core alone (``core.step`` on random features under ``torch.inference_mode``) at batch 1 and N,
+which separates the core's own cost from the encoder, heads and Python around it. One torch thread. Each number is
+the median over ``--rounds`` rounds (configurations interleaved in every round, so machine drift hits all alike) of
+the per-round p50 / p99 of ``--n`` calls after a warm-up.
+
+    python scripts/bench_latency.py              # 64/128/256/512, both envs, batch 1 and 16: about 3 min
+    python scripts/bench_latency.py --quick      # 64 and 256, fewer calls: < 30 s (smoke test; numbers are rough)
+
+Writes results/latency.json and results/latency.md (``--quick``: latency_quick.*; ``--name``/``--out-dir`` change it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
+from benchlib import provenance, time_per_call_us, write_results  # noqa: E402
+
+ENVS = ("CartPole-P-v1", "MiniGrid-Memory")
+
+
+def build_policy(env_id: str, core: str, hidden: int):
+    """The policy train_agent would train for ``env_id`` (its family config) with this core and hidden size."""
+    import envs
+    from agents.cli import build_model
+    from agents.config import resolve_config
+    from stable_baselines3.common.env_util import make_vec_env
+
+    warnings.filterwarnings("ignore", message=".*mini-batch size.*")  # n_envs=1 here; never trained
+    cfg = resolve_config(env=env_id, overrides={"core": core, "hidden_size": hidden, "n_envs": 1, "device": "cpu"})
+    venv = make_vec_env(lambda: envs.make_env(cfg.env, view_size=cfg.view_size), n_envs=1, seed=0)
+    policy = build_model(cfg, venv, "cpu").policy
+    obs = venv.reset()[0]
+    venv.close()
+    policy.set_training_mode(False)
+    return policy, obs, cfg.env
+
+
+def configurations(env_id: str, hidden_sizes: List[int]) -> List[Dict[str, Any]]:
+    """[{view, core, hidden, policy, obs}] for one env: equal hidden size, then equal parameters (vs LSTM)."""
+    from agents import core_param_count, match_hidden_size
+
+    out = []
+    for h in hidden_sizes:
+        built = {}
+        for core in ("gru", "lstm", "mlp"):
+            policy, obs, canonical = build_policy(env_id, core, h)
+            built[core] = policy
+            out.append({"env": canonical, "view": "equal hidden", "group": f"H={h}", "core": core, "hidden": h,
+                        "policy": policy, "obs": obs})
+        input_size = built["lstm"].core_pi.input_size
+        target = core_param_count("lstm", input_size, h)
+        for core in ("gru", "mlp"):
+            hm = match_hidden_size(core, "lstm", h, input_size)
+            policy, obs, canonical = build_policy(env_id, core, hm)
+            out.append({"env": canonical, "view": "equal params", "group": f"lstm:{h} ({target:,} core params)",
+                        "core": core, "hidden": hm, "policy": policy, "obs": obs})
+        out.append({**next(c for c in out if c["view"] == "equal hidden" and c["core"] == "lstm" and c["hidden"] == h
+                            and c["env"] == canonical),
+                    "view": "equal params", "group": f"lstm:{h} ({target:,} core params)"})
+    return out
+
+
+def timers(c: Dict[str, Any], batch: int):
+    """The four timed calls of one configuration."""
+    policy, obs = c["policy"], c["obs"]
+    core = policy.core_pi
+    obs1 = obs
+    obs_n = np.repeat(obs[None], batch, axis=0)
+    s1, sn = policy.initial_state(1), policy.initial_state(batch)
+    x1, xn = torch.randn(1, core.input_size), torch.randn(batch, core.input_size)
+    c1, cn = core.initial_state(1), core.initial_state(batch)
+    e1, en = torch.zeros(1), torch.zeros(batch)
+
+    def core_step(x, s, e):
+        def f():
+            with torch.inference_mode():
+                return core.step(x, s, e)
+        return f
+
+    return {
+        "act_b1": lambda: policy.act(obs1, s1, episode_start=False, deterministic=True),
+        f"act_b{batch}": lambda: policy.act(obs_n, sn, episode_start=False, deterministic=True),
+        "core_b1": core_step(x1, c1, e1),
+        f"core_b{batch}": core_step(xn, cn, en),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--quick", action="store_true", help="hidden 64 and 256, fewer calls (< 30 s; rough)")
+    parser.add_argument("--hidden-sizes", default=None, help="comma list (default 64,128,256,512; quick: 64,256)")
+    parser.add_argument("--envs", default=",".join(ENVS), help=f"comma list (default {','.join(ENVS)})")
+    parser.add_argument("--batch", type=int, default=16, help="the batch-N size (default 16)")
+    parser.add_argument("--n", type=int, default=None, help="timed calls per round (default 300; quick: 150)")
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up calls per round (default 50; quick: 30)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; quick: 1)")
+    parser.add_argument("--name", default=None, help="results file stem (default latency; quick: latency_quick)")
+    parser.add_argument("--out-dir", default=None, help="folder for the result files (default results/)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    hidden = [int(h) for h in (args.hidden_sizes or ("64,256" if args.quick else "64,128,256,512")).split(",")]
+    n = args.n or (150 if args.quick else 300)
+    warmup = args.warmup if args.warmup is not None else (30 if args.quick else 50)
+    rounds = args.rounds or (1 if args.quick else 5)
+    batch = args.batch
+    if min(hidden) < 1 or batch < 2 or n < 10 or rounds < 1:
+        parser.error("expected hidden sizes >= 1, --batch >= 2, --n >= 10, --rounds >= 1")
+    t0 = time.perf_counter()
+
+    configs = [c for env_id in args.envs.split(",") for c in configurations(env_id.strip(), hidden)]
+    unique = list({id(c["policy"]): c for c in configs}.values())  # the equal-params LSTM is the equal-hidden one
+    samples: Dict[int, Dict[str, List[Dict[str, float]]]] = {id(c["policy"]): {} for c in unique}
+    calls = {id(c["policy"]): timers(c, batch) for c in unique}
+    for r in range(rounds):
+        for c in unique:
+            for key, fn in calls[id(c["policy"])].items():
+                samples[id(c["policy"])].setdefault(key, []).append(time_per_call_us(fn, warmup=warmup, n=n))
+        print(f"round {r + 1}/{rounds} done ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    from agents import core_param_count
+    rows = []
+    for c in configs:
+        pol = c["policy"]
+        row = {k: c[k] for k in ("env", "view", "group", "core", "hidden")}
+        row["core_params"] = core_param_count(c["core"], pol.core_pi.input_size, c["hidden"])
+        row["policy_params"] = int(sum(p.numel() for p in pol.parameters()))
+        for key, per_round in samples[id(pol)].items():
+            row[f"{key}_p50_us"] = float(np.median([s["p50_us"] for s in per_round]))
+            row[f"{key}_p99_us"] = float(np.median([s["p99_us"] for s in per_round]))
+        rows.append(row)
+    for r in rows:  # equal-params rows whose size could not reach the LSTM's count (match_hidden_size's size cap)
+        ref = next(x for x in rows if x["env"] == r["env"] and x["group"] == r["group"] and x["core"] == "lstm")
+        r["params_vs_lstm"] = r["core_params"] / ref["core_params"]
+
+    bn = f"b{batch}"
+    table = [f"One torch thread, eager, deterministic act, state not reset; batch N = {batch}. Median over {rounds} "
+             f"interleaved round(s) of the p50 / p99 of {n} calls after {warmup} warm-up calls. `core.step` = the core "
+             "alone on random features (inference mode). Equal params: gru and mlp sized to the LSTM's core "
+             "parameter count (agents.match_hidden_size). Ratios are gru / lstm of the act p50.", ""]
+    for env in dict.fromkeys(r["env"] for r in rows):
+        for view in ("equal hidden", "equal params"):
+            table += [f"## {env}, {view}", "",
+                      f"| group | core | hidden | core params | policy params | act b1 p50 / p99 µs | act {bn} p50 / "
+                      f"p99 µs | core.step b1 p50 / p99 µs | core.step {bn} p50 / p99 µs | gru/lstm act b1 p50 |",
+                      "|---|---|---|---|---|---|---|---|---|---|"]
+            sel = [r for r in rows if r["env"] == env and r["view"] == view]
+            for r in sel:
+                lstm = next(x for x in sel if x["group"] == r["group"] and x["core"] == "lstm")
+                ratio = f"{r['act_b1_p50_us'] / lstm['act_b1_p50_us']:.2f}" if r["core"] == "gru" else ""
+                off = view == "equal params" and abs(r["params_vs_lstm"] - 1) > 0.02
+                mark = f" (not matched: {100 * r['params_vs_lstm']:.0f}% of lstm)" if off else ""
+                table.append(
+                    f"| {r['group']} | {r['core']} | {r['hidden']} | {r['core_params']:,}{mark} | "
+                    f"{r['policy_params']:,} | {r['act_b1_p50_us']:.0f} / {r['act_b1_p99_us']:.0f} | "
+                    f"{r[f'act_{bn}_p50_us']:.0f} / {r[f'act_{bn}_p99_us']:.0f} | "
+                    f"{r['core_b1_p50_us']:.0f} / {r['core_b1_p99_us']:.0f} | "
+                    f"{r[f'core_{bn}_p50_us']:.0f} / {r[f'core_{bn}_p99_us']:.0f} | {ratio} |")
+            table.append("")
+    table.append(f"Total benchmark time {time.perf_counter() - t0:.0f} s.")
+    print("\n".join(table))
+    if args.out_dir:
+        benchlib.RESULTS = Path(args.out_dir)
+    name = args.name or ("latency_quick" if args.quick else "latency")
+    command = ("python scripts/bench_latency.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))).strip()
+    settings = {"batch": batch, "n": n, "warmup": warmup, "rounds": rounds, "hidden_sizes": hidden, "torch_threads": 1}
+    payload = {"provenance": provenance(command), "settings": settings, "rows": rows}
+    write_results(name, payload, table)
+    print(f"wrote {benchlib.RESULTS / (name + '.json')} and {benchlib.RESULTS / (name + '.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""scripts/sweep.py, scripts/report.py and scripts/bench_latency.py: a tiny grid end to end, resumability, the
+statistics against hand-computed values, the latency smoke run, and the Ray backend on a local Ray instance."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": "disabled"}
+TINY = ["--total-timesteps", "512", "--set", "n_steps=32", "batch_size=64", "n_epochs=1", "eval_freq=128",
+        "eval_episodes=2", "n_envs=2", "checkpoint_freq=256", "latency_steps=50"]
+GRID = ["--cores", "mlp,gru", "--envs", "CartPole-P-v1", "--seeds", "0,1", *TINY]
+
+pytestmark = pytest.mark.filterwarnings("ignore:builtin type .* has no __module__ attribute:DeprecationWarning")
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+sweep = _load("sweep")
+report = _load("report")
+
+
+def run_script(args, timeout=150, env=ENV):
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "sweep_tiny"
+    proc = run_script([str(SCRIPTS / "sweep.py"), *GRID, "--out", str(out), "--workers", "2"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- sweep
+def test_sweep_runs_every_cell_and_records_it(sweep_dir):
+    cells = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
+    assert cells == [f"CartPole-P-v1__{c}__hcfg__s{s}" for c in ("gru", "mlp") for s in (0, 1)]
+    for cell in cells:
+        run_dirs = sweep.run_dirs(sweep_dir / cell)
+        assert len(run_dirs) == 1 and run_dirs[0].name.startswith(f"CartPole-P-v1__{cell.split('__')[1]}__s")
+        summary = json.loads((run_dirs[0] / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["total_timesteps"] == 512
+        record = json.loads((sweep_dir / cell / "cell.json").read_text())
+        assert record["status"] == "completed" and record["peak_rss_mb"] > 50
+        assert (sweep_dir / cell / "train.log").read_text().count("train_agent: done") == 1
+    invocations = json.loads((sweep_dir / "sweep.json").read_text())["invocations"]
+    assert invocations[0]["command"].startswith("python scripts/sweep.py --cores mlp,gru")
+    assert invocations[0]["commit"] and invocations[0]["machine"]["cpu"]
+
+
+def test_second_invocation_skips_finished_cells(sweep_dir, capsys):
+    summaries = sorted(sweep_dir.glob("*/*/summary.json"))
+    before = {p: p.stat().st_mtime_ns for p in summaries}
+    assert sweep.main([*GRID, "--out", str(sweep_dir), "--workers", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("skipped (done)") == 4, out
+    assert {p: p.stat().st_mtime_ns for p in summaries} == before
+    assert sorted(sweep_dir.glob("*/*/summary.json")) == summaries  # no new run directories
+
+
+def test_interrupted_cell_is_resumed_and_unresumable_one_restarted(sweep_dir, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    src = sweep_dir / "CartPole-P-v1__mlp__hcfg__s0"
+    shutil.copytree(src, out / src.name)
+    run_dir = sweep.run_dirs(out / src.name)[0]
+    (run_dir / "summary.json").unlink()  # as if killed after the checkpoint at step 256
+    shutil.rmtree(run_dir / "checkpoints" / "step_000000512")
+    assert sweep.cell_state(out / src.name, 512) == ("resume", run_dir)
+    assert sweep.main(["--cores", "mlp", "--envs", "CartPole-P-v1", "--seeds", "0", *TINY, "--out", str(out),
+                       "--dry-run"]) == 0
+    line = capsys.readouterr().out
+    assert "resume" in line and f"--resume {run_dir}" in line and "--total-timesteps 512" in line
+    # a finished cell asked for more steps continues from its last checkpoint too
+    assert sweep.cell_state(sweep_dir / src.name, 1024)[0] == "resume"
+    # no checkpoint at all: start again
+    shutil.rmtree(run_dir / "checkpoints")
+    assert sweep.cell_state(out / src.name, 512) == ("new", None)
+
+
+def test_grid_cells_sizes_and_labels():
+    assert sweep.parse_seeds("0-2,5") == [0, 1, 2, 5]
+    sizes = sweep.size_specs(["64"], ["lstm:64"])
+    assert [s[0] for s in sizes] == ["h64", "pm-lstm64"]
+    cells = sweep.build_cells(["gru", "lstm"], ["CartPole-P"], [0], sizes, 512, ["n_steps=32"])
+    by_id = {c.cell_id: c for c in cells}
+    # lstm at pm-lstm64 would be the same run as lstm at h64: trained once (the report puts it in both groups)
+    assert set(by_id) == {"CartPole-P-v1__gru__h64__s0", "CartPole-P-v1__lstm__h64__s0",
+                          "CartPole-P-v1__gru__pm-lstm64__s0"}
+    assert "--match-params" in by_id["CartPole-P-v1__gru__pm-lstm64__s0"].argv
+    only_matched = sweep.build_cells(["gru", "lstm"], ["CartPole-P"], [0], sweep.size_specs([], ["lstm:128"]), 512, [],
+                                     variant="abl")
+    lstm = next(c for c in only_matched if c.core == "lstm")
+    assert lstm.cell_id == "CartPole-P-v1__lstm@abl__pm-lstm128__s0" and lstm.hidden_size == 128
+    assert "--hidden-size" in lstm.argv and "--match-params" not in lstm.argv
+
+
+def test_bad_input_fails_before_anything_starts(tmp_path, capsys):
+    out = tmp_path / "never"
+    assert sweep.main(["--cores", "gru,transformer", "--envs", "CartPole-P-v1", "--out", str(out)]) == 2
+    assert "transformer" in capsys.readouterr().err
+    assert sweep.main(["--cores", "gru", "--envs", "CartPole-P-v1", "--out", str(out), "--set", "n_stepz=3"]) == 2
+    assert "n_stepz" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_frame_stack_cells_pass_the_config_key(tmp_path, capsys):
+    from agents.config import TrainConfig
+    code = sweep.main(["--cores", "gru", "--frame-stack", "4", "--envs", "CartPole-P-v1", "--seeds", "0",
+                       "--out", str(tmp_path / "fs"), "--dry-run"])
+    captured = capsys.readouterr()
+    if "frame_stack" in TrainConfig.field_names():
+        assert code == 0 and "CartPole-P-v1__mlp+fs4__hcfg__s0" in captured.out and "frame_stack=4" in captured.out
+    else:  # until agents.config grows the key, such a sweep is refused up front with the reason
+        assert code == 2 and "frame_stack" in captured.err
+
+
+# ---------------------------------------------------------------------------------------------------- statistics
+def test_iqm_matches_hand_computed_values():
+    assert report.iqm(np.array([1.0, 2.0, 3.0, 4.0])) == pytest.approx(2.5)       # drop 1 each end: (2+3)/2
+    assert report.iqm(np.arange(1.0, 9.0)) == pytest.approx(4.5)                  # (3+4+5+6)/4
+    assert report.iqm(np.array([0.0, 0.0, 0.0, 100.0])) == pytest.approx(0.0)     # the outlier is trimmed
+    assert report.iqm(np.array([5.0, 1.0, 3.0, 100.0, -50.0])) == pytest.approx(3.0)  # n=5: drop 1 each end
+    assert report.iqm(np.array([1.0, 2.0, 6.0])) == pytest.approx(3.0)            # n=3: floor(0.75)=0, plain mean
+    np.testing.assert_allclose(report.iqm(np.array([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0], [4.0, 40.0]]), axis=0),
+                               [2.5, 25.0])
+
+
+def test_bootstrap_matches_hand_computed_intervals():
+    # two runs {0, 1}, statistic mean: the bootstrap means are 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4,
+    # so the 2.5th and 97.5th percentiles are 0 and 1
+    point, lo, hi = report.bootstrap_ci(np.array([0.0, 1.0]), statistic=np.mean, reps=4000)
+    assert (point, lo, hi) == (0.5, 0.0, 1.0)
+    # constant runs: a zero-width interval
+    assert report.bootstrap_ci(np.full(5, 3.0)) == (3.0, 3.0, 3.0)
+    # stratified: each task constant, so every replicate pools the same multiset {0,0,0,1,1,1}:
+    # IQM (n=6, drop 1 each end) = (0+0+1+1)/4 = 0.5 with a zero-width CI; an unstratified bootstrap would vary
+    point, lo, hi = report.stratified_bootstrap_ci([np.zeros(3), np.ones(3)])
+    assert (point, lo, hi) == (0.5, 0.5, 0.5)
+    # curves: trailing dimensions are kept point by point
+    p, lo, hi = report.bootstrap_ci(np.array([[0.0, 2.0], [0.0, 2.0]]), reps=200)
+    np.testing.assert_allclose(p, [0.0, 2.0])
+    np.testing.assert_allclose(lo, p)
+    np.testing.assert_allclose(hi, p)
+    assert report.first_crossing(np.array([10.0, 20.0, 30.0]), np.array([1.0, 5.0, 9.0]), 5.0) == 20.0
+    assert report._median_censored([100.0, None, None]) == (None, 1)
+    assert report._median_censored([100.0, 300.0, None]) == (300.0, 2)
+
+
+def _fake_run(label, size, seed, values, core=None, steps=(100, 200, 300, 400), env="CartPole-P-v1"):
+    steps = np.array(steps, dtype=float)
+    summary = {"core": core or label, "env": env, "seed": seed, "total_timesteps": 400, "rollout_s": 0.3,
+               "update_s": 0.1, "steps_per_s": 1000.0, "parameters": 100, "core_parameters": 60, "hidden_size": 64,
+               "latency_p50_us": 100.0, "latency_p99_us": 200.0, "git_commit": "abc"}
+    scalars = {"eval/mean_reward": (steps, np.array(values, dtype=float), steps / 1000),
+               "perf/rollout_s": (steps, np.full(4, 0.075), steps), "perf/update_s": (steps, np.full(4, 0.025), steps)}
+    return report.Run(Path(f"/runs/{label}{size}{seed}"), summary, {}, {"peak_rss_mb": 300.0}, env, label, size, seed,
+                      scalars)
+
+
+def test_report_metrics_match_hand_computed_values():
+    runs = [_fake_run("gru", "h64", s, [0, 250, 500, 500]) for s in range(3)]
+    runs += [_fake_run("lstm", "h64", s, [0, 0, 0, 250 * s]) for s in range(3)]
+    runs += [_fake_run("gru", "pm-lstm64", s, [0, 250, 500, 500]) for s in range(3)]
+    result = report.analyse(runs, report.parse_thresholds([]), report.parse_bounds([]), reps=200, reference="lstm")
+    groups = {(g["label"], g["size"]): g for g in result["envs"]["CartPole-P-v1"]["groups"]}
+    gru = groups[("gru", "h64")]
+    # normalized by [0, 500]: [0, .5, 1, 1]; trapezoids 25 + 75 + 100 over a span of 300 steps
+    assert gru["auc"]["iqm"] == pytest.approx(200 / 300)
+    assert gru["steps_to_threshold"]["median"] == 300 and gru["steps_to_threshold"]["reached"] == 3
+    # training seconds: 0.1 s per 100 steps, so 475 is first reached after 0.3 s
+    assert gru["seconds_to_threshold"]["median"] == pytest.approx(0.3)
+    lstm = groups[("lstm", "h64")]
+    # only seed 2 reaches 475 (at step 400): the median over seeds is "not reached"
+    assert lstm["steps_to_threshold"]["median"] is None and lstm["steps_to_threshold"]["reached"] == 1
+    assert lstm["final"]["iqm"] == pytest.approx(250.0)  # [0, 250, 500]: n=3, plain mean
+    assert gru["rollout_s_per_1k"] == pytest.approx(0.75) and gru["update_fraction"] == pytest.approx(0.25)
+    # the parameter-matched group borrows the reference core's plain-size runs
+    assert groups[("lstm", "pm-lstm64")]["run_dirs"] == lstm["run_dirs"]
+    assert {(r["label"], r["size"]) for r in result["envs"]["CartPole-P-v1"]["ratios"]} == {("gru", "h64"),
+                                                                                          ("gru", "pm-lstm64")}
+
+
+# ---------------------------------------------------------------------------------------------------- report
+def test_report_writes_plots_and_tables_with_provenance(sweep_dir, tmp_path, capsys):
+    out = tmp_path / "comparison"
+    assert report.main([str(sweep_dir), "--out", str(out), "--reps", "200", "--reference", "gru"]) == 0
+    for name in ("curves_CartPole-P-v1.png", "speed.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    md = (out / "comparison.md").read_text()
+    assert "| gru | h64 | 64 | 2 |" in md and "| mlp | h64 | 64 | 2 |" in md
+    assert "python scripts/sweep.py --cores mlp,gru" in md and "python scripts/report.py" in md
+    assert "Report commit `" in md and "threshold mean_reward >= 475" in md
+    data = json.loads((out / "comparison.json").read_text())
+    groups = data["envs"]["CartPole-P-v1"]["groups"]
+    assert {g["label"] for g in groups} == {"gru", "mlp"}
+    for g in groups:
+        assert g["n"] == 2 and g["curve_steps"]["x"][-1] == 512 and g["peak_rss_mb"] > 50
+        assert g["final"]["lo"] <= g["final"]["iqm"] <= g["final"]["hi"]
+        assert 0.0 <= g["auc"]["iqm"] <= 1.0 and g["steps_to_threshold"]["reached"] == 0
+        assert g["update_s_per_1k"] > 0 and g["rollout_s_per_1k"] > 0 and g["latency_p50_us"] > 0
+    assert data["envs"]["CartPole-P-v1"]["ratios"][0]["label"] == "mlp"
+    assert report.main([str(tmp_path / "empty-does-not-exist"), "--out", str(out)]) == 2
+
+
+# ---------------------------------------------------------------------------------------------------- latency
+def test_bench_latency_quick_runs(tmp_path):
+    bench = _load("bench_latency")
+    assert bench.main(["--quick", "--hidden-sizes", "64", "--n", "30", "--warmup", "5",
+                       "--out-dir", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "latency_quick.json").read_text())
+    rows = data["rows"]
+    assert {r["env"] for r in rows} == {"CartPole-P-v1", "MiniGrid-MemoryS7-v0"}
+    assert len(rows) == 2 * 6  # per env: 3 cores at equal hidden, gru/mlp/lstm at equal params
+    matched = {r["core"]: r for r in rows if r["view"] == "equal params" and r["env"] == "CartPole-P-v1"}
+    assert abs(matched["gru"]["core_params"] - matched["lstm"]["core_params"]) / matched["lstm"]["core_params"] < 0.02
+    for r in rows:
+        assert 0 < r["act_b1_p50_us"] <= r["act_b1_p99_us"] and r["core_b16_p50_us"] > 0
+    assert "Reproduce: `python scripts/bench_latency.py --quick" in (tmp_path / "latency_quick.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------------- ray
+RAY_HEAD = """
+import sys, ray
+ctx = ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR", _node_ip_address="127.0.0.1")
+print("ADDRESS", ctx.address_info["gcs_address"], flush=True)
+sys.stdin.read()
+ray.shutdown()
+"""
+
+
+def test_ray_backend_runs_the_same_cells(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("ray", reason="ray is not installed (pip install \"ray>=2.9\")")
+    head = subprocess.Popen([sys.executable, "-c", RAY_HEAD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        lines = []
+        reader = threading.Thread(target=lambda: lines.append(head.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout=60)
+        if not lines or not lines[0].startswith("ADDRESS"):
+            pytest.skip(f"a local Ray instance did not start in 60 s: {lines!r}")
+        address = lines[0].split()[1]
+        out = tmp_path / "sweep_ray"
+        # in this process (a second Ray driver): the cell function travels to the Ray worker by value
+        monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+        code = sweep.main(["--cores", "mlp", "--envs", "CartPole-P-v1", "--seeds", "3", *TINY, "--out", str(out),
+                           "--backend", "ray", "--address", address])
+        stdout = capsys.readouterr().out
+        assert code == 0, stdout + (out / "CartPole-P-v1__mlp__hcfg__s3" / "train.log").read_text()[-3000:]
+        assert "completed (new)" in stdout
+        record = json.loads((out / "CartPole-P-v1__mlp__hcfg__s3" / "cell.json").read_text())
+        assert record["status"] == "completed"
+        assert json.loads((Path(record["run_dir"]) / "summary.json").read_text())["status"] == "completed"
+    finally:
+        if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+            sys.modules["ray"].shutdown()  # disconnect this driver
+        try:
+            head.stdin.close()
+            head.wait(timeout=30)
+        except (subprocess.TimeoutExpired, OSError):
+            head.kill()
+            head.wait()

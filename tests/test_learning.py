@@ -4,7 +4,7 @@ CartPole-P-v1 hides both velocities; a policy that sees only the current (x, the
 (tests/test_envs.py shows the best memoryless linear controller stays far below 500). A recurrent core can recover
 the velocities from consecutive positions.
 
-Slow (about 2-3 minutes on 2 CPU cores): run with ``python -m pytest -m slow``; CI runs it.
+Slow (about 3-4 minutes on 2 CPU cores): run with ``python -m pytest -m slow``; CI runs it.
 """
 
 import numpy as np
@@ -21,7 +21,7 @@ from agents.config import resolve_config
 pytestmark = pytest.mark.slow
 
 ENV_ID = "CartPole-P-v1"
-STEPS = 60_000
+STEPS = 100_000
 EVAL_EVERY = 10_000
 EVAL_EPISODES = 10
 

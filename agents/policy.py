@@ -44,6 +44,19 @@ from .spaces import space_from_config, space_to_config
 POLICY_FORMAT_VERSION = 1
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU}
+_ACTIVATION_FNS = {nn.Tanh: torch.tanh, nn.ReLU: torch.relu, nn.ELU: torch.nn.functional.elu,
+                   nn.GELU: torch.nn.functional.gelu, nn.LeakyReLU: torch.nn.functional.leaky_relu}
+
+
+def _run_mlp(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``seq(x)`` for a Sequential of Linear and activation layers, without nn.Module call overhead (per-step
+    latency path; each module call costs a few microseconds at batch 1)."""
+    for m in seq:
+        if type(m) is nn.Linear:
+            x = torch.nn.functional.linear(x, m.weight, m.bias)
+        else:
+            x = _ACTIVATION_FNS[type(m)](x)
+    return x
 
 
 def _mlp(in_size: int, sizes: Sequence[int], activation: str) -> Tuple[nn.Module, int]:
@@ -343,20 +356,32 @@ class RecurrentActorCriticPolicy(BasePolicy):
         no_reset = episode_start is None or (isinstance(episode_start, (bool, np.bool_)) and not episode_start)
         starts = None if no_reset else self._starts(episode_start, B)
         with torch.inference_mode():
-            feat = self.encoder(obs_t)
-            s_pi, s_vf = self._split(state.to(self.device))
+            state = state.to(self.device)
+            encoder = self.encoder
+            if type(encoder).__name__ == "FlatEncoder":
+                x = obs_t.reshape(B, -1).float()
+                if encoder.norm is not None:
+                    x = encoder.norm(x)
+                feat = _run_mlp(encoder.net, x)
+            else:
+                feat = encoder(obs_t)
+            s_pi = state[:, : self._n_pi].reshape(B, *self.core_pi.state_shape)
             if starts is None:  # the common per-step case: no reset, no checks beyond the shapes above
                 y, s_pi = self.core_pi._step(feat, s_pi)
             else:
                 y, s_pi = self.core_pi.step(feat, s_pi, starts)
-                if s_vf is not None:  # the critic's memory is not advanced when acting, but it is reset
-                    s_vf = MemoryCore._reset(s_vf, starts)
-            latent = self.pi_net(y)
+            latent = _run_mlp(self.pi_net, y)
             if deterministic:
                 action = self._mode(latent)
             else:
                 action = self._distribution(latent).get_actions(deterministic=False)
-            new_state = self._join(s_pi, s_vf)
+            if self.core_vf is None:
+                new_state = s_pi.reshape(B, -1)
+            else:  # the critic's memory is not advanced when acting, but it is reset
+                s_vf = state[:, self._n_pi:]
+                if starts is not None:
+                    s_vf = s_vf * (1.0 - starts).view(B, 1)
+                new_state = torch.cat([s_pi.reshape(B, -1), s_vf], dim=1)
         if isinstance(self.action_space, spaces.Box):
             low = torch.as_tensor(self.action_space.low, device=action.device)
             high = torch.as_tensor(self.action_space.high, device=action.device)

@@ -8,6 +8,7 @@ Three sections, all measured in this one process on this machine (one torch thre
    deterministic eval episodes at the end.
 2. MiniGrid-MemoryS7-v0 (8 envs, n_steps 128, batch 256, 4 epochs, lr 2.5e-4, ent 0.01, hidden 128): ours (GRU,
    LSTM) vs SB3's memoryless PPO with the same settings and the same observation wrapper: steps/s.
+2b. Stock vs fused kernels: ours (LSTM, GRU) with torch's nn.LSTM/nn.GRU vs the fused C++ kernels, same settings.
 3. Batch-1 per-step latency: our ``policy.act`` (GRU, LSTM, hidden 64/128/256) vs sb3-contrib's ``predict``.
 
 Writes results/throughput.json and results/throughput.md. ``--quick`` runs a small version (for a smoke test).
@@ -35,6 +36,21 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.utils import LinearSchedule
 from sb3_contrib import RecurrentPPO as ContribRecurrentPPO
+
+
+def kernel_contenders(seed: int):
+    """Ours with the fused C++ kernels vs torch's stock kernels, same rl-zoo3 CartPoleNoVel settings."""
+    env = lambda: make_vec_env(lambda: envs.make_env("CartPoleNoVel-v1"), n_envs=8, seed=seed)  # noqa: E731
+    hp = dict(n_steps=32, batch_size=256, n_epochs=20, gamma=0.98, gae_lambda=0.8, ent_coef=0.0,
+              learning_rate=LinearSchedule(1e-3, 0.0, 1.0), clip_range=LinearSchedule(0.2, 0.0, 1.0), seed=seed)
+    rows = {}
+    for core in ("lstm", "gru"):
+        for kernel in ("stock", "fused"):
+            kwargs = dict(encoder_sizes=[], net_arch=dict(pi=[64], vf=[64]), activation="relu", ortho_init=False,
+                          core_kwargs={"kernel": kernel})
+            rows[f"{core}, {kernel} kernel"] = (lambda c=core, k=kwargs: RecurrentPPO(
+                "MlpPolicy", env(), core=c, hidden_size=64, policy_kwargs=k, **hp))
+    return rows
 
 
 def cartpole_contenders(seed: int):
@@ -90,6 +106,16 @@ def latency_rows(hidden_sizes: List[int], n: int) -> List[Dict[str, object]]:
             state = policy.initial_state(1)
             t = time_per_call_us(lambda: policy.act(obs, state, episode_start=False, deterministic=True), n=n)
             rows.append({"impl": "recurrent-agents act", "core": core, "hidden": hidden, **t})
+        # the floor: the bare eager-torch network (Linear+ReLU -> GRUCell -> Linear, argmax), as in ANCHORS.md
+        lin1, cell, lin2 = nn.Linear(obs.shape[-1], 64), nn.GRUCell(64, hidden), nn.Linear(hidden, 2)
+        h = torch.zeros(1, hidden)
+
+        def floor():
+            with torch.inference_mode():
+                return lin2(cell(torch.relu(lin1(torch.from_numpy(obs).unsqueeze(0))), h)).argmax(-1).numpy()
+
+        rows.append({"impl": "floor: bare eager torch step", "core": "gru", "hidden": hidden,
+                     **time_per_call_us(floor, n=n)})
         contrib = ContribRecurrentPPO("MlpLstmPolicy", env, n_steps=8, batch_size=8,
                                       policy_kwargs=dict(lstm_hidden_size=hidden))
         _, lstm_state = contrib.predict(obs[None], deterministic=True)
@@ -106,12 +132,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cartpole-steps", type=int, default=None, help="default 100000 (quick: 4096)")
     parser.add_argument("--minigrid-steps", type=int, default=None, help="default 30720 (quick: 4096)")
-    parser.add_argument("--sections", default="cartpole,minigrid,latency")
+    parser.add_argument("--sections", default="cartpole,kernels,minigrid,latency")
+    parser.add_argument("--kernel-steps", type=int, default=None, help="default 20480 (quick: 2048)")
     parser.add_argument("--name", default=None, help="results file stem (default throughput, quick: throughput_quick)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cartpole_steps = args.cartpole_steps or (4096 if args.quick else 100_000)
     minigrid_steps = args.minigrid_steps or (4096 if args.quick else 30_720)
+    kernel_steps = args.kernel_steps or (2048 if args.quick else 20_480)
     sections = set(args.sections.split(","))
     payload: Dict[str, object] = {"provenance": provenance()}
     table: List[str] = []
@@ -134,6 +162,21 @@ def main() -> None:
                          f"{r.get('last_update_s', float('nan')):.3f} |")
         table.append("")
         payload["cartpole"] = rows
+
+    if "kernels" in sections:
+        print(f"== CartPoleNoVel-v1 (same settings), stock vs fused kernels, {kernel_steps} steps", flush=True)
+        rows = {}
+        for name, build in kernel_contenders(args.seed).items():
+            rows[name] = train_and_time(build, kernel_steps, 0, "CartPoleNoVel-v1", args.seed)
+            print(f"  {name:34s} {rows[name]['steps_per_s']:8.0f} steps/s", flush=True)
+        table += ["## Training cost, stock vs fused kernels (CartPoleNoVel-v1, rl-zoo3 ppo_lstm settings)", "",
+                  f"{kernel_steps} steps, seed {args.seed}; rollout/update seconds of the last iteration (256 steps).",
+                  "", "| core, kernel | steps/s | last rollout s | last update s |", "|---|---|---|---|"]
+        for name, r in rows.items():
+            table.append(f"| {name} | {r['steps_per_s']:.0f} | {r.get('last_rollout_s', float('nan')):.3f} | "
+                         f"{r.get('last_update_s', float('nan')):.3f} |")
+        table.append("")
+        payload["kernels"] = rows
 
     if "minigrid" in sections:
         print(f"== MiniGrid-MemoryS7-v0, {minigrid_steps} steps", flush=True)

@@ -6,7 +6,11 @@ Extends SB3's ``RolloutBuffer`` (same storage and the same GAE, with SB3's handl
 * :meth:`get_sequences`: each env's rollout is cut into sequences that begin at an episode start, at the start of
   the rollout, or every ``seq_len`` steps (truncated BPTT); each sequence starts from its stored state. Sequences
   are padded to a common length ``L`` and returned time-major ``[L, N, ...]`` with a ``mask`` that is 0 on padding,
-  so a minibatch runs through each core in one call. Inside a sequence no episode starts after step 0, so even
+  so a minibatch runs through each core in one call.
+* ``chunked=True`` (for cores that reset inside their kernel, see ``MemoryCore.resets_in_kernel``): sequences are
+  fixed-length chunks of each env's rollout (every ``seq_len`` steps, not cut at episode starts); episode starts stay
+  inside them as flags, and there is no padding when ``seq_len`` divides ``n_steps``. Same steps, same loss, fewer
+  and fuller sequences. Inside a sequence no episode starts after step 0, so even
   the stock ``nn.GRU`` / ``nn.LSTM`` kernels (which cannot reset mid-sequence) take each minibatch in one call.
 """
 
@@ -27,7 +31,7 @@ class SequenceBatch(NamedTuple):
     old_log_prob: torch.Tensor   # [L, N]
     advantages: torch.Tensor     # [L, N]
     returns: torch.Tensor        # [L, N]
-    episode_starts: torch.Tensor  # [L, N] (only row 0 can be 1)
+    episode_starts: torch.Tensor  # [L, N] (only row 0 can be 1, unless the buffer is chunked)
     mask: torch.Tensor           # [L, N] 1 on real steps, 0 on padding
     states: torch.Tensor         # [N, S] state before each sequence's first step
 
@@ -35,8 +39,9 @@ class SequenceBatch(NamedTuple):
 class RecurrentRolloutBuffer(RolloutBuffer):
     def __init__(self, buffer_size: int, observation_space: spaces.Space, action_space: spaces.Space, state_size: int,
                  device: torch.device | str = "auto", gae_lambda: float = 1.0, gamma: float = 0.99, n_envs: int = 1,
-                 seq_len: Optional[int] = None) -> None:
+                 seq_len: Optional[int] = None, chunked: bool = False) -> None:
         self.state_size = int(state_size)
+        self.chunked = bool(chunked)
         self.seq_len = int(seq_len) if seq_len is not None else int(buffer_size)
         super().__init__(buffer_size, observation_space, action_space, device=device, gae_lambda=gae_lambda,
                          gamma=gamma, n_envs=n_envs)
@@ -54,7 +59,10 @@ class RecurrentRolloutBuffer(RolloutBuffer):
     def _sequence_layout(self):
         """Env-major layout: for every (env, step) its sequence id and position in it."""
         T, E = self.buffer_size, self.n_envs
-        starts = self.episode_starts.T.astype(bool).copy()  # [E, T]
+        if self.chunked:  # chunks of seq_len steps; episode starts stay inside as flags
+            starts = np.zeros((E, T), dtype=bool)
+        else:
+            starts = self.episode_starts.T.astype(bool).copy()  # [E, T]
         starts[:, 0] = True
         flat_starts = starts.reshape(-1)
         idx = np.arange(E * T)
@@ -91,7 +99,7 @@ class RecurrentRolloutBuffer(RolloutBuffer):
             "old_log_prob": pad(env_major(self.log_probs)),
             "advantages": pad(env_major(self.advantages)),
             "returns": pad(env_major(self.returns)),
-            "episode_starts": pad(env_major(self.episode_starts) * (pos == 0)),
+            "episode_starts": pad(env_major(self.episode_starts) * (1.0 if self.chunked else (pos == 0))),
             "mask": pad(np.ones(E * T, dtype=np.float32)),
             "states": self.to_torch(env_major(self.states)[seq_first]),
         }

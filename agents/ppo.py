@@ -143,9 +143,15 @@ class RecurrentPPO(PPO):
                                         **self.policy_kwargs).to(self.device)
         if not isinstance(self.policy, RecurrentActorCriticPolicy):
             raise ValueError(f"policy {self.policy_class!r} is not a RecurrentActorCriticPolicy")
+        # Unpadded fixed-length chunks where every core resets inside its kernel and a minibatch still holds at least
+        # n_envs sequences (so the recurrence keeps its batch width); otherwise padded episode-cut sequences.
+        cores = [c for c in (self.policy.core_pi, self.policy.core_vf) if c is not None]
+        chunk_len = self.seq_len or self.n_steps
+        chunked = all(c.resets_in_kernel for c in cores) and chunk_len * self.n_envs <= self.batch_size
         self.rollout_buffer = RecurrentRolloutBuffer(
             self.n_steps, self.observation_space, self.action_space, self.policy.state_size, device=self.device,
             gamma=self.gamma, gae_lambda=self.gae_lambda, n_envs=self.n_envs, seq_len=self.seq_len,
+            chunked=chunked,
         )
         self._last_state = None
         self.clip_range = FloatSchedule(self.clip_range)

@@ -308,3 +308,45 @@ def test_obs_normalizer_lives_in_the_policy_and_travels(tmp_path):
     a_ref, _ = model.policy.act(obs, model.policy.initial_state(6), True)
     a, _ = policy.act(obs, policy.initial_state(6), True)
     np.testing.assert_array_equal(a, a_ref)
+
+
+@pytest.mark.parametrize("name", ALL_CORES)
+def test_chunked_and_padded_sequences_give_the_same_loss_terms(name):
+    """With resets inside the kernel, fixed chunks (episode starts inside) equal padded episode-cut sequences."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    T, E = 24, 3
+    obs_space = spaces.Box(-1, 1, (3,), np.float32)
+    policy = RecurrentActorCriticPolicy(obs_space, spaces.Discrete(2), core=name, hidden_size=8)
+    if not policy.core_pi.resets_in_kernel:
+        pytest.skip("this core runs on the stock kernel here")
+    bufs = [RecurrentRolloutBuffer(T, obs_space, spaces.Discrete(2), policy.state_size, device="cpu", n_envs=E,
+                                   seq_len=8, chunked=c) for c in (False, True)]
+    state = policy.initial_state(E)
+    starts = rng.random((T, E)) < 0.2
+    starts[0] = True
+    with torch.no_grad():
+        for t in range(T):
+            obs = rng.normal(size=(E, 3)).astype(np.float32)
+            a, v, lp, new_state = policy(torch.as_tensor(obs), state, torch.as_tensor(starts[t], dtype=torch.float32))
+            for buf in bufs:
+                buf.add_state(state)
+                buf.add(obs, a.numpy().reshape(-1, 1), np.zeros(E), starts[t], v, lp)
+            state = new_state
+        per_step = []
+        for buf in bufs:
+            buf.compute_returns_and_advantage(torch.zeros(E), np.zeros(E))
+            (batch,) = list(buf.get_sequences(batch_size=T * E))
+            values, log_prob, _ = policy.evaluate_actions(batch.observations, batch.actions, batch.episode_starts,
+                                                          batch.states)
+            valid = batch.mask.reshape(-1).bool()
+            key = (batch.observations.reshape(-1, 3)[valid] * 1000).round().numpy()
+            order = np.lexsort(key.T)
+            per_step.append((values[valid].numpy()[order], log_prob[valid].numpy()[order], valid.sum().item(),
+                             batch.mask.shape))
+    (v0, l0, n0, shape0), (v1, l1, n1, shape1) = per_step
+    assert n0 == n1 == T * E
+    assert shape1 == (8, E * 3)  # chunks: no padding
+    assert shape0[1] > shape1[1]  # episode cuts: more, padded sequences
+    np.testing.assert_allclose(v0, v1, atol=1e-5)
+    np.testing.assert_allclose(l0, l1, atol=1e-5)

@@ -43,6 +43,12 @@ class MemoryCore(nn.Module):
 
     # ----------------------------------------------------------------- interface
     @property
+    def resets_in_kernel(self) -> bool:
+        """True when :meth:`forward_sequence` applies mid-sequence resets inside one kernel call (so training can
+        take fixed-length chunks with resets inside instead of padded episode-cut sequences)."""
+        return self.kernel_in_use == "fused"
+
+    @property
     def output_size(self) -> int:
         """Features per step handed to the heads."""
         return self.hidden_size

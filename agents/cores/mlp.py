@@ -33,6 +33,10 @@ class MLPCore(MemoryCore):
     def state_shape(self) -> Tuple[int, ...]:
         return (0,)
 
+    @property
+    def resets_in_kernel(self) -> bool:
+        return True  # no state: a sequence with resets is one call anyway
+
     def _step(self, x: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.net(x), state
 

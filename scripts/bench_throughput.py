@@ -96,6 +96,15 @@ def train_and_time(build, steps: int, eval_episodes: int, eval_env_id: str, seed
     return row
 
 
+def run_contenders(contenders, steps: int, eval_episodes: int, env_id: str, seed: int) -> Dict[str, Dict[str, float]]:
+    rows = {}
+    for name, build in contenders.items():
+        rows[name] = train_and_time(build, steps, eval_episodes, env_id, seed)
+        extra = f"  eval {rows[name]['eval_mean_return']:6.1f}" if "eval_mean_return" in rows[name] else ""
+        print(f"  {name:34s} {rows[name]['steps_per_s']:8.0f} steps/s{extra}", flush=True)
+    return rows
+
+
 def latency_rows(hidden_sizes: List[int], n: int) -> List[Dict[str, object]]:
     env = make_vec_env(lambda: envs.make_env("CartPoleNoVel-v1"), n_envs=1, seed=0)
     obs = env.reset()[0]
@@ -146,10 +155,8 @@ def main() -> None:
 
     if "cartpole" in sections:
         print(f"== CartPoleNoVel-v1, rl-zoo3 ppo_lstm hyperparameters, {cartpole_steps} steps", flush=True)
-        rows = {}
-        for name, build in cartpole_contenders(args.seed).items():
-            rows[name] = train_and_time(build, cartpole_steps, 0 if args.quick else 20, "CartPoleNoVel-v1", args.seed)
-            print(f"  {name:34s} {rows[name]['steps_per_s']:8.0f} steps/s  eval {rows[name].get('eval_mean_return', float('nan')):6.1f}", flush=True)
+        rows = run_contenders(cartpole_contenders(args.seed), cartpole_steps, 0 if args.quick else 20,
+                              "CartPoleNoVel-v1", args.seed)
         base = rows["sb3-contrib RecurrentPPO (lstm)"]["steps_per_s"]
         table += ["## CartPoleNoVel-v1 (rl-zoo3 ppo_lstm hyperparameters)", "",
                   f"{cartpole_steps} steps, seed {args.seed}; eval: 20 deterministic episodes after training.", "",
@@ -165,10 +172,7 @@ def main() -> None:
 
     if "kernels" in sections:
         print(f"== CartPoleNoVel-v1 (same settings), stock vs fused kernels, {kernel_steps} steps", flush=True)
-        rows = {}
-        for name, build in kernel_contenders(args.seed).items():
-            rows[name] = train_and_time(build, kernel_steps, 0, "CartPoleNoVel-v1", args.seed)
-            print(f"  {name:34s} {rows[name]['steps_per_s']:8.0f} steps/s", flush=True)
+        rows = run_contenders(kernel_contenders(args.seed), kernel_steps, 0, "CartPoleNoVel-v1", args.seed)
         table += ["## Training cost, stock vs fused kernels (CartPoleNoVel-v1, rl-zoo3 ppo_lstm settings)", "",
                   f"{kernel_steps} steps, seed {args.seed}; rollout/update seconds of the last iteration (256 steps).",
                   "", "| core, kernel | steps/s | last rollout s | last update s |", "|---|---|---|---|"]
@@ -180,10 +184,7 @@ def main() -> None:
 
     if "minigrid" in sections:
         print(f"== MiniGrid-MemoryS7-v0, {minigrid_steps} steps", flush=True)
-        rows = {}
-        for name, build in minigrid_contenders(args.seed).items():
-            rows[name] = train_and_time(build, minigrid_steps, 0, "MiniGrid-MemoryS7-v0", args.seed)
-            print(f"  {name:34s} {rows[name]['steps_per_s']:8.0f} steps/s", flush=True)
+        rows = run_contenders(minigrid_contenders(args.seed), minigrid_steps, 0, "MiniGrid-MemoryS7-v0", args.seed)
         base = rows["SB3 PPO (memoryless MLP)"]["steps_per_s"]
         table += ["## MiniGrid-MemoryS7-v0 (8 envs, n_steps 128, batch 256, 4 epochs, hidden 128)", "",
                   "| implementation | steps/s | vs SB3 PPO (no memory) |", "|---|---|---|"]

@@ -37,36 +37,13 @@ from torch import nn
 from torch.distributions import Bernoulli, Categorical, Normal
 
 from .cores import MemoryCore, make_core
-from .encoders import ENCODERS, make_encoder, resolve_encoder
+from .encoders import build_mlp, make_encoder, resolve_encoder, run_mlp
 from .spaces import space_from_config, space_to_config
 
 #: version of the saved policy format (``recurrent_policy.json``); bumped when the layout changes
 POLICY_FORMAT_VERSION = 1
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU}
-_ACTIVATION_FNS = {nn.Tanh: torch.tanh, nn.ReLU: torch.relu, nn.ELU: torch.nn.functional.elu,
-                   nn.GELU: torch.nn.functional.gelu, nn.LeakyReLU: torch.nn.functional.leaky_relu}
-
-
-def _run_mlp(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """``seq(x)`` for a Sequential of Linear and activation layers, without nn.Module call overhead (per-step
-    latency path; each module call costs a few microseconds at batch 1)."""
-    for m in seq:
-        if type(m) is nn.Linear:
-            x = torch.nn.functional.linear(x, m.weight, m.bias)
-        else:
-            x = _ACTIVATION_FNS[type(m)](x)
-    return x
-
-
-def _mlp(in_size: int, sizes: Sequence[int], activation: str) -> Tuple[nn.Module, int]:
-    layers: list[nn.Module] = []
-    for size in sizes:
-        layers += [nn.Linear(in_size, size), ACTIVATIONS[activation]()]
-        in_size = size
-    return nn.Sequential(*layers), in_size
-
-
 class RecurrentActorCriticPolicy(BasePolicy):
     """Recurrent actor-critic for Box observations and Box / Discrete / MultiDiscrete / MultiBinary actions.
 
@@ -143,8 +120,8 @@ class RecurrentActorCriticPolicy(BasePolicy):
             self.core_vf = make_core(core, self.encoder.output_size, hidden_size, num_layers, **self.core_kwargs)
         self._n_pi = int(np.prod(self.core_pi.state_shape))
         self._n_vf = int(np.prod(self.core_vf.state_shape)) if self.core_vf is not None else 0
-        self.pi_net, pi_out = _mlp(self.core_pi.output_size, self.net_arch["pi"], activation)
-        self.vf_net, vf_out = _mlp(self.core_pi.output_size, self.net_arch["vf"], activation)
+        self.pi_net, pi_out = build_mlp(self.core_pi.output_size, self.net_arch["pi"], ACTIVATIONS[activation])
+        self.vf_net, vf_out = build_mlp(self.core_pi.output_size, self.net_arch["vf"], ACTIVATIONS[activation])
 
         self.action_dist = make_proba_distribution(action_space)
         if isinstance(self.action_dist, DiagGaussianDistribution):
@@ -356,32 +333,20 @@ class RecurrentActorCriticPolicy(BasePolicy):
         no_reset = episode_start is None or (isinstance(episode_start, (bool, np.bool_)) and not episode_start)
         starts = None if no_reset else self._starts(episode_start, B)
         with torch.inference_mode():
-            state = state.to(self.device)
-            encoder = self.encoder
-            if type(encoder).__name__ == "FlatEncoder":
-                x = obs_t.reshape(B, -1).float()
-                if encoder.norm is not None:
-                    x = encoder.norm(x)
-                feat = _run_mlp(encoder.net, x)
-            else:
-                feat = encoder(obs_t)
-            s_pi = state[:, : self._n_pi].reshape(B, *self.core_pi.state_shape)
+            feat = self.encoder.forward(obs_t)  # .forward: skip nn.Module call overhead on the latency path
+            s_pi, s_vf = self._split(state.to(self.device))
             if starts is None:  # the common per-step case: no reset, no checks beyond the shapes above
                 y, s_pi = self.core_pi._step(feat, s_pi)
             else:
                 y, s_pi = self.core_pi.step(feat, s_pi, starts)
-            latent = _run_mlp(self.pi_net, y)
+                if s_vf is not None:  # the critic's memory is not advanced when acting, but it is reset
+                    s_vf = MemoryCore._reset(s_vf, starts)
+            latent = run_mlp(self.pi_net, y)
             if deterministic:
                 action = self._mode(latent)
             else:
                 action = self._distribution(latent).get_actions(deterministic=False)
-            if self.core_vf is None:
-                new_state = s_pi.reshape(B, -1)
-            else:  # the critic's memory is not advanced when acting, but it is reset
-                s_vf = state[:, self._n_pi:]
-                if starts is not None:
-                    s_vf = s_vf * (1.0 - starts).view(B, 1)
-                new_state = torch.cat([s_pi.reshape(B, -1), s_vf], dim=1)
+            new_state = self._join(s_pi, s_vf)
         if isinstance(self.action_space, spaces.Box):
             low = torch.as_tensor(self.action_space.low, device=action.device)
             high = torch.as_tensor(self.action_space.high, device=action.device)
@@ -402,8 +367,7 @@ class RecurrentActorCriticPolicy(BasePolicy):
             raise ValueError("predict() got a tuple (obs, info): pass only the observation "
                              "(gymnasium's reset() returns (obs, info); SB3's VecEnv.reset() returns obs)")
         obs = np.asarray(observation)
-        obs_t, _, single = self._as_batch(obs)
-        n = obs_t.shape[0]
+        n = 1 if obs.shape == self._obs_shape or obs.ndim == 0 else obs.shape[0]  # act checks the shape
         if state is None:
             state_t = self.initial_state(n)
             episode_start = np.ones(n, dtype=bool)
@@ -411,10 +375,7 @@ class RecurrentActorCriticPolicy(BasePolicy):
             state_t = torch.as_tensor(np.asarray(state), dtype=torch.float32, device=self.device)
         if episode_start is None:
             episode_start = np.zeros(n, dtype=bool)
-        actions, new_state = self.act(obs_t, state_t, episode_start, deterministic=deterministic)
-        actions = actions.cpu().numpy()
-        if single:
-            actions = actions[0]
+        actions, new_state = self.act(obs, state_t, episode_start, deterministic=deterministic)
         return actions, new_state.cpu().numpy()
 
     def _predict(self, observation: torch.Tensor, deterministic: bool = False) -> torch.Tensor:

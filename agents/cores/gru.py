@@ -25,6 +25,8 @@ from .base import MemoryCore
 
 class GRUCore(fused.FusedKernelMixin, MemoryCore):
     name = "gru"
+    _fused_sequence = staticmethod(fused.gru_sequence)
+    _fused_step = staticmethod(fused.gru_step)
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, kernel: Optional[str] = None) -> None:
         super().__init__(input_size, hidden_size, num_layers)
@@ -36,27 +38,6 @@ class GRUCore(fused.FusedKernelMixin, MemoryCore):
         return (self.num_layers, self.hidden_size)
 
     # ------------------------------------------------------------------ steps
-    def step(self, x: torch.Tensor, state: torch.Tensor,
-             episode_start: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        self._check_step(x, state, episode_start)
-        if self._use_fused(x, state):
-            return self._fused_step(x, state, episode_start)
-        return self._stock_step(x, self._reset(state, episode_start))
-
-    def _step(self, x: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        if self._use_fused(x, state):
-            return self._fused_step(x, state, None)
-        return self._stock_step(x, state)
-
-    def _fused_step(self, x: torch.Tensor, state: torch.Tensor,
-                    episode_start: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        w = self.rnn._flat_weights
-        if self._grad_needed(x, state):  # the sequence kernel with T = 1 carries the autograd
-            keep = None if episode_start is None else self._keep(episode_start.view(1, -1), x)
-            y, state = fused.gru_sequence(x.unsqueeze(0), state, keep, w)
-            return y[0], state
-        return fused.gru_step(x, state, episode_start, w)
-
     def _stock_step(self, x: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         w = self.rnn._flat_weights
         hs = []
@@ -66,19 +47,6 @@ class GRUCore(fused.FusedKernelMixin, MemoryCore):
         return x, torch.stack(hs, dim=1)
 
     # --------------------------------------------------------------- sequences
-    def forward_sequence(
-        self, x: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``x [T, B, F]``, ``episode_start [T, B]`` -> ``(y [T, B, H], final state)``; with the fused kernel the whole
-        sequence, resets included, is one kernel call per layer."""
-        self._check_sequence(x, state, episode_start)
-        if x.shape[0] == 0 or x.shape[1] == 0 or not self._use_fused(x, state):
-            return super().forward_sequence(x, state, episode_start)
-        return fused.gru_sequence(x, state, self._keep(episode_start, x), self.rnn._flat_weights)
-
     def _sequence(self, x: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         y, h = self.rnn(x, state.transpose(0, 1).contiguous())
         return y, h.transpose(0, 1)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", kernel={self.kernel!r}"

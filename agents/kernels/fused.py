@@ -15,7 +15,7 @@ parameters, state dicts and saved models are the same whichever kernel runs.
 from __future__ import annotations
 
 import sys
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -120,12 +120,17 @@ def _capturing() -> bool:
 
 
 class FusedKernelMixin:
-    """Kernel choice for a core whose recurrent weights live in ``self.rnn`` (an ``nn.GRU`` / ``nn.LSTM``).
+    """Kernel choice and routing for a core whose recurrent weights live in ``self.rnn`` (an ``nn.GRU`` /
+    ``nn.LSTM``).
 
-    Subclasses call :meth:`_init_kernel` in ``__init__`` and route their paths through :meth:`_use_fused`.
+    Subclasses call :meth:`_init_kernel` in ``__init__``, name their kernels in ``_fused_sequence`` / ``_fused_step``
+    (e.g. :func:`gru_sequence`, :func:`gru_step`) and implement ``_stock_step`` and ``_sequence``; ``step``, ``_step``
+    and ``forward_sequence`` then take the fused path where it applies and the stock one otherwise.
     """
 
     _kernel: str
+    _fused_sequence: Callable
+    _fused_step: Callable
 
     def _init_kernel(self, kernel: Optional[str]) -> None:
         self._kernel = check_kernel_option(kernel)
@@ -170,6 +175,41 @@ class FusedKernelMixin:
         if not torch.is_grad_enabled():
             return False
         return any(t.requires_grad for t in tensors) or any(p.requires_grad for p in self.rnn._flat_weights)
+
+    # ------------------------------------------------------------------ steps
+    def step(self, x: torch.Tensor, state: torch.Tensor,
+             episode_start: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        self._check_step(x, state, episode_start)
+        if self._use_fused(x, state):
+            return self._run_fused_step(x, state, episode_start)
+        return self._stock_step(x, self._reset(state, episode_start))
+
+    def _step(self, x: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self._use_fused(x, state):
+            return self._run_fused_step(x, state, None)
+        return self._stock_step(x, state)
+
+    def _run_fused_step(self, x: torch.Tensor, state: torch.Tensor,
+                        episode_start: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        w = self.rnn._flat_weights
+        if self._grad_needed(x, state):  # the sequence kernel with T = 1 carries the autograd
+            keep = None if episode_start is None else self._keep(episode_start.view(1, -1), x)
+            y, state = self._fused_sequence(x.unsqueeze(0), state, keep, w)
+            return y[0], state
+        return self._fused_step(x, state, episode_start, w)
+
+    # --------------------------------------------------------------- sequences
+    def forward_sequence(self, x: torch.Tensor, state: torch.Tensor,
+                         episode_start: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``x [T, B, F]``, ``episode_start [T, B]`` -> ``(y [T, B, H], final state)``; with the fused kernel the whole
+        sequence, resets included, is one kernel call per layer."""
+        self._check_sequence(x, state, episode_start)
+        if x.shape[0] == 0 or x.shape[1] == 0 or not self._use_fused(x, state):
+            return super().forward_sequence(x, state, episode_start)
+        return self._fused_sequence(x, state, self._keep(episode_start, x), self.rnn._flat_weights)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", kernel={self.kernel!r}"
 
     @staticmethod
     def _keep(episode_start: torch.Tensor, like: torch.Tensor) -> Optional[torch.Tensor]:

@@ -236,7 +236,11 @@ class RecurrentActorCriticPolicy(BasePolicy):
 
     def _mode(self, latent_pi: torch.Tensor) -> torch.Tensor:
         """Deterministic action straight from the head (no distribution object: this is the latency path)."""
-        out = self.action_net(latent_pi)
+        return self.mode_from_params(self.action_net(latent_pi))
+
+    def mode_from_params(self, out: torch.Tensor) -> torch.Tensor:
+        """Deterministic action from the action head's output ``[B, P]`` (logits, or the Gaussian mean), before
+        clipping to a Box action space."""
         dist = self.action_dist
         if isinstance(dist, CategoricalDistribution):
             return out.argmax(dim=-1)

@@ -243,12 +243,23 @@ def export_policy(source, out_dir=None, int8: bool = True, opset: int = DEFAULT_
 
     model_path = _model_path(source)
     out = Path(out_dir) if out_dir is not None else model_path.parent / "export"
-    return write_export(load_policy(model_path), out, int8=int8, opset=opset, check=check, source=str(model_path))
+    env_kwargs = {}
+    run_config = model_path.parent / "config.yaml"  # train_agent's run directory: the env wrappers it trained with
+    if run_config.exists():
+        import yaml
+
+        cfg = yaml.safe_load(run_config.read_text()) or {}
+        env_kwargs = {k: cfg[k] for k in ("view_size", "frame_stack", "max_episode_steps") if cfg.get(k) is not None}
+    return write_export(load_policy(model_path), out, int8=int8, opset=opset, check=check, source=str(model_path),
+                        make_env_kwargs=env_kwargs)
 
 
 def write_export(policy: RecurrentActorCriticPolicy, out_dir, int8: bool = True, opset: int = DEFAULT_OPSET,
-                 check: bool = True, source: Optional[str] = None) -> Dict[str, Any]:
-    """:func:`export_policy` for a policy already in memory (e.g. ``model.policy`` right after training)."""
+                 check: bool = True, source: Optional[str] = None,
+                 make_env_kwargs: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """:func:`export_policy` for a policy already in memory (e.g. ``model.policy`` right after training).
+    ``make_env_kwargs`` (e.g. ``{"frame_stack": 4}``) are stored so users build the env as training did:
+    ``envs.make_env(manifest["env_id"], **manifest["make_env_kwargs"])``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     policy.set_training_mode(False)
@@ -260,6 +271,7 @@ def write_export(policy: RecurrentActorCriticPolicy, out_dir, int8: bool = True,
         "format_version": EXPORT_FORMAT_VERSION,
         "source": source,
         "env_id": policy.env_id,
+        "make_env_kwargs": dict(make_env_kwargs or {}),
         "core": policy.core_name,
         "hidden_size": policy.hidden_size,
         "num_layers": policy.num_layers,

@@ -8,7 +8,8 @@ each hidden size H, the policy train_agent builds (its family config, ``agents.c
   same core input size), beside that LSTM.
 
 Per configuration: ``policy.act`` (eager torch, inference mode inside act, deterministic, state not reset) at batch 1
-and batch N, and the core alone (``core.step`` on random features under ``torch.inference_mode``) at batch 1 and N,
+and batch N, the same policy exported (``agents.export``) and run by ONNX Runtime in float32 and int8 at batch 1
+(``agents.runtime.OnnxPolicy.act``, one thread; ``--no-export`` skips them), and the core alone (``core.step`` on random features under ``torch.inference_mode``) at batch 1 and N,
 which separates the core's own cost from the encoder, heads and Python around it. One torch thread. Each number is
 the median over ``--rounds`` rounds (configurations interleaved in every round, so machine drift hits all alike) of
 the per-round p50 / p99 of ``--n`` calls after a warm-up.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -81,8 +83,25 @@ def configurations(env_id: str, hidden_sizes: List[int]) -> List[Dict[str, Any]]
     return out
 
 
-def timers(c: Dict[str, Any], batch: int):
-    """The four timed calls of one configuration."""
+_EXPORT_DIRS: List[Any] = []  # temporary export folders, kept until the process ends
+
+
+def exported(policy, exports: bool):
+    """``{"onnx": OnnxPolicy, "int8": OnnxPolicy}`` for ``policy`` exported to a temporary folder (``{}`` when
+    ``exports`` is off)."""
+    if not exports:
+        return {}
+    from agents.export import write_export
+    from agents.runtime import OnnxPolicy
+
+    tmp = tempfile.TemporaryDirectory()
+    _EXPORT_DIRS.append(tmp)
+    write_export(policy, tmp.name, int8=True, check=True)
+    return {"onnx": OnnxPolicy(tmp.name, "fp32", threads=1), "int8": OnnxPolicy(tmp.name, "int8", threads=1)}
+
+
+def timers(c: Dict[str, Any], batch: int, exports: bool = True):
+    """The timed calls of one configuration: act and core.step at batch 1 and N, exported act at batch 1."""
     policy, obs = c["policy"], c["obs"]
     core = policy.core_pi
     obs1 = obs
@@ -98,12 +117,37 @@ def timers(c: Dict[str, Any], batch: int):
                 return core.step(x, s, e)
         return f
 
+    calls = {f"{kind}_b1": (lambda rt=rt, st=rt.initial_state(1): rt.act(obs1, st, False))
+             for kind, rt in exported(policy, exports).items()}
     return {
+        **calls,
         "act_b1": lambda: policy.act(obs1, s1, episode_start=False, deterministic=True),
         f"act_b{batch}": lambda: policy.act(obs_n, sn, episode_start=False, deterministic=True),
         "core_b1": core_step(x1, c1, e1),
         f"core_b{batch}": core_step(xn, cn, en),
     }
+
+
+def exported_table(rows: List[Dict[str, Any]]) -> List[str]:
+    """Batch-1 act: eager torch vs ONNX Runtime fp32 vs int8, and the gru / lstm ratio in each runtime."""
+    out = ["## Exported: batch-1 act, eager torch vs ONNX Runtime (fp32 and int8), equal hidden size", "",
+           "One ONNX Runtime thread, `agents.runtime.OnnxPolicy.act` (numpy in and out, state carried by the caller), "
+           "the same policy as the eager rows. Ratios gru / lstm of the p50 in each runtime.", "",
+           "| env | hidden | core | eager p50 / p99 µs | onnx p50 / p99 µs | int8 p50 / p99 µs | onnx / eager | "
+           "int8 / onnx | gru/lstm eager | gru/lstm onnx | gru/lstm int8 |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    sel = [r for r in rows if r["view"] == "equal hidden" and "onnx_b1_p50_us" in r]
+    for r in sel:
+        lstm = next(x for x in sel if x["env"] == r["env"] and x["hidden"] == r["hidden"] and x["core"] == "lstm")
+        ratios = ["", "", ""]
+        if r["core"] == "gru":
+            ratios = [f"{r[k] / lstm[k]:.2f}" for k in ("act_b1_p50_us", "onnx_b1_p50_us", "int8_b1_p50_us")]
+        out.append(f"| {r['env']} | {r['hidden']} | {r['core']} | {r['act_b1_p50_us']:.0f} / {r['act_b1_p99_us']:.0f} | "
+                   f"{r['onnx_b1_p50_us']:.0f} / {r['onnx_b1_p99_us']:.0f} | "
+                   f"{r['int8_b1_p50_us']:.0f} / {r['int8_b1_p99_us']:.0f} | "
+                   f"{r['onnx_b1_p50_us'] / r['act_b1_p50_us']:.2f} | {r['int8_b1_p50_us'] / r['onnx_b1_p50_us']:.2f} | "
+                   + " | ".join(ratios) + " |")
+    return out + [""]
 
 
 def main(argv=None) -> int:
@@ -117,6 +161,8 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=None, help="timed calls per round (default 300; quick: 150)")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up calls per round (default 50; quick: 30)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; quick: 1)")
+    parser.add_argument("--no-export", dest="exports", action="store_false",
+                        help="skip the exported rows (ONNX Runtime fp32 and int8; needs onnx and onnxruntime)")
     parser.add_argument("--name", default=None, help="results file stem (default latency; quick: latency_quick)")
     parser.add_argument("--out-dir", default=None, help="folder for the result files (default results/)")
     args = parser.parse_args(argv)
@@ -133,7 +179,7 @@ def main(argv=None) -> int:
     configs = [c for env_id in args.envs.split(",") for c in configurations(env_id.strip(), hidden)]
     unique = list({id(c["policy"]): c for c in configs}.values())  # the equal-params LSTM is the equal-hidden one
     samples: Dict[int, Dict[str, List[Dict[str, float]]]] = {id(c["policy"]): {} for c in unique}
-    calls = {id(c["policy"]): timers(c, batch) for c in unique}
+    calls = {id(c["policy"]): timers(c, batch, args.exports) for c in unique}
     for r in range(rounds):
         for c in unique:
             for key, fn in calls[id(c["policy"])].items():
@@ -179,6 +225,8 @@ def main(argv=None) -> int:
                     f"{r['core_b1_p50_us']:.0f} / {r['core_b1_p99_us']:.0f} | "
                     f"{r[f'core_{bn}_p50_us']:.0f} / {r[f'core_{bn}_p99_us']:.0f} | {ratio} |")
             table.append("")
+    if args.exports:
+        table += exported_table(rows)
     table.append(f"Total benchmark time {time.perf_counter() - t0:.0f} s.")
     print("\n".join(table))
     if args.out_dir:

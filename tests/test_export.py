@@ -172,8 +172,13 @@ def test_export_policy_command_writes_onnx_int8_and_manifest(saved_model, tmp_pa
     for precision, name in FILES.items():
         assert manifest["files"][precision]["sha256"] == file_sha256(out / name)
     assert manifest["parity"]["fp32"]["action_agreement"] == 1.0
-    # default output directory: beside the model
+    assert manifest["make_env_kwargs"] == {}
+    # default output directory: beside the model; a run directory's env wrappers (config.yaml) go into the manifest
+    (saved_model.parent / "config.yaml").write_text("frame_stack: 4\nview_size: null\n")
     assert export_main([str(saved_model), "--no-int8", "--no-check"]) == 0
+    (saved_model.parent / "config.yaml").unlink()
+    assert json.loads((saved_model.parent / "export" / MANIFEST_NAME).read_text())["make_env_kwargs"] == {
+        "frame_stack": 4}
     assert (saved_model.parent / "export" / "policy.onnx").exists()
     assert not (saved_model.parent / "export" / "policy.int8.onnx").exists()
 
@@ -203,6 +208,14 @@ def _one_line(exc_info):
     return msg
 
 
+def replace_onnx_keeping_manifest_valid(export_dir, data: bytes):
+    """Overwrite policy.onnx and record its sha256, so only ONNX Runtime's own checks can catch it."""
+    (export_dir / "policy.onnx").write_bytes(data)
+    manifest = json.loads((export_dir / MANIFEST_NAME).read_text())
+    manifest["files"]["fp32"]["sha256"] = file_sha256(export_dir / "policy.onnx")
+    (export_dir / MANIFEST_NAME).write_text(json.dumps(manifest))
+
+
 def test_truncated_or_changed_onnx_is_a_clear_error(exported):
     data = (exported / "policy.onnx").read_bytes()
     (exported / "policy.onnx").write_bytes(data[: len(data) // 2])
@@ -212,10 +225,7 @@ def test_truncated_or_changed_onnx_is_a_clear_error(exported):
 
 
 def test_garbage_onnx_with_matching_manifest_is_a_clear_error(exported):
-    (exported / "policy.onnx").write_bytes(b"\x08\x07garbage" * 50)
-    manifest = json.loads((exported / MANIFEST_NAME).read_text())
-    manifest["files"]["fp32"]["sha256"] = file_sha256(exported / "policy.onnx")
-    (exported / MANIFEST_NAME).write_text(json.dumps(manifest))
+    replace_onnx_keeping_manifest_valid(exported, b"\x08\x07garbage" * 50)
     with pytest.raises(ExportError) as e:
         OnnxPolicy(exported)
     assert "could not be loaded by ONNX Runtime" in _one_line(e)
@@ -245,10 +255,7 @@ def test_manifest_problems_are_clear_errors(exported, tmp_path):
 def test_onnx_file_from_another_export_is_a_clear_error(exported, tmp_path):
     policy, _ = make_policy("lstm", "cartpole-p")
     write_export(policy, tmp_path / "lstm", int8=False, check=False)
-    (exported / "policy.onnx").write_bytes((tmp_path / "lstm" / "policy.onnx").read_bytes())
-    manifest = json.loads((exported / MANIFEST_NAME).read_text())
-    manifest["files"]["fp32"]["sha256"] = file_sha256(exported / "policy.onnx")
-    (exported / MANIFEST_NAME).write_text(json.dumps(manifest))
+    replace_onnx_keeping_manifest_valid(exported, (tmp_path / "lstm" / "policy.onnx").read_bytes())
     with pytest.raises(ExportError) as e:
         OnnxPolicy(exported)
     assert "different exports" in _one_line(e)

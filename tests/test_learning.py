@@ -7,6 +7,9 @@ the velocities from consecutive positions.
 Slow (about 3-4 minutes on 2 CPU cores): run with ``python -m pytest -m slow``; CI runs it.
 """
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -39,7 +42,7 @@ class PeriodicEval(BaseCallback):
         return True
 
 
-def train(core: str, seed: int = 0) -> list:
+def train(core: str, seed: int = 0, model_out: dict | None = None) -> list:
     """Train with exactly what ``train_agent --env CartPole-P-v1 --core CORE`` uses (configs/cartpole.yaml)."""
     torch.set_num_threads(1)
     cfg = resolve_config(env=ENV_ID, overrides={"core": core, "seed": seed})
@@ -49,6 +52,8 @@ def train(core: str, seed: int = 0) -> list:
     callback = PeriodicEval(eval_env)
     model.learn(STEPS, callback=callback)
     print(f"{core}: eval returns every {EVAL_EVERY} steps: {[round(r) for r in callback.returns]}")
+    if model_out is not None:
+        model_out["model"] = model
     return callback.returns
 
 
@@ -58,8 +63,32 @@ def control_returns():
 
 
 @pytest.mark.parametrize("core", ["gru", "lstm"])
-def test_recurrent_core_learns_cartpole_p_where_the_control_cannot(core, control_returns):
-    returns = train(core)
+def test_recurrent_core_learns_cartpole_p_where_the_control_cannot(core, control_returns, tmp_path):
+    trained = {}
+    returns = train(core, model_out=trained)
     assert max(returns) >= 450, returns
     assert max(control_returns) < 200, control_returns
     assert np.mean(returns[-3:]) > 2 * np.mean(control_returns[-3:]), (returns, control_returns)
+    check_int8_return(trained["model"].policy, tmp_path)
+
+
+def check_int8_return(policy, tmp_path, episodes: int = 10):
+    """The trained policy exported to ONNX: float32 gives the torch return exactly; int8 stays within 10% (+5) of it
+    on the same episodes (scripts/bench_export.py measures this over the 5-seed sweep: results/export.md)."""
+    pytest.importorskip("onnxruntime")
+    from agents.export import write_export
+    from agents.runtime import OnnxPolicy
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from bench_export import play, stateful
+
+    write_export(policy, tmp_path, int8=True, check=True)
+    env, seeds = envs.make_env(ENV_ID), list(range(1000, 1000 + episodes))
+    fp, i8 = OnnxPolicy(tmp_path, "fp32"), OnnxPolicy(tmp_path, "int8")
+    ref = play(stateful(lambda o, s, e: policy.act(o, s, e, deterministic=True), policy.initial_state(1)), env, seeds)
+    onnx_fp = play(stateful(fp.act, fp.initial_state(1)), env, seeds)
+    onnx_i8 = play(stateful(i8.act, i8.initial_state(1)), env, seeds)
+    print(f"returns over {episodes} episodes: torch {ref['mean_return']:.1f}, onnx {onnx_fp['mean_return']:.1f}, "
+          f"int8 {onnx_i8['mean_return']:.1f}")
+    assert onnx_fp["mean_return"] == ref["mean_return"], (onnx_fp, ref)
+    assert abs(onnx_i8["mean_return"] - ref["mean_return"]) <= 0.1 * ref["mean_return"] + 5, (onnx_i8, ref)

@@ -58,29 +58,53 @@ def _locate(path) -> Tuple[Path, Optional[str]]:
     return p.parent / MANIFEST_NAME, p.name
 
 
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(uint8)": "uint8",
+              "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(bool)": "bool"}
+
+
 def read_manifest(path) -> Dict[str, Any]:
-    """The manifest (``export.json``) of an export directory, checked for format and version."""
+    """The manifest (``export.json``) of an export directory, checked for format, version and structure."""
     manifest_path, _ = _locate(path)
     if not manifest_path.exists():
-        raise ExportError(f"{str(manifest_path)!r} does not exist: expected the export.json written by export_policy "
-                          f"beside the .onnx files (run `export_policy <run dir>`)")
+        where = f"{str(path)!r} does not exist" if not Path(path).exists() else f"{str(manifest_path)!r} does not exist"
+        raise ExportError(f"{where}: expected an export directory holding the export.json written by export_policy "
+                          "(run `export_policy <run dir>`)")
     try:
         manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ExportError(f"{str(manifest_path)!r} is corrupt ({exc}): expected the JSON written by export_policy") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise ExportError(f"{str(manifest_path)!r} is unreadable or corrupt ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}): expected the JSON written by export_policy") from None
     if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT:
         raise ExportError(f"{str(manifest_path)!r} is not a recurrent-agents export: expected format {EXPORT_FORMAT!r}")
     if manifest.get("format_version") != EXPORT_FORMAT_VERSION:
         raise ExportError(f"{str(manifest_path)!r} has format_version {manifest.get('format_version')!r}: expected "
                           f"{EXPORT_FORMAT_VERSION} (re-export the model with this version's export_policy)")
-    for key in ("files", "inputs", "outputs", "state_size", "observation_space", "action_space"):
-        if key not in manifest:
-            raise ExportError(f"{str(manifest_path)!r} lacks {key!r}: expected a complete export.json from export_policy")
+    try:
+        files = manifest["files"]
+        assert isinstance(files, dict) and files
+        for entry in files.values():
+            assert isinstance(entry, dict) and isinstance(entry["path"], str) and entry["path"]
+            assert Path(entry["path"]).name == entry["path"] and isinstance(entry["sha256"], str)
+        ios = {d["name"]: d for d in manifest["inputs"] + manifest["outputs"]}
+        assert tuple(ios) == INPUT_NAMES + OUTPUT_NAMES
+        for d in ios.values():
+            np.dtype(d["dtype"])
+            assert isinstance(d["shape"], list) and d["shape"][0] == "batch"
+            assert all(isinstance(n, int) and n >= 0 for n in d["shape"][1:])
+        assert isinstance(manifest["state_size"], int) and manifest["state_size"] >= 0
+        assert isinstance(manifest["observation_space"], dict) and isinstance(manifest["action_space"], dict)
+    except (AssertionError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        detail = f"missing {exc}" if isinstance(exc, KeyError) else "malformed entries"
+        raise ExportError(f"{str(manifest_path)!r} is incomplete ({detail}): expected files, inputs, outputs, "
+                          "state_size and spaces as written by export_policy") from None
     return manifest
 
 
 class OnnxPolicy:
     """An exported policy on ONNX Runtime: deterministic actions, with the recurrent state as plain numpy.
+
+    The state ``S`` is the actor core's state only (a deployed policy has no critic), so with a separate critic core
+    it is smaller than the torch policy's ``state_size``.
 
     :param path: export directory, its ``export.json``, or one of its ``.onnx`` files
     :param precision: ``"fp32"`` or ``"int8"`` (ignored when ``path`` names an .onnx file)
@@ -89,10 +113,10 @@ class OnnxPolicy:
 
     def __init__(self, path, precision: str = "fp32", threads: int = 1) -> None:
         manifest_path, file_name = _locate(path)
-        self.manifest = read_manifest(manifest_path)
+        self.manifest = read_manifest(path)
         files = self.manifest["files"]
         if file_name is not None:
-            matches = [k for k, v in files.items() if isinstance(v, dict) and v.get("path") == file_name]
+            matches = [k for k, v in files.items() if v["path"] == file_name]
             if not matches:
                 raise ExportError(f"{str(path)!r} is not listed in {str(manifest_path)!r}: expected one of "
                                   f"{', '.join(v['path'] for v in files.values())}")
@@ -103,12 +127,15 @@ class OnnxPolicy:
         entry = files[precision]
         self.precision = precision
         self.path = manifest_path.parent / entry["path"]
-        if not self.path.exists():
-            raise ExportError(f"{str(self.path)!r} does not exist: export.json lists it; re-run export_policy")
-        digest = file_sha256(self.path)
-        if digest != entry.get("sha256"):
+        try:
+            data = self.path.read_bytes()
+        except OSError as exc:
+            raise ExportError(f"{str(self.path)!r} cannot be read ({type(exc).__name__}): export.json lists it; "
+                              "re-run export_policy") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != entry["sha256"]:
             raise ExportError(f"{str(self.path)!r} does not match export.json (sha256 {digest[:12]}... vs "
-                              f"{str(entry.get('sha256'))[:12]}...): the file was changed or truncated after export; "
+                              f"{entry['sha256'][:12]}...): the file was changed or truncated after export; "
                               "re-run export_policy")
         try:
             import onnxruntime as ort
@@ -118,25 +145,39 @@ class OnnxPolicy:
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for invalid models
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ExportError(f"{str(self.path)!r} could not be loaded by ONNX Runtime ({first}): expected a model "
                               "written by export_policy") from None
-        names = tuple(i.name for i in self.session.get_inputs()), tuple(o.name for o in self.session.get_outputs())
-        if names != (INPUT_NAMES, OUTPUT_NAMES):
-            raise ExportError(f"{str(self.path)!r} has inputs {list(names[0])} and outputs {list(names[1])}: expected "
-                              f"{list(INPUT_NAMES)} and {list(OUTPUT_NAMES)}")
+        self._check_session()
         inputs = {d["name"]: d for d in self.manifest["inputs"]}
-        self.obs_shape = tuple(int(n) for n in inputs["obs"]["shape"][1:])
+        self.obs_shape = tuple(inputs["obs"]["shape"][1:])
         self.obs_dtype = np.dtype(inputs["obs"]["dtype"])
         self.state_size = int(self.manifest["state_size"])
-        session_state = self.session.get_inputs()[1].shape[1]
-        if isinstance(session_state, int) and session_state != self.state_size:
-            raise ExportError(f"{str(self.path)!r} takes a state of {session_state} features but export.json says "
-                              f"{self.state_size}: the files come from different exports; re-run export_policy")
         self.env_id = self.manifest.get("env_id")
+        #: keyword arguments of ``envs.make_env`` the policy was trained with (e.g. ``{"frame_stack": 4}``)
+        self.make_env_kwargs = dict(self.manifest.get("make_env_kwargs") or {})
         self.core = self.manifest.get("core")
+
+    def _check_session(self) -> None:
+        """Every input and output of the loaded graph has the name, dtype and non-batch shape export.json gives."""
+        declared = self.manifest["inputs"] + self.manifest["outputs"]
+        actual = list(self.session.get_inputs()) + list(self.session.get_outputs())
+
+        def fits(a, d) -> bool:
+            dims = a.shape[1:]
+            return (a.name == d["name"] and _ORT_TYPES.get(a.type) == d["dtype"] and len(dims) == len(d["shape"]) - 1
+                    and all(not isinstance(n, int) or n == m for n, m in zip(dims, d["shape"][1:])))
+
+        if len(actual) != len(declared):
+            raise ExportError(f"{str(self.path)!r} has {len(actual)} inputs and outputs, export.json declares "
+                              f"{len(declared)}: the files come from different exports; re-run export_policy")
+        for a, d in zip(actual, declared):
+            if not fits(a, d):
+                raise ExportError(f"{str(self.path)!r} has {a.name} {a.type} {a.shape} where export.json declares "
+                                  f"{d['name']} {d['dtype']} {d['shape']}: the files come from different exports; "
+                                  "re-run export_policy")
 
     def __repr__(self) -> str:
         return (f"OnnxPolicy(core={self.core!r}, env_id={self.env_id!r}, precision={self.precision!r}, "
@@ -166,7 +207,7 @@ class OnnxPolicy:
         if state.shape != (B, self.state_size):
             raise ValueError(f"state has shape {state.shape}: expected [{B}, {self.state_size}] "
                              f"(policy.initial_state({B}))")
-        starts = np.asarray(episode_start, dtype=np.float32)
+        starts = np.asarray(False if episode_start is None else episode_start, dtype=np.float32)
         starts = np.full(B, starts, dtype=np.float32) if starts.ndim == 0 else starts.reshape(-1)
         if starts.shape != (B,):
             raise ValueError(f"episode_start has {starts.shape[0]} entries: expected one per observation ({B})")

@@ -26,7 +26,6 @@ from typing import Dict, List
 
 import numpy as np
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
@@ -68,12 +67,11 @@ def stateful(fn, initial):
 def evaluate_run(run_dir: Path, episodes: int, seed0: int) -> Dict[str, object]:
     import envs
     from agents import load_policy
-    from agents.export import write_export
+    from agents.export import run_env_kwargs, write_export
     from agents.runtime import OnnxPolicy
 
     policy = load_policy(run_dir)
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
-    env = envs.make_env(policy.env_id, view_size=cfg.get("view_size"), frame_stack=cfg.get("frame_stack"))
+    env = envs.make_env(policy.env_id, **run_env_kwargs(run_dir))
     parts = run_dir.parent.name.split("__")  # sweep cells are <env>__<label>__<size>__s<seed>
     label = parts[1] if len(parts) == 4 else policy.core_name
     seeds = list(range(seed0, seed0 + episodes))

@@ -159,6 +159,7 @@ class OnnxPolicy:
         #: keyword arguments of ``envs.make_env`` the policy was trained with (e.g. ``{"frame_stack": 4}``)
         self.make_env_kwargs = dict(self.manifest.get("make_env_kwargs") or {})
         self.core = self.manifest.get("core")
+        self._zeros: Dict[int, np.ndarray] = {}
 
     def _check_session(self) -> None:
         """Every input and output of the loaded graph has the name, dtype and non-batch shape export.json gives."""
@@ -201,27 +202,33 @@ class OnnxPolicy:
     def run(self, obs, state, episode_start=False) -> Dict[str, np.ndarray]:
         """One step for a batch: ``obs [B, ...]``, ``state [B, S]``, ``episode_start`` (bool or ``[B]``) ->
         ``{"action", "dist_params", "state_out"}`` (all batched)."""
-        obs_b, _ = self._batch(obs)
+        return dict(zip(OUTPUT_NAMES, self._run(obs, state, episode_start)[0]))
+
+    def _run(self, obs, state, episode_start):
+        obs_b, single = self._batch(obs)
         B = obs_b.shape[0]
-        state = np.asarray(state, dtype=np.float32)
+        if type(state) is not np.ndarray or state.dtype != np.float32 or not state.flags.c_contiguous:
+            state = np.ascontiguousarray(state, dtype=np.float32)
         if state.shape != (B, self.state_size):
             raise ValueError(f"state has shape {state.shape}: expected [{B}, {self.state_size}] "
                              f"(policy.initial_state({B}))")
-        starts = np.asarray(False if episode_start is None else episode_start, dtype=np.float32)
-        starts = np.full(B, starts, dtype=np.float32) if starts.ndim == 0 else starts.reshape(-1)
-        if starts.shape != (B,):
-            raise ValueError(f"episode_start has {starts.shape[0]} entries: expected one per observation ({B})")
-        out = self.session.run(None, {"obs": obs_b, "state": np.ascontiguousarray(state),
-                                      "episode_start": np.ascontiguousarray(starts)})
-        return dict(zip(OUTPUT_NAMES, out))
+        if episode_start is None or episode_start is False:  # the per-step case: one cached array of zeros
+            starts = self._zeros.get(B)
+            if starts is None:
+                starts = self._zeros[B] = np.zeros(B, dtype=np.float32)
+        else:
+            starts = np.asarray(episode_start, dtype=np.float32)
+            starts = np.full(B, starts, dtype=np.float32) if starts.ndim == 0 else starts.reshape(-1)
+            if starts.shape != (B,):
+                raise ValueError(f"episode_start has {starts.shape[0]} entries: expected one per observation ({B})")
+        out = self.session.run(None, {"obs": obs_b, "state": state, "episode_start": starts})
+        return out, single
 
     def act(self, obs, state, episode_start=False) -> Tuple[np.ndarray, np.ndarray]:
         """Like torch's ``policy.act(obs, state, episode_start, deterministic=True)``: one observation or a batch ->
         ``(action, new_state)``; the action is unbatched for a single observation."""
-        single = np.asarray(obs).shape == self.obs_shape
-        out = self.run(obs, state, episode_start)
-        action = out["action"][0] if single else out["action"]
-        return action, out["state_out"]
+        (action, _, new_state), single = self._run(obs, state, episode_start)
+        return (action[0] if single else action), new_state
 
     # -------------------------------------------------------------------- stateful
     def reset(self, batch_size: int = 1) -> None:

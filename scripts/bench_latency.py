@@ -117,8 +117,14 @@ def timers(c: Dict[str, Any], batch: int, exports: bool = True):
                 return core.step(x, s, e)
         return f
 
+    runtimes = exported(policy, exports)
     calls = {f"{kind}_b1": (lambda rt=rt, st=rt.initial_state(1): rt.act(obs1, st, False))
-             for kind, rt in exported(policy, exports).items()}
+             for kind, rt in runtimes.items()}
+    if runtimes:  # the floor: ONNX Runtime's session.run on ready-made inputs, no wrapper around it
+        rt = runtimes["onnx"]
+        feeds = {"obs": np.asarray(obs1)[None].astype(rt.obs_dtype), "state": rt.initial_state(1),
+                 "episode_start": np.zeros(1, np.float32)}
+        calls["ortraw_b1"] = lambda: rt.session.run(None, feeds)
     return {
         **calls,
         "act_b1": lambda: policy.act(obs1, s1, episode_start=False, deterministic=True),
@@ -132,10 +138,11 @@ def exported_table(rows: List[Dict[str, Any]]) -> List[str]:
     """Batch-1 act: eager torch vs ONNX Runtime fp32 vs int8, and the gru / lstm ratio in each runtime."""
     out = ["## Exported: batch-1 act, eager torch vs ONNX Runtime (fp32 and int8), equal hidden size", "",
            "One ONNX Runtime thread, `agents.runtime.OnnxPolicy.act` (numpy in and out, state carried by the caller), "
-           "the same policy as the eager rows. Ratios gru / lstm of the p50 in each runtime.", "",
-           "| env | hidden | core | eager p50 / p99 µs | onnx p50 / p99 µs | int8 p50 / p99 µs | onnx / eager | "
-           "int8 / onnx | gru/lstm eager | gru/lstm onnx | gru/lstm int8 |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "the same policy as the eager rows; 'bare session.run' = the fp32 graph called on ready-made inputs (no "
+           "wrapper: the floor of the runtime). Ratios gru / lstm of the p50 in each runtime.", "",
+           "| env | hidden | core | eager p50 / p99 µs | onnx p50 / p99 µs | int8 p50 / p99 µs | bare session.run "
+           "p50 µs | onnx / eager | int8 / onnx | gru/lstm eager | gru/lstm onnx | gru/lstm int8 |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     sel = [r for r in rows if r["view"] == "equal hidden" and "onnx_b1_p50_us" in r]
     for r in sel:
         lstm = next(x for x in sel if x["env"] == r["env"] and x["hidden"] == r["hidden"] and x["core"] == "lstm")
@@ -144,7 +151,7 @@ def exported_table(rows: List[Dict[str, Any]]) -> List[str]:
             ratios = [f"{r[k] / lstm[k]:.2f}" for k in ("act_b1_p50_us", "onnx_b1_p50_us", "int8_b1_p50_us")]
         out.append(f"| {r['env']} | {r['hidden']} | {r['core']} | {r['act_b1_p50_us']:.0f} / {r['act_b1_p99_us']:.0f} | "
                    f"{r['onnx_b1_p50_us']:.0f} / {r['onnx_b1_p99_us']:.0f} | "
-                   f"{r['int8_b1_p50_us']:.0f} / {r['int8_b1_p99_us']:.0f} | "
+                   f"{r['int8_b1_p50_us']:.0f} / {r['int8_b1_p99_us']:.0f} | {r['ortraw_b1_p50_us']:.0f} | "
                    f"{r['onnx_b1_p50_us'] / r['act_b1_p50_us']:.2f} | {r['int8_b1_p50_us'] / r['onnx_b1_p50_us']:.2f} | "
                    + " | ".join(ratios) + " |")
     return out + [""]

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 from benchlib import provenance, write_results  # noqa: E402
 
-DEFAULT_RUNS = "results/runs/sweep_main/CartPole-P-v1__*__h64__s*/*/"
+DEFAULT_RUNS = "results/runs/sweep_main/CartPole-P-v1__{gru,lstm,mlp,mlp+fs4}__h64__s*/*/"
 
 
 def play(act, env, seeds: List[int], reference=None) -> Dict[str, float]:
@@ -100,7 +100,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out-dir", default=None, help="folder for the result files (default results/)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    runs = [Path(p) for p in (args.runs or sorted(glob.glob(str(benchlib.ROOT / DEFAULT_RUNS))))]
+    patterns = [DEFAULT_RUNS.replace("{gru,lstm,mlp,mlp+fs4}", label) for label in ("gru", "lstm", "mlp", "mlp+fs4")]
+    runs = [Path(p) for p in (args.runs or [r for pat in patterns for r in sorted(glob.glob(str(benchlib.ROOT / pat)))])]
     runs = [p for p in runs if (p / "model.zip").exists()]
     runs = [p.resolve().relative_to(benchlib.ROOT) if p.resolve().is_relative_to(benchlib.ROOT) else p for p in runs]
     if not runs:

@@ -444,6 +444,7 @@ def build_model(cfg: TrainConfig, train_env, device="cpu"):
         n_epochs=cfg.n_epochs, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, clip_range=make_schedule(cfg.clip_range),
         clip_range_vf=cfg.clip_range_vf, normalize_advantage=cfg.normalize_advantage, ent_coef=cfg.ent_coef,
         vf_coef=cfg.vf_coef, max_grad_norm=cfg.max_grad_norm, target_kl=cfg.target_kl, seed=cfg.seed,
+        use_sde=cfg.use_sde, sde_sample_freq=cfg.sde_sample_freq,
         device=device, verbose=0,
         policy_kwargs=dict(core_kwargs={"kernel": cfg.kernel}, encoder=cfg.encoder, encoder_sizes=list(cfg.encoder_sizes),
                            normalize_obs=cfg.normalize_obs,

@@ -105,6 +105,9 @@ class TrainConfig:
     activation: str = _opt("tanh", "activation of encoder and heads", choices="activations")
     ortho_init: bool = _opt(True, "orthogonal initialisation (SB3 PPO's)")
     log_std_init: float = _opt(0.0, "initial log std of Gaussian actions (Box action spaces)")
+    use_sde: bool = _opt(False, "generalized state-dependent exploration (gSDE) for Box actions, as SB3's use_sde")
+    sde_sample_freq: int = _opt(-1, "with use_sde: new exploration weights every this many rollout steps (-1: once "
+                                    "per rollout)", min=-1)
     # ------------------------------------------------------------------ PPO
     learning_rate: Schedule = _opt(3e-4, "Adam learning rate: a number or lin_<x> (linear decay x -> 0)", gt=0)
     n_steps: int = _opt(128, "rollout steps per env between updates", min=1)

@@ -29,7 +29,6 @@ export takes several seconds per policy here and rejects the ``[B, 0]`` state).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import os
@@ -281,7 +280,10 @@ def write_export(policy: RecurrentActorCriticPolicy, out_dir, int8: bool = True,
 
     The files are written to a staging folder and moved into ``out_dir`` only after the parity check passed, so a
     failed export never leaves loadable files behind (nor replaces a previous export)."""
-    policy = copy.deepcopy(policy).cpu()
+    # a CPU copy rebuilt from plain data and the weights (as load_policy does), so the caller's policy is untouched
+    copy_ = RecurrentActorCriticPolicy.from_config(policy.config())
+    copy_.load_state_dict({k: v.detach().cpu() for k, v in policy.state_dict().items()})
+    policy = copy_
     policy.set_training_mode(False)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

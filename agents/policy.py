@@ -30,6 +30,7 @@ from stable_baselines3.common.distributions import (
     CategoricalDistribution,
     DiagGaussianDistribution,
     MultiCategoricalDistribution,
+    StateDependentNoiseDistribution,
     make_proba_distribution,
 )
 from stable_baselines3.common.policies import BasePolicy
@@ -58,6 +59,10 @@ class RecurrentActorCriticPolicy(BasePolicy):
     :param activation: activation of encoder and heads (``tanh``, ``relu``, ``elu``, ``gelu``, ``leaky_relu``)
     :param ortho_init: orthogonal initialisation of linear layers as in SB3's PPO
     :param log_std_init: initial log standard deviation for Box actions
+    :param use_sde: generalized State-Dependent Exploration for Box actions (Raffin et al., "Smooth Exploration for
+        Robotic Reinforcement Learning", CoRL 2021, https://arxiv.org/abs/2005.05719; SB3's
+        ``StateDependentNoiseDistribution``): the exploration noise is a linear function of the actor's latent
+        features, with weights resampled by :meth:`reset_noise`
     :param core_kwargs: extra keyword options for the core
     :param env_id: the env id the policy is trained on (stored with the model for ``envs.make_env``)
     """
@@ -86,8 +91,8 @@ class RecurrentActorCriticPolicy(BasePolicy):
     ) -> None:
         if not isinstance(observation_space, spaces.Box):
             raise ValueError(f"observation space {observation_space} is not supported: expected a Box")
-        if use_sde:
-            raise ValueError("use_sde=True is not supported by the recurrent policy: expected use_sde=False")
+        if use_sde and not isinstance(action_space, spaces.Box):
+            raise ValueError(f"use_sde=True needs a Box action space, got {action_space}: expected use_sde=False")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation {activation!r} is unknown: expected one of {', '.join(ACTIVATIONS)}")
         if optimizer_kwargs is None:
@@ -110,6 +115,7 @@ class RecurrentActorCriticPolicy(BasePolicy):
         self.log_std_init = float(log_std_init)
         self.core_kwargs = dict(core_kwargs or {})
         self.env_id = env_id
+        self.use_sde = bool(use_sde)
         self._obs_shape = tuple(observation_space.shape)
 
         self.encoder = make_encoder(self.encoder_name, observation_space, self.encoder_sizes, ACTIVATIONS[activation],
@@ -123,8 +129,11 @@ class RecurrentActorCriticPolicy(BasePolicy):
         self.pi_net, pi_out = build_mlp(self.core_pi.output_size, self.net_arch["pi"], ACTIVATIONS[activation])
         self.vf_net, vf_out = build_mlp(self.core_pi.output_size, self.net_arch["vf"], ACTIVATIONS[activation])
 
-        self.action_dist = make_proba_distribution(action_space)
-        if isinstance(self.action_dist, DiagGaussianDistribution):
+        self.action_dist = make_proba_distribution(action_space, use_sde=self.use_sde)  # gSDE: SB3's defaults
+        if isinstance(self.action_dist, StateDependentNoiseDistribution):
+            self.action_net, self.log_std = self.action_dist.proba_distribution_net(
+                latent_dim=pi_out, latent_sde_dim=pi_out, log_std_init=self.log_std_init)
+        elif isinstance(self.action_dist, DiagGaussianDistribution):
             self.action_net, self.log_std = self.action_dist.proba_distribution_net(pi_out, log_std_init=self.log_std_init)
         else:
             self.action_net = self.action_dist.proba_distribution_net(pi_out)
@@ -164,6 +173,7 @@ class RecurrentActorCriticPolicy(BasePolicy):
             "log_std_init": self.log_std_init,
             "core_kwargs": dict(self.core_kwargs),
             "env_id": self.env_id,
+            "use_sde": self.use_sde,
         }
 
     @classmethod
@@ -221,7 +231,9 @@ class RecurrentActorCriticPolicy(BasePolicy):
         than the network itself at rollout batch sizes; the parameters come straight from the network)."""
         out = self.action_net(latent_pi)
         dist = self.action_dist
-        if isinstance(dist, DiagGaussianDistribution):
+        if isinstance(dist, StateDependentNoiseDistribution):
+            dist.proba_distribution(out, self.log_std, latent_pi)
+        elif isinstance(dist, DiagGaussianDistribution):
             dist.distribution = Normal(out, torch.ones_like(out) * self.log_std.exp(), validate_args=False)
         elif isinstance(dist, CategoricalDistribution):
             dist.distribution = Categorical(logits=out, validate_args=False)
@@ -233,6 +245,11 @@ class RecurrentActorCriticPolicy(BasePolicy):
         else:  # pragma: no cover - make_proba_distribution only returns the four above without SDE
             raise ValueError(f"action distribution {type(dist).__name__} is not supported")
         return dist
+
+    def reset_noise(self, n_envs: int = 1) -> None:
+        """Sample new gSDE exploration weights (one set per env); does nothing without ``use_sde``."""
+        if isinstance(self.action_dist, StateDependentNoiseDistribution):
+            self.action_dist.sample_weights(self.log_std, batch_size=n_envs)
 
     def _mode(self, latent_pi: torch.Tensor) -> torch.Tensor:
         """Deterministic action straight from the head (no distribution object: this is the latency path)."""

@@ -54,6 +54,8 @@ class RecurrentPPO(PPO):
     :param seq_len: truncated-BPTT length; sequences are cut at episode starts and every ``seq_len`` steps
         (``None``: only at episode starts and rollout boundaries, i.e. up to ``n_steps``)
     :param env_id: env id stored with the policy (default: read from the env's spec)
+    :param use_sde: gSDE exploration for Box actions (see ``RecurrentActorCriticPolicy``); ``sde_sample_freq``: new
+        exploration weights every this many rollout steps (-1: once per rollout), as in SB3
 
     The other parameters are SB3 ``PPO``'s, with the same meaning and defaults, except ``batch_size`` (256): a
     minibatch is a set of whole sequences holding about ``batch_size`` real steps.
@@ -88,6 +90,8 @@ class RecurrentPPO(PPO):
         vf_coef: float = 0.5,
         max_grad_norm: Optional[float] = 0.5,
         target_kl: Optional[float] = None,
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
         stats_window_size: int = 100,
         tensorboard_log: Optional[str] = None,
         policy_kwargs: Optional[Dict[str, Any]] = None,
@@ -117,7 +121,8 @@ class RecurrentPPO(PPO):
             policy, env, learning_rate=learning_rate, n_steps=n_steps, batch_size=batch_size, n_epochs=n_epochs,
             gamma=gamma, gae_lambda=gae_lambda, clip_range=clip_range, clip_range_vf=clip_range_vf,
             normalize_advantage=normalize_advantage, ent_coef=ent_coef, vf_coef=vf_coef,
-            max_grad_norm=max_grad_norm if max_grad_norm is not None else float("inf"), use_sde=False,
+            max_grad_norm=max_grad_norm if max_grad_norm is not None else float("inf"), use_sde=bool(use_sde),
+            sde_sample_freq=int(sde_sample_freq),
             target_kl=target_kl, stats_window_size=stats_window_size, tensorboard_log=tensorboard_log,
             policy_kwargs=policy_kwargs, verbose=verbose, seed=seed, device=device, _init_setup_model=False,
         )
@@ -140,7 +145,7 @@ class RecurrentPPO(PPO):
         self._setup_lr_schedule()
         self.set_random_seed(self.seed)
         self.policy = self.policy_class(self.observation_space, self.action_space, self.lr_schedule,
-                                        **self.policy_kwargs).to(self.device)
+                                        **{"use_sde": self.use_sde, **self.policy_kwargs}).to(self.device)
         if not isinstance(self.policy, RecurrentActorCriticPolicy):
             raise ValueError(f"policy {self.policy_class!r} is not a RecurrentActorCriticPolicy")
         # Unpadded fixed-length chunks where every core resets inside its kernel and a minibatch still holds at least
@@ -177,8 +182,12 @@ class RecurrentPPO(PPO):
         callback.on_rollout_start()
         state = self._last_state
         dones = self._last_episode_starts
+        if self.use_sde:
+            self.policy.reset_noise(env.num_envs)
 
         while n_steps < n_rollout_steps:
+            if self.use_sde and self.sde_sample_freq > 0 and n_steps > 0 and n_steps % self.sde_sample_freq == 0:
+                self.policy.reset_noise(env.num_envs)  # new exploration weights every sde_sample_freq steps
             with torch.no_grad():
                 obs_tensor = obs_as_tensor(self._last_obs, self.device)
                 starts = torch.as_tensor(self._last_episode_starts, dtype=torch.float32, device=self.device)

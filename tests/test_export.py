@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CASES = {
     "cartpole-p": dict(env_id="CartPole-P-v1", normalize_obs=True),
     "pendulum-novel-box": dict(env_id="PendulumNoVel-v1"),
+    "pendulum-gsde": dict(env_id="PendulumNoVel-v1", use_sde=True),
     "minigrid-uint8": dict(env_id="MiniGrid-MemoryS7-v0", view_size=3),
     "multidiscrete": dict(env_id=None, action_space=spaces.MultiDiscrete([3, 2])),
     "multibinary": dict(env_id=None, action_space=spaces.MultiBinary(3)),
@@ -47,7 +48,7 @@ def make_policy(core, case, num_layers=1, shared_core=False, seed=0):
         obs_space, act_space = spaces.Box(-2.0, 2.0, (5,), np.float32), spec["action_space"]
     policy = RecurrentActorCriticPolicy(obs_space, act_space, core=core, hidden_size=24, num_layers=num_layers,
                                         shared_core=shared_core, normalize_obs=spec.get("normalize_obs", False),
-                                        env_id=spec["env_id"])
+                                        env_id=spec["env_id"], use_sde=spec.get("use_sde", False))
     if spec.get("normalize_obs"):  # non-trivial statistics, so the export must carry them
         policy.update_obs_normalizer(np.random.default_rng(seed).normal(0.5, 2.0, size=(256, *obs_space.shape)))
     with torch.no_grad():  # larger logits than the 0.01-gain init, so argmax ties cannot hide a difference

@@ -350,3 +350,66 @@ def test_chunked_and_padded_sequences_give_the_same_loss_terms(name):
     assert shape0[1] > shape1[1]  # episode cuts: more, padded sequences
     np.testing.assert_allclose(v0, v1, atol=1e-5)
     np.testing.assert_allclose(l0, l1, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------- gSDE (state-dependent exploration)
+@pytest.mark.parametrize("name", ["gru", "lstm"])
+def test_gsde_sequence_evaluation_equals_rollout_steps(name):
+    """With gSDE the log-probs of the rollout's sampled actions are recomputed exactly over sequences with resets."""
+    torch.manual_seed(0)
+    policy = RecurrentActorCriticPolicy(spaces.Box(-1, 1, (3,), np.float32), spaces.Box(-2, 2, (2,), np.float32),
+                                        core=name, hidden_size=8, use_sde=True)
+    T, B = 10, 4
+    obs, starts = torch.randn(T, B, 3), (torch.rand(T, B) < 0.25).float()
+    policy.reset_noise(B)
+    state = state0 = policy.initial_state(B)
+    acts, logps = [], []
+    with torch.no_grad():
+        for t in range(T):
+            a, _, lp, state = policy(obs[t], state, starts[t])
+            acts.append(a), logps.append(lp)
+        _, log_prob, entropy = policy.evaluate_actions(obs, torch.stack(acts), starts, state0)
+    torch.testing.assert_close(log_prob, torch.stack(logps).reshape(-1), atol=1e-5, rtol=1e-5)
+    assert entropy.shape == (T * B,)
+
+
+def test_gsde_noise_is_state_dependent_and_resampled():
+    torch.manual_seed(0)
+    policy = RecurrentActorCriticPolicy(spaces.Box(-1, 1, (3,), np.float32), spaces.Box(-2, 2, (1,), np.float32),
+                                        core="gru", hidden_size=8, use_sde=True, log_std_init=0.0)
+    obs, state = torch.randn(2, 3), policy.initial_state(2)
+    starts = torch.ones(2)
+    policy.reset_noise(2)
+    with torch.no_grad():
+        mean = policy.mode_from_params(policy.action_net(policy.pi_net(policy.core_pi.step(
+            policy.encoder(obs), state[:, : policy._n_pi].reshape(2, 1, 8), starts)[0])))
+        a1 = policy(obs, state, starts)[0]
+        a2 = policy(obs, state, starts)[0]  # same weights, same input: the same noise (no per-step sampling)
+        policy.reset_noise(2)
+        a3 = policy(obs, state, starts)[0]
+    torch.testing.assert_close(a1, a2)
+    assert not torch.allclose(a1, a3) and not torch.allclose(a1, mean)
+    det, _ = policy.act(obs.numpy(), state, True, deterministic=True)
+    np.testing.assert_allclose(det, mean.numpy(), atol=1e-6)
+
+
+def test_gsde_needs_a_box_action_space():
+    with pytest.raises(ValueError, match="use_sde=True needs a Box action space"):
+        RecurrentActorCriticPolicy(spaces.Box(-1, 1, (3,), np.float32), spaces.Discrete(2), use_sde=True)
+
+
+def test_gsde_learns_saves_and_loads(tmp_path):
+    model = small_model("gru", gym_id="Pendulum-v1", use_sde=True, sde_sample_freq=4)
+    model.learn(64)
+    path = tmp_path / "model.zip"
+    model.save(path)
+    policy = load_policy(path)
+    assert policy.use_sde and policy.log_std.shape == model.policy.log_std.shape
+    obs = np.zeros((1, 3), np.float32)
+    a_ref, _ = model.policy.act(obs, model.policy.initial_state(1), True, deterministic=True)
+    a_new, _ = policy.act(obs, policy.initial_state(1), True, deterministic=True)
+    np.testing.assert_allclose(a_new, a_ref, atol=1e-6)
+    loaded = RecurrentPPO.load(path, device="cpu")
+    assert loaded.use_sde and loaded.sde_sample_freq == 4
+    loaded.set_env(model.get_env())
+    loaded.learn(32)

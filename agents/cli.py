@@ -776,7 +776,9 @@ def _git_commit() -> Optional[str]:
         if out.returncode != 0:
             return None
         commit = out.stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+        # results/ (benchmark outputs, the written comparison) is not code: editing it does not make a run dirty
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":!results"],
                                capture_output=True, text=True, timeout=5)
         return commit + ("-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):

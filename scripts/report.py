@@ -301,8 +301,8 @@ def analyse(runs: List[Run], thresholds, bounds, reps: int, reference: Optional[
             if not m:
                 continue
             for (label, sz), g in list(groups.items()):
-                if sz == f"h{m.group(2)}" and g[0].summary.get("core") == m.group(1) and "+fs" not in label \
-                        and (label, size) not in groups:
+                # the plain core label only: ablation variants (lstm@L2) and controls were not run in the pm group
+                if sz == f"h{m.group(2)}" and label == m.group(1) and (label, size) not in groups:
                     groups[(label, size)] = list(g)
         rows = []
         for (label, size), g in sorted(groups.items()):

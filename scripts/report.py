@@ -573,6 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "for none)")
     p.add_argument("--reps", type=int, default=2000, help="bootstrap replicates (default 2000)")
     p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.add_argument("--labels", default=None, metavar="LABEL[,LABEL...]",
+                   help="only these core labels (e.g. gru,lstm,gru@L2,lstm@L2): one readable figure per question")
     return p
 
 
@@ -587,6 +589,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ReportError(f"--reps {args.reps}: expected >= 100")
         thresholds, bounds = parse_thresholds(args.threshold), parse_bounds(args.bounds)
         runs = load_runs(sweep_dir)
+        if args.labels is not None:
+            wanted = [x.strip() for x in args.labels.split(",") if x.strip()]
+            unknown = sorted(set(wanted) - {r.label for r in runs})
+            if unknown:
+                raise ReportError(f"--labels {', '.join(unknown)}: no finished runs with that label under "
+                                  f"{str(sweep_dir)!r}; expected some of {', '.join(sorted({r.label for r in runs}))}")
+            runs = [r for r in runs if r.label in wanted]
         if not runs:
             raise ReportError(f"no finished runs under {str(sweep_dir)!r} (expected run directories with summary.json "
                               "status completed)")

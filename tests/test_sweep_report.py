@@ -221,6 +221,14 @@ def test_report_writes_plots_and_tables_with_provenance(sweep_dir, tmp_path, cap
         assert g["update_s_per_1k"] > 0 and g["rollout_s_per_1k"] > 0 and g["latency_p50_us"] > 0
     assert data["envs"]["CartPole-P-v1"]["ratios"][0]["label"] == "mlp"
     assert report.main([str(tmp_path / "empty-does-not-exist"), "--out", str(out)]) == 2
+    # --labels: one question per figure
+    only = tmp_path / "only_gru"
+    assert report.main([str(sweep_dir), "--out", str(only), "--reps", "200", "--labels", "gru", "--no-plots"]) == 0
+    groups = json.loads((only / "comparison.json").read_text())["envs"]["CartPole-P-v1"]["groups"]
+    assert {g["label"] for g in groups} == {"gru"}
+    capsys.readouterr()
+    assert report.main([str(sweep_dir), "--out", str(only), "--labels", "gru,lstm@L9"]) == 2
+    assert "--labels lstm@L9: no finished runs" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------------- latency

@@ -24,6 +24,7 @@ Needs valgrind (Debian package ``valgrind``). Writes results/instructions.json a
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import re
 import shlex
@@ -66,11 +67,14 @@ def child(runtime: str, env_id: str, core: str, hidden: int, export_dir: str, n:
             policy.act(obs, state, False)
     for _ in range(20):
         call()
+    gc.collect()
+    gc.disable()  # a collection inside the counted calls would be counted as the step's work
     pid = str(os.getpid())
     subprocess.run(["callgrind_control", "-i", "on", pid], check=True, capture_output=True)
     for _ in range(n):
         call()
     subprocess.run(["callgrind_control", "-i", "off", pid], check=True, capture_output=True)
+    gc.enable()
 
 
 def count(runtime: str, env_id: str, core: str, hidden: int, export_dir: str, n: int) -> int:
@@ -148,7 +152,8 @@ def main(argv=None) -> int:
     spread = {rt: abs(repeat[rt] / first[f"{rt}_instructions"] - 1) for rt in RUNTIMES}
     print(f"repeat of the first row: {repeat} (relative difference {spread})", flush=True)
     table = [f"Instructions per batch-1 acting step (valgrind callgrind, {args.n} counted calls after 20 warm-up calls, "
-             "the count of a zero-call run subtracted), deterministic act, state not reset. eager = torch "
+             "the count of a zero-call run subtracted; Python's garbage collector off while counting), deterministic "
+             "act, state not reset. eager = torch "
              "`policy.act` (1 thread, fused kernels); onnx / int8 = `agents.runtime.OnnxPolicy.act` on the exported "
              "float32 / int8 file (ONNX Runtime, 1 thread). Repeatable to a fraction of a percent, unlike wall-clock "
              "on this machine; an instruction is not a fixed time, so read them as work, not latency.", "",

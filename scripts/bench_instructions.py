@@ -155,8 +155,9 @@ def main(argv=None) -> int:
              "the count of a zero-call run subtracted; Python's garbage collector off while counting), deterministic "
              "act, state not reset. eager = torch "
              "`policy.act` (1 thread, fused kernels); onnx / int8 = `agents.runtime.OnnxPolicy.act` on the exported "
-             "float32 / int8 file (ONNX Runtime, 1 thread). Repeatable to a fraction of a percent, unlike wall-clock "
-             "on this machine; an instruction is not a fixed time, so read them as work, not latency.", "",
+             "float32 / int8 file (ONNX Runtime, 1 thread). Counts do not depend on what else the machine runs, unlike "
+             "wall-clock here (the repeat line below shows their spread); an instruction is not a fixed time, so "
+             "read them as work, not latency.", "",
              "| env | hidden | core | eager k instr. | onnx k instr. | int8 k instr. | onnx / eager | int8 / onnx | "
              "gru/lstm eager | gru/lstm onnx | gru/lstm int8 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

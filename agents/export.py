@@ -255,9 +255,14 @@ def export_policy(source, out_dir=None, int8: bool = True, opset: int = DEFAULT_
     from .serialization import _model_path, load_policy
 
     model_path = _model_path(source)
-    out = Path(out_dir) if out_dir is not None else model_path.parent / "export"
+    out = Path(out_dir) if out_dir is not None else default_export_dir(model_path)
     return write_export(load_policy(model_path), out, int8=int8, opset=opset, check=check, source=str(model_path),
                         make_env_kwargs=run_env_kwargs(model_path.parent))
+
+
+def default_export_dir(model_path) -> Path:
+    """Where ``export_policy`` writes without ``out_dir``: ``export/`` beside the model file."""
+    return Path(model_path).parent / "export"
 
 
 def run_env_kwargs(run_dir) -> Dict[str, Any]:
@@ -362,7 +367,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (FileNotFoundError, ValueError, ExportError) as exc:
         print(f"export_policy: error: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else Path(manifest["source"]).parent / "export"  # as export_policy chose
+    out = Path(args.out) if args.out else default_export_dir(manifest["source"])
     print(f"exported {manifest['core']} policy ({manifest['env_id']}, state size {manifest['state_size']}) to {out}")
     for precision, info in manifest["files"].items():
         line = f"  {precision:5s} {info['path']:18s} {info['bytes'] / 1024:8.1f} KiB"

@@ -122,20 +122,19 @@ def main(argv=None) -> int:
     from bench_latency import build_policy
     from benchlib import provenance, write_results
 
-    from agents.export import write_export
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     hidden = [int(h) for h in args.hidden_sizes.split(",")]
     cores = [c.strip() for c in args.cores.split(",")]
-    base = {rt: count(rt, "CartPole-P-v1", "gru", 64, _export(build_policy, write_export, "CartPole-P-v1", "gru", 64)
+    base = {rt: count(rt, "CartPole-P-v1", "gru", 64, _export(build_policy, "CartPole-P-v1", "gru", 64)
                       if rt != "eager" else "", 0) for rt in RUNTIMES}
     print(f"switching overhead (0 calls): {base}", flush=True)
     rows: List[Dict[str, object]] = []
     for env_id in [e.strip() for e in args.envs.split(",")]:
         for h in hidden:
             for core in cores:
-                export_dir = _export(build_policy, write_export, env_id, core, h)
+                export_dir = _export(build_policy, env_id, core, h)
                 row = {"env": env_id, "core": core, "hidden": h}
                 for rt in RUNTIMES:
                     total = count(rt, env_id, core, h, export_dir if rt != "eager" else "", args.n)
@@ -147,7 +146,7 @@ def main(argv=None) -> int:
 
     first = rows[0]
     repeat = {rt: (count(rt, first["env"], first["core"], first["hidden"],
-                         _export(build_policy, write_export, first["env"], first["core"], first["hidden"])
+                         _export(build_policy, first["env"], first["core"], first["hidden"])
                          if rt != "eager" else "", args.n) - base[rt]) / args.n for rt in RUNTIMES}
     spread = {rt: abs(repeat[rt] / first[f"{rt}_instructions"] - 1) for rt in RUNTIMES}
     print(f"repeat of the first row: {repeat} (relative difference {spread})", flush=True)
@@ -170,9 +169,9 @@ def main(argv=None) -> int:
                      + " | ".join(f"{r[f'{rt}_instructions'] / 1e3:,.0f}" for rt in RUNTIMES) + " | "
                      f"{r['onnx_instructions'] / r['eager_instructions']:.2f} | "
                      f"{r['int8_instructions'] / r['onnx_instructions']:.2f} | " + " | ".join(ratios) + " |")
-    table += ["", f"Repeatability: the first row counted again in fresh processes (and a fresh export) differs by "
+    table += ["", "Repeatability: the first row counted again in fresh processes (and a fresh export) differs by "
                   + ", ".join(f"{rt} {100 * v:.2f}%" for rt, v in spread.items()) + ".",
-              "", f"Switching overhead subtracted (instructions of a zero-call run): "
+              "", "Switching overhead subtracted (instructions of a zero-call run): "
                   + ", ".join(f"{rt} {v:,}" for rt, v in base.items()) + ".",
               "", f"Total benchmark time {time.perf_counter() - t0:.0f} s."]
     print("\n".join(table))
@@ -187,16 +186,12 @@ def main(argv=None) -> int:
     return 0
 
 
-_EXPORTS: List[tempfile.TemporaryDirectory] = []
-
-
-def _export(build_policy, write_export, env_id: str, core: str, hidden: int) -> str:
+def _export(build_policy, env_id: str, core: str, hidden: int) -> str:
     """The policy bench_latency.py times, exported (float32 + int8) to a temporary folder kept until exit."""
+    import benchlib
+
     policy, _, _ = build_policy(env_id, core, hidden)
-    tmp = tempfile.TemporaryDirectory()
-    _EXPORTS.append(tmp)
-    write_export(policy, tmp.name, int8=True, check=True)
-    return tmp.name
+    return benchlib.export_to_temp(policy)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -83,21 +82,15 @@ def configurations(env_id: str, hidden_sizes: List[int]) -> List[Dict[str, Any]]
     return out
 
 
-_EXPORT_DIRS: List[Any] = []  # temporary export folders, kept until the process ends
-
-
 def exported(policy, exports: bool):
     """``{"onnx": OnnxPolicy, "int8": OnnxPolicy}`` for ``policy`` exported to a temporary folder (``{}`` when
     ``exports`` is off)."""
     if not exports:
         return {}
-    from agents.export import write_export
     from agents.runtime import OnnxPolicy
 
-    tmp = tempfile.TemporaryDirectory()
-    _EXPORT_DIRS.append(tmp)
-    write_export(policy, tmp.name, int8=True, check=True)
-    return {"onnx": OnnxPolicy(tmp.name, "fp32", threads=1), "int8": OnnxPolicy(tmp.name, "int8", threads=1)}
+    folder = benchlib.export_to_temp(policy)
+    return {"onnx": OnnxPolicy(folder, "fp32", threads=1), "int8": OnnxPolicy(folder, "int8", threads=1)}
 
 
 def timers(c: Dict[str, Any], batch: int, exports: bool = True):

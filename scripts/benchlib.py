@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Dict, List
@@ -77,3 +78,17 @@ def write_results(name: str, payload: Dict[str, object], table: List[str]) -> No
               f"({m['torch_threads']} thread(s)), Python {m['python']}.", "",
               f"Reproduce: `{prov['command']}`", ""]
     (RESULTS / f"{name}.md").write_text("\n".join(header + table) + "\n")
+
+
+_EXPORT_DIRS: List[tempfile.TemporaryDirectory] = []  # temporary export folders, kept until the process ends
+
+
+def export_to_temp(policy) -> str:
+    """``policy`` exported (ONNX float32 + int8, parity-checked, ``agents.export.write_export``) to a temporary
+    folder that lives until the process ends; returns the folder."""
+    from agents.export import write_export
+
+    tmp = tempfile.TemporaryDirectory()
+    _EXPORT_DIRS.append(tmp)
+    write_export(policy, tmp.name, int8=True, check=True)
+    return tmp.name

@@ -178,21 +178,11 @@ def build_cells(labels: Sequence[str], env_ids: Sequence[str], seeds: Sequence[i
                             hidden = int(ref_h)
                         else:
                             match = str(value)
-                    if hidden is not None:
-                        argv += ["--hidden-size", str(hidden)]
-                        overrides["hidden_size"] = hidden
-                    if match is not None:
-                        argv += ["--match-params", match]
-                        overrides["match_params"] = match
-                    if total_timesteps is not None:
-                        argv += ["--total-timesteps", str(total_timesteps)]
-                        overrides["total_timesteps"] = total_timesteps
-                    if n_envs is not None:
-                        argv += ["--n-envs", str(n_envs)]
-                        overrides["n_envs"] = n_envs
-                    if device is not None:
-                        argv += ["--device", device]
-                        overrides["device"] = device
+                    for key, value in (("hidden_size", hidden), ("match_params", match),
+                                       ("total_timesteps", total_timesteps), ("n_envs", n_envs), ("device", device)):
+                        if value is not None:  # the train_agent flag and the config key of the cell record
+                            argv += ["--" + key.replace("_", "-"), str(value)]
+                            overrides[key] = value
                     if config is not None:
                         argv += ["--config", str(Path(config).resolve())]
                     sets = list(set_items) + ([f"frame_stack={k}"] if k > 1 else [])

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -18,7 +17,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 import envs  # noqa: E402
-from agents import RecurrentPPO, load_policy  # noqa: E402
+from agents import RecurrentPPO  # noqa: E402
 from agents.export import FILES, main as export_main, write_export  # noqa: E402
 from agents.policy import RecurrentActorCriticPolicy  # noqa: E402
 from agents.runtime import MANIFEST_NAME, ExportError, OnnxPolicy, file_sha256  # noqa: E402

@@ -178,11 +178,12 @@ def build_cells(labels: Sequence[str], env_ids: Sequence[str], seeds: Sequence[i
                             hidden = int(ref_h)
                         else:
                             match = str(value)
-                    for key, value in (("hidden_size", hidden), ("match_params", match),
-                                       ("total_timesteps", total_timesteps), ("n_envs", n_envs), ("device", device)):
-                        if value is not None:  # the train_agent flag and the config key of the cell record
-                            argv += ["--" + key.replace("_", "-"), str(value)]
-                            overrides[key] = value
+                    for key, flag_value in (("hidden_size", hidden), ("match_params", match),
+                                            ("total_timesteps", total_timesteps), ("n_envs", n_envs),
+                                            ("device", device)):
+                        if flag_value is not None:  # the train_agent flag and the config key of the cell record
+                            argv += ["--" + key.replace("_", "-"), str(flag_value)]
+                            overrides[key] = flag_value
                     if config is not None:
                         argv += ["--config", str(Path(config).resolve())]
                     sets = list(set_items) + ([f"frame_stack={k}"] if k > 1 else [])

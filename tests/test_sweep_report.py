@@ -111,6 +111,13 @@ def test_grid_cells_sizes_and_labels():
     lstm = next(c for c in only_matched if c.core == "lstm")
     assert lstm.cell_id == "CartPole-P-v1__lstm@abl__pm-lstm128__s0" and lstm.hidden_size == 128
     assert "--hidden-size" in lstm.argv and "--match-params" not in lstm.argv
+    # every seed of every size keeps that size's flags (a loop variable once leaked into the next seed's size)
+    many = sweep.build_cells(["gru"], ["CartPole-P"], [0, 1, 2], sweep.size_specs(["64", "96"], ["lstm:64"]), 512, [])
+    assert len(many) == 9
+    for cell in many:
+        size_flag = "--match-params" if cell.size.startswith("pm-") else "--hidden-size"
+        expected = "lstm:64" if cell.size.startswith("pm-") else cell.size[1:]
+        assert cell.argv[cell.argv.index(size_flag) + 1] == expected, cell.cell_id
 
 
 def test_bad_input_fails_before_anything_starts(tmp_path, capsys):

@@ -364,7 +364,7 @@ def _setup_torch(cfg: TrainConfig):
 def _env_fn(cfg: TrainConfig):
     from envs import make_env
     return partial(make_env, cfg.env, view_size=cfg.view_size, max_episode_steps=cfg.max_episode_steps,
-                   frame_stack=cfg.frame_stack)
+                   frame_stack=cfg.frame_stack, action_set=None if cfg.action_set == "all" else cfg.action_set)
 
 
 def _make_one_env(cfg: TrainConfig):

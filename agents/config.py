@@ -72,6 +72,8 @@ class TrainConfig:
     # ------------------------------------------------------------------ env
     view_size: Optional[int] = _opt(None, "MiniGrid only: the agent's view size (odd, >= 3); null: minigrid's 7",
                                     min=3, odd=True)
+    action_set: str = _opt("all", "MiniGrid only: all (minigrid's 7 actions) or move (turn left, turn right, "
+                                  "forward)", choices=("all", "move"))
     max_episode_steps: Optional[int] = _opt(None, "episode step limit (null: the env's own)", min=1)
     frame_stack: int = _opt(1, "observations stacked into one (the frame-stacking control: a memoryless core "
                                "given the last k observations); 1: no stacking", min=1)

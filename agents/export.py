@@ -273,7 +273,10 @@ def run_env_kwargs(run_dir) -> Dict[str, Any]:
     import yaml
 
     cfg = yaml.safe_load(run_config.read_text()) or {}
-    return {k: cfg[k] for k in ("view_size", "frame_stack", "max_episode_steps") if cfg.get(k) is not None}
+    kwargs = {k: cfg[k] for k in ("view_size", "frame_stack", "max_episode_steps") if cfg.get(k) is not None}
+    if cfg.get("action_set") not in (None, "all"):
+        kwargs["action_set"] = cfg["action_set"]
+    return kwargs
 
 
 def write_export(policy: RecurrentActorCriticPolicy, out_dir, int8: bool = True, opset: int = DEFAULT_OPSET,

@@ -11,9 +11,11 @@ uses. See ``envs/README.md`` for the table of ids.
 
 from .masked import MASKED_ENVS, KeepDims, MaskedEnvSpec, ZeroDims
 from .minigrid_obs import (
+    ACTION_SETS,
     CHANNEL_SIZES,
     NUM_DIRECTIONS,
     MiniGridObsLayout,
+    MiniGridMoveActions,
     MiniGridObsWrapper,
     MiniGridSymbolicObs,
     minigrid_obs_layout,
@@ -47,6 +49,8 @@ __all__ = [
     "KeepDims",
     "ZeroDims",
     "MiniGridSymbolicObs",
+    "MiniGridMoveActions",
+    "ACTION_SETS",
     "MiniGridObsWrapper",
     "MiniGridObsLayout",
     "minigrid_obs_layout",

@@ -48,6 +48,8 @@ __all__ = [
     "CHANNEL_SIZES",
     "NUM_DIRECTIONS",
     "validate_view_size",
+    "MiniGridMoveActions",
+    "ACTION_SETS",
 ]
 
 #: Number of values each image channel takes: (object types, colors, states) = (11, 6, 3).
@@ -179,3 +181,26 @@ class MiniGridSymbolicObs(gym.ObservationWrapper, gym.utils.RecordConstructorArg
 
 #: Alias of :class:`MiniGridSymbolicObs`.
 MiniGridObsWrapper = MiniGridSymbolicObs
+
+
+#: MiniGrid action sets: ``all`` = minigrid's 7 actions; ``move`` = its first three, turn left, turn right and
+#: forward (pickup, drop, toggle and done do nothing in the navigation and memory tasks).
+ACTION_SETS = ("all", "move")
+
+
+class MiniGridMoveActions(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
+    """Only MiniGrid's movement actions: ``Discrete(3)`` = 0 turn left, 1 turn right, 2 forward.
+
+    These are minigrid's own action numbers 0-2, so actions pass through unchanged; only the space shrinks
+    (the reference recurrent-PPO setups for MiniGrid-Memory use these three actions).
+    """
+
+    def __init__(self, env: gym.Env):
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.ActionWrapper.__init__(self, env)
+        if not (isinstance(env.action_space, spaces.Discrete) and env.action_space.n >= 3):
+            raise ValueError(f"MiniGridMoveActions needs MiniGrid's Discrete(7) actions, got {env.action_space!r}")
+        self.action_space = spaces.Discrete(3)
+
+    def action(self, action):
+        return action

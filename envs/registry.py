@@ -13,7 +13,7 @@ from gymnasium.envs.registration import EnvSpec, WrapperSpec
 from gymnasium.error import DependencyNotInstalled
 
 from .masked import MASKED_ENVS, MaskedEnvSpec
-from .minigrid_obs import MiniGridSymbolicObs, validate_view_size
+from .minigrid_obs import ACTION_SETS, MiniGridMoveActions, MiniGridSymbolicObs, validate_view_size
 
 __all__ = [
     "ENV_IDS",
@@ -168,6 +168,7 @@ def make_env(
     env_id: str,
     *,
     view_size: int | None = None,
+    action_set: str | None = None,
     render_mode: str | None = None,
     max_episode_steps: int | None = None,
     frame_stack: int | None = None,
@@ -179,6 +180,8 @@ def make_env(
         env_id: a project id (:data:`ENV_IDS`), an alias (:data:`ALIASES`), any ``MiniGrid-*`` id, or any
             other gymnasium id (passed through unwrapped, e.g. ``"CartPole-v1"`` as a fully observed control).
         view_size: MiniGrid only: the agent's view size (odd int >= 3; minigrid's default is 7).
+        action_set: MiniGrid only: ``"all"`` (minigrid's 7 actions, the default) or ``"move"`` (turn left, turn
+            right, forward: ``Discrete(3)``, the action numbers unchanged).
         render_mode: passed to the env (``None`` or e.g. ``"rgb_array"``).
         max_episode_steps: override the episode limit (positive int).
         frame_stack: stack the last k observations into one flat vector (oldest first, zeros before the episode's
@@ -201,18 +204,24 @@ def make_env(
     if frame_stack is not None and frame_stack != 1:
         if isinstance(frame_stack, bool) or not isinstance(frame_stack, int) or frame_stack < 1:
             raise ValueError(f"frame_stack must be None or a positive int, got {frame_stack!r}")
-        env = make_env(canonical, view_size=view_size, render_mode=render_mode, max_episode_steps=max_episode_steps,
-                       **unexpected)
+        env = make_env(canonical, view_size=view_size, action_set=action_set, render_mode=render_mode,
+                       max_episode_steps=max_episode_steps, **unexpected)
         return stack_frames(env, frame_stack)
 
     if unexpected:
-        expected = _COMMON_KWARGS + (", view_size" if minigrid_env else " (view_size: MiniGrid-* ids only)")
+        expected = _COMMON_KWARGS + (", view_size, action_set" if minigrid_env
+                                     else " (view_size, action_set: MiniGrid-* ids only)")
         raise ValueError(
             f"make_env({env_id!r}) got unknown keyword argument(s) {', '.join(sorted(unexpected))}; "
             f"expected: {expected}"
         )
     if view_size is not None and not minigrid_env:
         raise ValueError(f"view_size={view_size!r} applies only to MiniGrid-* ids, not {canonical!r}")
+    if action_set is not None:
+        if action_set not in ACTION_SETS:
+            raise ValueError(f"action_set must be one of {', '.join(ACTION_SETS)} (or None), got {action_set!r}")
+        if not minigrid_env and action_set != "all":
+            raise ValueError(f"action_set={action_set!r} applies only to MiniGrid-* ids, not {canonical!r}")
 
     make_kwargs: dict[str, Any] = {}
     if render_mode is not None:
@@ -251,7 +260,8 @@ def make_env(
             raise ValueError(
                 f"{canonical} does not accept these arguments {make_kwargs}: {_first_line(e)}"
             ) from e
-        return MiniGridSymbolicObs(env)
+        env = MiniGridSymbolicObs(env)
+        return MiniGridMoveActions(env) if action_set == "move" else env
 
     return _make(canonical, make_kwargs)
 

@@ -206,6 +206,8 @@ def run_main(argv, capsys) -> tuple[int, str, str]:
     (["--match-params", "rnn:128"], "match_params='rnn:128'"),
     (["--hidden-size", "64", "--match-params", "lstm:64"], "not allowed with argument"),
     (["--env", "CartPole-P-v1", "--set", "view_size=3"], "view_size=3"),
+    (["--env", "CartPole-P-v1", "--set", "action_set=move"], "action_set='move'"),
+    (["--set", "action_set=turn"], "action_set='turn'"),
     (["--set", "normalize_obs=true"], "normalize_obs=true"),
     (["--config", "/nonexistent/cfg.yaml"], "does not exist"),
     (["--resume", "/nonexistent/run"], "no such directory"),

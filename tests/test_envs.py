@@ -250,6 +250,35 @@ def test_view_size_validation():
         make_env("CartPole-P-v1", view_size=3)
 
 
+def test_minigrid_move_action_set():
+    full = make_env("MiniGrid-Memory", view_size=3)
+    move = make_env("MiniGrid-Memory", view_size=3, action_set="move")
+    assert full.action_space == gym.spaces.Discrete(7) and move.action_space == gym.spaces.Discrete(3)
+    assert make_env("MiniGrid-Memory", action_set="all").action_space == gym.spaces.Discrete(7)
+    # the three actions are minigrid's own 0-2 (left, right, forward): same trajectory as the full action set
+    rng = np.random.default_rng(0)
+    actions = rng.integers(0, 3, size=60)
+    obs_full, _ = full.reset(seed=5)
+    obs_move, _ = move.reset(seed=5)
+    assert np.array_equal(obs_full, obs_move)
+    for a in actions:
+        a_full = full.step(int(a))
+        a_move = move.step(int(a))
+        for x, y in zip(a_full[:4], a_move[:4]):
+            assert np.array_equal(x, y)
+        if a_full[2] or a_full[3]:
+            break
+    assert move.unwrapped.agent_dir == full.unwrapped.agent_dir
+    # stacks with frame stacking
+    assert make_env("MiniGrid-Memory", view_size=3, action_set="move", frame_stack=2).action_space.n == 3
+    for bad in ("mov", "MOVE", 3, ""):
+        with pytest.raises(ValueError, match="action_set") as info:
+            make_env("MiniGrid-Memory", action_set=bad)
+        assert repr(bad) in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="MiniGrid"):
+        make_env("CartPole-P-v1", action_set="move")
+
+
 def test_unknown_kwargs_and_bad_values():
     with pytest.raises(ValueError, match="colour") as info:
         make_env("CartPole-P-v1", colour="red")

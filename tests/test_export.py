@@ -18,7 +18,7 @@ pytest.importorskip("onnx")
 
 import envs  # noqa: E402
 from agents import RecurrentPPO  # noqa: E402
-from agents.export import FILES, main as export_main, write_export  # noqa: E402
+from agents.export import FILES, main as export_main, run_env_kwargs, write_export  # noqa: E402
 from agents.policy import RecurrentActorCriticPolicy  # noqa: E402
 from agents.runtime import MANIFEST_NAME, ExportError, OnnxPolicy, file_sha256  # noqa: E402
 
@@ -175,7 +175,7 @@ def test_export_policy_command_writes_onnx_int8_and_manifest(saved_model, tmp_pa
     assert manifest["parity"]["fp32"]["action_agreement"] == 1.0
     assert manifest["make_env_kwargs"] == {}
     # default output directory: beside the model; a run directory's env wrappers (config.yaml) go into the manifest
-    (saved_model.parent / "config.yaml").write_text("frame_stack: 4\nview_size: null\n")
+    (saved_model.parent / "config.yaml").write_text("frame_stack: 4\nview_size: null\naction_set: all\n")
     try:
         assert export_main([str(saved_model), "--no-int8", "--no-check"]) == 0
     finally:
@@ -184,6 +184,16 @@ def test_export_policy_command_writes_onnx_int8_and_manifest(saved_model, tmp_pa
         "frame_stack": 4}
     assert (saved_model.parent / "export" / "policy.onnx").exists()
     assert not (saved_model.parent / "export" / "policy.int8.onnx").exists()
+
+
+def test_run_env_kwargs_rebuild_the_training_env(tmp_path):
+    assert run_env_kwargs(tmp_path) == {}
+    (tmp_path / "config.yaml").write_text("env: MiniGrid-MemoryS7-v0\nview_size: 3\naction_set: move\n"
+                                          "max_episode_steps: 64\nframe_stack: 1\n")
+    kwargs = run_env_kwargs(tmp_path)
+    assert kwargs == {"view_size": 3, "action_set": "move", "max_episode_steps": 64, "frame_stack": 1}
+    env = envs.make_env("MiniGrid-MemoryS7-v0", **kwargs)
+    assert env.action_space.n == 3 and env.observation_space.shape == (28,)
 
 
 def test_export_policy_bad_source_is_one_line(tmp_path, capsys):

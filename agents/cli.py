@@ -361,7 +361,8 @@ def _setup_torch(cfg: TrainConfig):
     return get_device(cfg.device)
 
 
-def _env_fn(cfg: TrainConfig):
+def env_factory(cfg: TrainConfig):
+    """A no-argument function building one env as train_agent does for ``cfg`` (view, actions, limit, stacking)."""
     from envs import make_env
     return partial(make_env, cfg.env, view_size=cfg.view_size, max_episode_steps=cfg.max_episode_steps,
                    frame_stack=cfg.frame_stack, action_set=None if cfg.action_set == "all" else cfg.action_set)
@@ -370,7 +371,7 @@ def _env_fn(cfg: TrainConfig):
 def _make_one_env(cfg: TrainConfig):
     import envs
     try:
-        return _env_fn(cfg)()
+        return env_factory(cfg)()
     except envs.MissingDependencyError as exc:
         raise CLIError(_one_line(exc)) from None
     except ValueError as exc:
@@ -410,7 +411,7 @@ def make_envs(cfg: TrainConfig, seed: int, vecnormalize: Optional[Path] = None):
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
 
-    env_fn = _env_fn(cfg)
+    env_fn = env_factory(cfg)
     if cfg.vec_env == "subproc":
         # workers ignore SIGINT/SIGTERM (inherited): on Ctrl-C only this process reacts, saves and closes them
         old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}

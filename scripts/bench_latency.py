@@ -1,6 +1,6 @@
 """Per-step inference latency of each core's policy: batch 1 and batch N, equal hidden size and equal parameters.
 
-For each env (CartPole-P-v1: 2 floats; MiniGrid-Memory: the 3x3 symbolic view of configs/minigrid_memory.yaml) and
+For each env (CartPole-P-v1: 2 floats; MiniGrid-Memory: the symbolic view and actions of configs/minigrid_memory.yaml) and
 each hidden size H, the policy train_agent builds (its family config, ``agents.cli.build_model``) is timed:
 
 * equal hidden size: gru, lstm and mlp at H units;
@@ -42,14 +42,13 @@ ENVS = ("CartPole-P-v1", "MiniGrid-Memory")
 
 def build_policy(env_id: str, core: str, hidden: int):
     """The policy train_agent would train for ``env_id`` (its family config) with this core and hidden size."""
-    import envs
-    from agents.cli import build_model
+    from agents.cli import build_model, env_factory
     from agents.config import resolve_config
     from stable_baselines3.common.env_util import make_vec_env
 
     warnings.filterwarnings("ignore", message=".*mini-batch size.*")  # n_envs=1 here; never trained
     cfg = resolve_config(env=env_id, overrides={"core": core, "hidden_size": hidden, "n_envs": 1, "device": "cpu"})
-    venv = make_vec_env(lambda: envs.make_env(cfg.env, view_size=cfg.view_size), n_envs=1, seed=0)
+    venv = make_vec_env(env_factory(cfg), n_envs=1, seed=0)
     policy = build_model(cfg, venv, "cpu").policy
     obs = venv.reset()[0]
     venv.close()

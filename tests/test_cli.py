@@ -110,7 +110,8 @@ def test_train_agent_gru_minigrid_memory_writes_a_run(runs):
     assert summary["total_timesteps"] == 256 and summary["eval_success_rate"] is not None
     assert summary["latency_p50_us"] > 0 and summary["steps_per_s"] > 0 and summary["parameters"] > 0
     cfg = TrainConfig.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()), "config.yaml")
-    assert (cfg.core, cfg.n_steps, cfg.total_timesteps, cfg.view_size) == ("gru", 32, 256, 3)
+    assert (cfg.core, cfg.n_steps, cfg.total_timesteps, cfg.view_size) == ("gru", 32, 256, 7)
+    assert (cfg.action_set, cfg.max_episode_steps) == ("move", 64)  # configs/minigrid_memory.yaml
     policy = load_policy(run_dir / "model.zip")
     assert policy.env_id == "MiniGrid-MemoryS7-v0" and policy.hidden_size == cfg.hidden_size
     last = res.stdout.strip().splitlines()[-1]  # the final summary line
@@ -299,7 +300,7 @@ def test_print_config_applies_match_params(capsys):
     cfg = yaml.safe_load(out)
     # the core's input is the MiniGrid encoder's output (encoder_sizes[-1] = 64 in minigrid_memory.yaml)
     assert cfg["hidden_size"] == match_hidden_size("gru", "lstm", 128, input_size=64) != 128
-    assert cfg["match_params"] == "lstm:128" and cfg["view_size"] == 3
+    assert cfg["match_params"] == "lstm:128" and cfg["view_size"] == 7
 
 
 # ---------------------------------------------------------------------------------------------- configs

@@ -162,6 +162,17 @@ def test_learn_logs_and_updates(name, tmp_path):
         assert key in logged and np.isfinite(logged[key]), key
 
 
+def test_target_kl_stops_the_epochs_early():
+    # batch 16 of a 32-step rollout: the first minibatch sees the unchanged policy (KL 0); after its step the
+    # second minibatch's KL exceeds a tiny target, so the update ends in its first epoch
+    runs = {}
+    for target in (None, 1e-9):
+        model = small_model("gru", n_epochs=5, batch_size=16, target_kl=target)
+        model.learn(32)
+        runs[target] = model._n_updates
+    assert runs == {None: 5, 1e-9: 1}
+
+
 @pytest.mark.parametrize("env_id", ["Pendulum-v1", "Acrobot-v1"])
 def test_learn_box_and_other_discrete(env_id):
     model = small_model("lstm", gym_id=env_id, seq_len=5)

@@ -111,7 +111,7 @@ def test_train_agent_gru_minigrid_memory_writes_a_run(runs):
     assert summary["latency_p50_us"] > 0 and summary["steps_per_s"] > 0 and summary["parameters"] > 0
     cfg = TrainConfig.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()), "config.yaml")
     assert (cfg.core, cfg.n_steps, cfg.total_timesteps, cfg.view_size) == ("gru", 32, 256, 7)
-    assert (cfg.action_set, cfg.max_episode_steps) == ("move", 64)  # configs/minigrid_memory.yaml
+    assert (cfg.action_set, cfg.max_episode_steps) == ("move", 16)  # the config's actions; TINY_SET's limit
     policy = load_policy(run_dir / "model.zip")
     assert policy.env_id == "MiniGrid-MemoryS7-v0" and policy.hidden_size == cfg.hidden_size
     last = res.stdout.strip().splitlines()[-1]  # the final summary line

@@ -364,8 +364,9 @@ def _setup_torch(cfg: TrainConfig):
 def env_factory(cfg: TrainConfig):
     """A no-argument function building one env as train_agent does for ``cfg`` (view, actions, limit, stacking)."""
     from envs import make_env
-    return partial(make_env, cfg.env, view_size=cfg.view_size, max_episode_steps=cfg.max_episode_steps,
-                   frame_stack=cfg.frame_stack, action_set=cfg.action_set)
+
+    from .config import ENV_OPTIONS
+    return partial(make_env, cfg.env, **{key: getattr(cfg, key) for key in ENV_OPTIONS})
 
 
 def _make_one_env(cfg: TrainConfig):

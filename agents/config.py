@@ -50,6 +50,11 @@ def _opt(default: Any, doc: str, **rules: Any) -> Any:
     return field(default=default, metadata={"doc": doc, **rules})
 
 
+#: The TrainConfig keys that are ``envs.make_env`` options (how train_agent builds each env; export manifests
+#: record them so an exported policy's env can be rebuilt).
+ENV_OPTIONS = ("view_size", "action_set", "max_episode_steps", "frame_stack")
+
+
 @dataclass
 class TrainConfig:
     """Everything a ``train_agent`` run needs. Field docs are what ``train_agent --help`` prints."""

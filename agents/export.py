@@ -272,11 +272,11 @@ def run_env_kwargs(run_dir) -> Dict[str, Any]:
         return {}
     import yaml
 
+    from .config import ENV_OPTIONS
+
     cfg = yaml.safe_load(run_config.read_text()) or {}
-    kwargs = {k: cfg[k] for k in ("view_size", "frame_stack", "max_episode_steps") if cfg.get(k) is not None}
-    if cfg.get("action_set") not in (None, "all"):
-        kwargs["action_set"] = cfg["action_set"]
-    return kwargs
+    # unset options and minigrid's own action set are make_env's defaults: left out
+    return {k: cfg[k] for k in ENV_OPTIONS if cfg.get(k) is not None and (k, cfg[k]) != ("action_set", "all")}
 
 
 def write_export(policy: RecurrentActorCriticPolicy, out_dir, int8: bool = True, opset: int = DEFAULT_OPSET,

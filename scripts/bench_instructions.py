@@ -119,22 +119,20 @@ def main(argv=None) -> int:
 
     sys.path.insert(0, str(HERE))
     import benchlib
-    from bench_latency import build_policy
     from benchlib import provenance, write_results
-
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     hidden = [int(h) for h in args.hidden_sizes.split(",")]
     cores = [c.strip() for c in args.cores.split(",")]
-    base = {rt: count(rt, "CartPole-P-v1", "gru", 64, _export(build_policy, "CartPole-P-v1", "gru", 64)
+    base = {rt: count(rt, "CartPole-P-v1", "gru", 64, _export("CartPole-P-v1", "gru", 64)
                       if rt != "eager" else "", 0) for rt in RUNTIMES}
     print(f"switching overhead (0 calls): {base}", flush=True)
     rows: List[Dict[str, object]] = []
     for env_id in [e.strip() for e in args.envs.split(",")]:
         for h in hidden:
             for core in cores:
-                export_dir = _export(build_policy, env_id, core, h)
+                export_dir = _export(env_id, core, h)
                 row = {"env": env_id, "core": core, "hidden": h}
                 for rt in RUNTIMES:
                     total = count(rt, env_id, core, h, export_dir if rt != "eager" else "", args.n)
@@ -146,7 +144,7 @@ def main(argv=None) -> int:
 
     first = rows[0]
     repeat = {rt: (count(rt, first["env"], first["core"], first["hidden"],
-                         _export(build_policy, first["env"], first["core"], first["hidden"])
+                         _export(first["env"], first["core"], first["hidden"])
                          if rt != "eager" else "", args.n) - base[rt]) / args.n for rt in RUNTIMES}
     spread = {rt: abs(repeat[rt] / first[f"{rt}_instructions"] - 1) for rt in RUNTIMES}
     print(f"repeat of the first row: {repeat} (relative difference {spread})", flush=True)
@@ -186,9 +184,10 @@ def main(argv=None) -> int:
     return 0
 
 
-def _export(build_policy, env_id: str, core: str, hidden: int) -> str:
+def _export(env_id: str, core: str, hidden: int) -> str:
     """The policy bench_latency.py times, exported (float32 + int8) to a temporary folder kept until exit."""
     import benchlib
+    from bench_latency import build_policy
 
     policy, _, _ = build_policy(env_id, core, hidden)
     return benchlib.export_to_temp(policy)

@@ -4,6 +4,7 @@ elsewhere")."""
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -356,12 +357,16 @@ def test_readme_import_paths_run(saved_model, tmp_path):
     assert export_main([str(run_dir), "--no-check"]) == 0
     no_torch = [title for title in blocks if "no torch import" in title]
     assert len(no_torch) == 1, list(blocks)
+    # the blocks run verbatim from a directory laid out as train_agent leaves it
+    runs = tmp_path / "cwd" / "results" / "runs"
+    runs.mkdir(parents=True)
+    shutil.copytree(run_dir, runs / "CartPole-P-v1__gru__s0__20261125-120000")
     for title, code in blocks.items():
-        code = code.replace('"results/runs/CartPole-P-v1__gru__s0"', repr(str(run_dir)))
         script = tmp_path / "block.py"
         script.write_text(code)
         if title in no_torch:  # must run with no torch import at all
             script.write_text(code + "\nimport sys\nassert 'torch' not in sys.modules, 'torch was imported'\n")
-        proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+        proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=runs.parent.parent,
+                              timeout=300)
         assert proc.returncode == 0, f"README block {title!r} failed:\n{proc.stderr[-2000:]}"
         assert "return" in proc.stdout, proc.stdout

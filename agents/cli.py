@@ -434,6 +434,14 @@ def make_envs(cfg: TrainConfig, seed: int, vecnormalize: Optional[Path] = None):
     return train_env, eval_env
 
 
+def core_kwargs(cfg: TrainConfig) -> dict:
+    """The core options a TrainConfig sets (``lstm_forget_bias`` reaches LSTM cores only)."""
+    kwargs = {"kernel": cfg.kernel}
+    if cfg.core == "lstm" and cfg.lstm_forget_bias is not None:
+        kwargs["forget_bias"] = cfg.lstm_forget_bias
+    return kwargs
+
+
 def build_model(cfg: TrainConfig, train_env, device="cpu"):
     """The RecurrentPPO a TrainConfig describes (what train_agent trains; tests and scripts reuse it)."""
     from .config import make_schedule
@@ -448,7 +456,7 @@ def build_model(cfg: TrainConfig, train_env, device="cpu"):
         vf_coef=cfg.vf_coef, max_grad_norm=cfg.max_grad_norm, target_kl=cfg.target_kl, seed=cfg.seed,
         use_sde=cfg.use_sde, sde_sample_freq=cfg.sde_sample_freq,
         device=device, verbose=0,
-        policy_kwargs=dict(core_kwargs={"kernel": cfg.kernel}, encoder=cfg.encoder, encoder_sizes=list(cfg.encoder_sizes),
+        policy_kwargs=dict(core_kwargs=core_kwargs(cfg), encoder=cfg.encoder, encoder_sizes=list(cfg.encoder_sizes),
                            normalize_obs=cfg.normalize_obs,
                            net_arch=dict(pi=list(cfg.net_arch_pi), vf=list(cfg.net_arch_vf)),
                            activation=cfg.activation, ortho_init=cfg.ortho_init, log_std_init=cfg.log_std_init),

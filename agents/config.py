@@ -101,6 +101,9 @@ class TrainConfig:
     num_layers: int = _opt(1, "stacked core layers", min=1)
     kernel: str = _opt("auto", "recurrent kernel: auto (fused C++ CPU kernel where it builds, else torch's), fused, "
                                "stock (torch's nn.GRU/nn.LSTM); see agents.kernels", choices=("auto", "fused", "stock"))
+    lstm_forget_bias: Optional[float] = _opt(
+        None, "LSTM only: initial forget-gate bias (1.0: Jozefowicz et al. 2015, Keras' default; null: torch's uniform "
+              "init); other cores ignore it")
     shared_core: bool = _opt(False, "one core for actor and critic (false: a separate critic core)")
     seq_len: Optional[int] = _opt(None, "truncated-BPTT length in steps (null: whole rollout segments)", min=1)
     encoder: str = _opt("auto", "observation encoder: auto (from the obs space), flat, minigrid",

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from agents import CORES, load_policy, match_hidden_size
-from agents.cli import PLACE_KEYS, TIMING_KEYS, main
+from agents.cli import PLACE_KEYS, TIMING_KEYS, core_kwargs, main
 from agents.config import FAMILIES, ConfigError, TrainConfig, family_for, load_family, parse_set, resolve_config
 
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type .* has no __module__ attribute:DeprecationWarning")
@@ -210,6 +210,7 @@ def run_main(argv, capsys) -> tuple[int, str, str]:
     (["--env", "CartPole-P-v1", "--set", "action_set=move"], "action_set='move'"),
     (["--set", "action_set=turn"], "action_set='turn'"),
     (["--set", "normalize_obs=true"], "normalize_obs=true"),
+    (["--set", "lstm_forget_bias=big"], "lstm_forget_bias='big'"),
     (["--config", "/nonexistent/cfg.yaml"], "does not exist"),
     (["--resume", "/nonexistent/run"], "no such directory"),
     (["--resume", "/tmp", "--core", "lstm"], "--core cannot be combined"),
@@ -336,3 +337,11 @@ def test_set_values_are_typed():
                       "net_arch_pi": [], "clip_range": "lin_0.1", "success_threshold": 0.5}
     with pytest.raises(ConfigError, match="batch_size=1 .*expected an integer >= 2"):
         parse_set(["batch_size=1"])
+
+
+def test_lstm_forget_bias_reaches_lstm_cores_only():
+    for core, expected in (("lstm", {"kernel": "auto", "forget_bias": 1.0}), ("gru", {"kernel": "auto"}),
+                           ("mlp", {"kernel": "auto"})):
+        cfg = resolve_config(env="MiniGrid-Memory", overrides={"core": core}, set_items=["lstm_forget_bias=1.0"])
+        assert core_kwargs(cfg) == expected, core
+    assert core_kwargs(resolve_config(env="MiniGrid-Memory", overrides={"core": "lstm"})) == {"kernel": "auto"}

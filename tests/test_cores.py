@@ -143,3 +143,34 @@ def test_match_hidden_size_within_two_percent(core, target, target_hidden):
 
 def test_match_gru_to_lstm_128():
     assert match_hidden_size("gru", "lstm", 128, input_size=64) == 152
+
+
+@pytest.mark.parametrize("kernel", ["stock", "fused"])
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_lstm_forget_bias_sets_the_forget_gate(kernel, num_layers):
+    H = 6
+    torch.manual_seed(0)
+    core = make_core("lstm", 4, H, num_layers, kernel=kernel, forget_bias=30.0)
+    plain = make_core("lstm", 4, H, num_layers, kernel=kernel)
+    bound = H ** -0.5  # torch's uniform init range, kept for the other gates
+    for k in range(num_layers):
+        b_ih, b_hh = getattr(core.rnn, f"bias_ih_l{k}"), getattr(core.rnn, f"bias_hh_l{k}")
+        assert torch.all(b_ih[H:2 * H] == 30.0) and torch.all(b_hh[H:2 * H] == 0.0)
+        assert b_ih[:H].abs().max() <= bound and b_ih[2 * H:].abs().max() <= bound
+        assert not torch.all(getattr(plain.rnn, f"bias_ih_l{k}")[H:2 * H] == 30.0)
+        with torch.no_grad():  # input gate shut: with the forget gate open the cell must keep its content exactly
+            b_ih[:H].fill_(-30.0)
+            b_hh[:H].zero_()
+    state = torch.randn(3, *core.state_shape)
+    x = torch.randn(10, 3, 4)
+    no_starts = torch.zeros(10, 3)
+    _, after = _stepwise(core, x, state, no_starts)
+    L = num_layers
+    torch.testing.assert_close(after[:, L:], state[:, L:], atol=1e-6, rtol=0)  # cell rows unchanged
+    _, seq_after = core.forward_sequence(x, state, no_starts)
+    torch.testing.assert_close(seq_after[:, L:], state[:, L:], atol=1e-6, rtol=0)
+
+
+def test_lstm_forget_bias_must_be_finite():
+    with pytest.raises(ValueError, match=r"forget_bias=nan: expected a finite number"):
+        make_core("lstm", 4, 6, forget_bias=float("nan"))

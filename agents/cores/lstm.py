@@ -14,6 +14,7 @@ C++ call with the ``episode_start`` resets inside the loop, and single steps in 
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -28,10 +29,26 @@ class LSTMCore(fused.FusedKernelMixin, MemoryCore):
     _fused_sequence = staticmethod(fused.lstm_sequence)
     _fused_step = staticmethod(fused.lstm_step)
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, kernel: Optional[str] = None) -> None:
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, kernel: Optional[str] = None,
+                 forget_bias: Optional[float] = None) -> None:
         super().__init__(input_size, hidden_size, num_layers)
         self.rnn = nn.LSTM(input_size, hidden_size, num_layers=num_layers)
+        if forget_bias is not None:
+            self.init_forget_bias(float(forget_bias))
         self._init_kernel(kernel)
+
+    def init_forget_bias(self, value: float) -> None:
+        """Start every layer's forget gate at bias ``value`` (Gers et al. 2000; Jozefowicz et al. 2015 use 1.0, Keras'
+        default): ``bias_ih`` gets ``value`` and ``bias_hh`` 0 in the forget block (torch's gate order i, f, g, o), so
+        at initialisation the cell keeps about sigmoid(value) of its content per step. ``None`` (the default) keeps
+        torch's uniform init, under which it keeps about half."""
+        if not math.isfinite(value):
+            raise ValueError(f"forget_bias={value!r}: expected a finite number")
+        H = self.hidden_size
+        with torch.no_grad():
+            for k in range(self.num_layers):
+                getattr(self.rnn, f"bias_ih_l{k}")[H:2 * H].fill_(value)
+                getattr(self.rnn, f"bias_hh_l{k}")[H:2 * H].zero_()
 
     @property
     def state_shape(self) -> Tuple[int, ...]:

@@ -16,6 +16,7 @@ from collections import namedtuple
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from agents import CORES, load_policy, match_hidden_size
@@ -345,3 +346,22 @@ def test_lstm_forget_bias_reaches_lstm_cores_only():
         cfg = resolve_config(env="MiniGrid-Memory", overrides={"core": core}, set_items=["lstm_forget_bias=1.0"])
         assert core_kwargs(cfg) == expected, core
     assert core_kwargs(resolve_config(env="MiniGrid-Memory", overrides={"core": "lstm"})) == {"kernel": "auto"}
+
+
+def test_lstm_forget_bias_survives_save_and_load(tmp_path):
+    from agents.cli import build_model, make_envs
+
+    cfg = resolve_config(env="CartPole-P-v1", overrides={"core": "lstm", "hidden_size": 8, "n_envs": 2, "batch_size": 128},
+                         set_items=["lstm_forget_bias=2.5"])
+    train_env, eval_env = make_envs(cfg, seed=0)
+    model = build_model(cfg, train_env)
+    for core in (model.policy.core_pi, model.policy.core_vf):
+        assert torch.all(core.rnn.bias_ih_l0[8:16] == 2.5) and torch.all(core.rnn.bias_hh_l0[8:16] == 0.0)
+    with torch.no_grad():  # a trained value: what reloads must be the saved weight, not the init
+        model.policy.core_pi.rnn.bias_ih_l0[8] = -7.0
+    model.save(tmp_path / "model.zip")
+    train_env.close()
+    eval_env.close()
+    policy = load_policy(tmp_path / "model.zip")
+    assert policy.core_kwargs["forget_bias"] == 2.5
+    assert policy.core_pi.rnn.bias_ih_l0[8] == -7.0 and torch.all(policy.core_pi.rnn.bias_ih_l0[9:16] == 2.5)

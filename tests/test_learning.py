@@ -46,7 +46,8 @@ def train(core: str, seed: int = 0, model_out: dict | None = None) -> list:
     """Train with exactly what ``train_agent --env CartPole-P-v1 --core CORE`` uses (configs/cartpole.yaml)."""
     torch.set_num_threads(1)
     cfg = resolve_config(env=ENV_ID, overrides={"core": core, "seed": seed})
-    env, _ = make_envs(cfg, seed)  # train_agent's training env (reward scaling per the config)
+    env, unused = make_envs(cfg, seed)  # train_agent's training env (reward scaling per the config)
+    unused.close()
     eval_env = make_vec_env(lambda: envs.make_env(ENV_ID), n_envs=1, seed=seed + 10_000)
     model = build_model(cfg, env)
     callback = PeriodicEval(eval_env)
@@ -67,7 +68,9 @@ def test_recurrent_core_learns_cartpole_p_where_the_control_cannot(core, control
     trained = {}
     returns = train(core, model_out=trained)
     assert max(returns) >= 450, returns
-    assert np.mean(returns[-3:]) >= 400, returns  # and keeps it (without reward scaling most seeds fell back late)
+    # and keeps it: without reward scaling most seeds fell back late; with it 13 of 15 sweep runs end at 500 (seed 0,
+    # the one trained here, among them), so this guards the recipe, not every seed
+    assert np.mean(returns[-3:]) >= 400, returns
     assert max(control_returns) < 200, control_returns
     assert np.mean(returns[-3:]) > 2 * np.mean(control_returns[-3:]), (returns, control_returns)
     check_int8_return(trained["model"].policy, tmp_path)

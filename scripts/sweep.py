@@ -23,7 +23,10 @@ command, commit and machine): ``scripts/report.py OUT`` quotes it under every fi
 Resuming. Re-running the same command skips finished cells (summary.json with status completed and at least the
 requested steps), continues interrupted ones from their latest checkpoint (``train_agent --resume``; also how a
 finished cell is extended when ``--total-timesteps`` grows), and starts the rest. Ctrl-C stops every running cell
-after it saves a checkpoint; run the command again to continue.
+after it saves a checkpoint; run the command again to continue. A cell is only skipped or continued when its run was
+trained with the recipe the command asks for (its config.yaml against the cell's resolved config, where and how long
+aside): a changed ``--set``, ``--config`` or family config file is refused before anything starts, naming the key -
+give the new recipe a ``--variant`` (or another OUT) so both stay.
 
 Backends. ``local`` (default): ``--workers`` cells at a time on this machine, each a ``train_agent`` subprocess with
 one torch thread. ``ray``: each cell is a Ray task (``--cpus-per-cell`` CPUs) running the same cell function on some
@@ -79,6 +82,7 @@ class Cell:
     hidden_size: Optional[int] = None
     match_params: Optional[str] = None
     argv: List[str] = field(default_factory=list)
+    recipe: Dict[str, Any] = field(default_factory=dict)  # the resolved config keys a finished run must match
 
 
 def parse_seeds(text: str) -> List[int]:
@@ -196,7 +200,7 @@ def build_cells(labels: Sequence[str], env_ids: Sequence[str], seeds: Sequence[i
                     except ConfigError as exc:
                         raise SweepError(f"cell {cell_id}: {' '.join(str(exc).split())}") from None
                     cells.append(Cell(cell_id, env, shown, core, tag, seed, cfg.total_timesteps, k, hidden, match,
-                                      argv))
+                                      argv, recipe_of(cfg)))
     return cells
 
 
@@ -247,6 +251,42 @@ def cell_state(cell_dir: Path, total_timesteps: int) -> tuple:
         if step is not None and step < total_timesteps:
             return "resume", rd
     return "new", None
+
+
+#: config keys that say where, how long or how fast a run trains, not what it learns: a finished or resumable run
+#: may differ from the command in these (a longer --total-timesteps extends it)
+NOT_RECIPE = ("total_timesteps", "logdir", "device", "torch_threads", "vec_env", "checkpoint_freq", "keep_checkpoints",
+              "latency_steps")
+
+
+def recipe_of(cfg: Any) -> Dict[str, Any]:
+    """The resolved config of a cell as plain data, without the keys of NOT_RECIPE (and without hidden_size when
+    match_params sizes the core: train_agent records the matched size there)."""
+    recipe = {k: v for k, v in asdict(cfg).items() if k not in NOT_RECIPE}
+    if recipe.get("match_params"):
+        recipe.pop("hidden_size", None)
+    return recipe
+
+
+def _yaml_value(v: Any) -> str:
+    return v if isinstance(v, str) else json.dumps(v)  # true / null / [64] as --set and config.yaml write them
+
+
+def recipe_conflict(cell: Dict[str, Any], out: Path) -> Optional[str]:
+    """``None`` when the cell has no run to skip or resume, or that run was trained with the cell's recipe; else
+    what differs (``key=recorded, asked value``), keys the run's config.yaml does not have left out (added since)."""
+    import yaml
+
+    state, rd = cell_state(Path(out) / cell["cell_id"], int(cell["total_timesteps"]))
+    if state == "new":
+        return None
+    try:
+        recorded = yaml.safe_load((rd / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    diffs = [f"{k}={_yaml_value(recorded[k])} (this command: {_yaml_value(v)})" for k, v in cell.get("recipe", {}).items()
+             if k in recorded and recorded[k] != v]
+    return f"{rd.name} was trained with " + ", ".join(diffs) if diffs else None
 
 
 def _move_aside(cell_dir: Path, keep: Optional[Path]) -> None:
@@ -542,6 +582,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SweepError(f"--out {args.out!r}: cannot create it ({exc.strerror or exc})") from None
+        conflicts = [(c.cell_id, why) for c in cells if (why := recipe_conflict(asdict(c), out))]
+        if conflicts:
+            more = f" (and {len(conflicts) - 1} more cells)" if len(conflicts) > 1 else ""
+            raise SweepError(f"cell {conflicts[0][0]}: {conflicts[0][1]}{more}; use --variant NAME to keep both "
+                             "recipes in one sweep directory, or another --out")
     except SweepError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT

@@ -77,6 +77,23 @@ def test_second_invocation_skips_finished_cells(sweep_dir, capsys):
     assert sorted(sweep_dir.glob("*/*/summary.json")) == summaries  # no new run directories
 
 
+def test_a_changed_recipe_is_refused_not_skipped(sweep_dir, capsys):
+    """A finished cell is only skipped (or extended) when its run was trained with the recipe asked for."""
+    summaries = sorted(sweep_dir.glob("*/*/summary.json"))
+    changed = [*GRID, "ent_coef=0.02", "--out", str(sweep_dir)]  # one more --set item than the runs had
+    assert sweep.main(changed) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ent_coef=0.0 (this command: 0.02)" in err[0] and "(and 3 more cells)" in err[0], err
+    assert "--variant" in err[0]
+    assert sweep.main([*changed, "--dry-run"]) == 2  # refused while planning, so a dry run says it too
+    capsys.readouterr()
+    assert sorted(sweep_dir.glob("*/*/summary.json")) == summaries  # nothing ran
+    # a longer run of the same recipe is not a conflict: the cells are extended from their checkpoints
+    longer = [a if a != "512" else "1024" for a in GRID]
+    assert sweep.main([*longer, "--out", str(sweep_dir), "--dry-run"]) == 0
+    assert capsys.readouterr().out.count(" resume ") == 4
+
+
 def test_interrupted_cell_is_resumed_and_unresumable_one_restarted(sweep_dir, tmp_path, capsys):
     out = tmp_path / "sweep"
     src = sweep_dir / "CartPole-P-v1__mlp__hcfg__s0"

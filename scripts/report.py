@@ -37,7 +37,7 @@ import shlex
 import sys
 import textwrap
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -171,6 +171,15 @@ def read_scalars(run_dir: Path, tags: Sequence[str] = CURVE_TAGS) -> Dict[str, T
         steps = np.array(sorted(by_step), dtype=float)
         out[tag] = (steps, np.array([by_step[int(s)][0] for s in steps]), np.array([by_step[int(s)][1] for s in steps]))
     return out
+
+
+def truncate_run(run: Run, max_steps: int) -> Run:
+    """The run with every scalar curve cut at ``max_steps`` env steps (points beyond it dropped)."""
+    cut = {}
+    for tag, (steps, values, times) in run.scalars.items():
+        keep = steps <= max_steps
+        cut[tag] = (steps[keep], values[keep], times[keep])
+    return replace(run, scalars=cut)
 
 
 def load_runs(sweep_dir: Path) -> List[Run]:
@@ -575,6 +584,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="tables only")
     p.add_argument("--labels", default=None, metavar="LABEL[,LABEL...]",
                    help="only these core labels (e.g. gru,lstm,gru@L2,lstm@L2): one readable figure per question")
+    p.add_argument("--max-steps", type=int, default=None, metavar="N",
+                   help="read every curve only up to N env steps: runs of one sweep trained for different budgets "
+                        "compared at a common one (learning statistics only; steps/s, time split and RSS stay "
+                        "whole-run)")
     return p
 
 
@@ -599,6 +612,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not runs:
             raise ReportError(f"no finished runs under {str(sweep_dir)!r} (expected run directories with summary.json "
                               "status completed)")
+        if args.max_steps is not None:
+            if args.max_steps < 1:
+                raise ReportError(f"--max-steps {args.max_steps}: expected a positive number of env steps")
+            runs = [truncate_run(r, args.max_steps) for r in runs]
+            for r in runs:
+                empty = sorted(t for t, (st, _, _) in r.scalars.items() if t.startswith("eval/") and not len(st))
+                if empty:
+                    raise ReportError(f"--max-steps {args.max_steps}: run {r.run_dir.name} has no {empty[0]} point "
+                                      "at or before it; expected a budget that every run's first eval falls within")
     except ReportError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

@@ -224,6 +224,25 @@ def test_report_metrics_match_hand_computed_values():
 
 
 # ---------------------------------------------------------------------------------------------------- report
+def test_report_max_steps_reads_curves_up_to_a_common_budget(sweep_dir, tmp_path, capsys):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert report.main([str(sweep_dir), "--out", str(full), "--reps", "200", "--no-plots"]) == 0
+    assert report.main([str(sweep_dir), "--out", str(cut), "--reps", "200", "--no-plots", "--max-steps", "300"]) == 0
+    groups = {g["label"]: g for g in json.loads((cut / "comparison.json").read_text())["envs"]["CartPole-P-v1"]["groups"]}
+    whole = {g["label"]: g for g in json.loads((full / "comparison.json").read_text())["envs"]["CartPole-P-v1"]["groups"]}
+    for label, g in groups.items():
+        assert g["curve_steps"]["x"][-1] <= 300 < whole[label]["curve_steps"]["x"][-1]
+        assert g["final"]["step"] <= 300
+        # the curve up to the cut is the whole run's curve up to there
+        n = len(g["curve_steps"]["x"])
+        assert g["curve_steps"]["x"] == whole[label]["curve_steps"]["x"][:n]
+        assert g["curve_steps"]["iqm"] == whole[label]["curve_steps"]["iqm"][:n]
+    capsys.readouterr()
+    assert report.main([str(sweep_dir), "--out", str(tmp_path / "x"), "--max-steps", "10"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--max-steps 10" in err[0] and "no eval/" in err[0], err
+
+
 def test_report_writes_plots_and_tables_with_provenance(sweep_dir, tmp_path, capsys):
     out = tmp_path / "comparison"
     assert report.main([str(sweep_dir), "--out", str(out), "--reps", "200", "--reference", "gru"]) == 0

@@ -358,7 +358,9 @@ def analyse(runs: List[Run], thresholds, bounds, reps: int, reference: Optional[
                           "step": float(steps[-1])},
                 "auc": {"iqm": float(auc_p), "lo": float(auc_lo), "hi": float(auc_hi), "per_seed": auc.tolist()},
                 "steps_to_threshold": {"median": med_steps, "reached": reached, "per_seed": cross,
-                                       "budget": float(steps_total.min())},
+                                       # the steps every run was watched for (its last eval; --max-steps cuts it)
+                                       "budget": float(min(steps_total.min(),
+                                                           min(r.scalars[tag][0][-1] for r in g)))},
                 "seconds_to_threshold": {"median": med_secs, "per_seed": cross_s},
                 "steps_per_s": {"iqm": float(sps_p), "lo": float(sps_lo), "hi": float(sps_hi),
                                 "median": float(np.median(sps))},

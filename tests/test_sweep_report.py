@@ -233,6 +233,7 @@ def test_report_max_steps_reads_curves_up_to_a_common_budget(sweep_dir, tmp_path
     for label, g in groups.items():
         assert g["curve_steps"]["x"][-1] <= 300 < whole[label]["curve_steps"]["x"][-1]
         assert g["final"]["step"] <= 300
+        assert g["steps_to_threshold"]["budget"] <= 300  # "not reached" is said of the budget read
         # the curve up to the cut is the whole run's curve up to there
         n = len(g["curve_steps"]["x"])
         assert g["curve_steps"]["x"] == whole[label]["curve_steps"]["x"][:n]

@@ -284,8 +284,8 @@ def recipe_conflict(cell: Dict[str, Any], out: Path) -> Optional[str]:
         recorded = yaml.safe_load((rd / "config.yaml").read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
         return None
-    diffs = [f"{k}={_yaml_value(recorded[k])} (this command: {_yaml_value(v)})" for k, v in cell.get("recipe", {}).items()
-             if k in recorded and recorded[k] != v]
+    diffs = [f"{k}={_yaml_value(recorded[k])} (this command: {_yaml_value(v)})"
+             for k, v in cell.get("recipe", {}).items() if k in recorded and recorded[k] != v]
     return f"{rd.name} was trained with " + ", ".join(diffs) if diffs else None
 
 

@@ -351,8 +351,8 @@ def test_lstm_forget_bias_reaches_lstm_cores_only():
 def test_lstm_forget_bias_survives_save_and_load(tmp_path):
     from agents.cli import build_model, make_envs
 
-    cfg = resolve_config(env="CartPole-P-v1", overrides={"core": "lstm", "hidden_size": 8, "n_envs": 2, "batch_size": 128},
-                         set_items=["lstm_forget_bias=2.5"])
+    cfg = resolve_config(env="CartPole-P-v1", set_items=["lstm_forget_bias=2.5"],
+                         overrides={"core": "lstm", "hidden_size": 8, "n_envs": 2, "batch_size": 128})
     train_env, eval_env = make_envs(cfg, seed=0)
     model = build_model(cfg, train_env)
     for core in (model.policy.core_pi, model.policy.core_vf):

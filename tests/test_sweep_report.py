@@ -228,8 +228,11 @@ def test_report_max_steps_reads_curves_up_to_a_common_budget(sweep_dir, tmp_path
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert report.main([str(sweep_dir), "--out", str(full), "--reps", "200", "--no-plots"]) == 0
     assert report.main([str(sweep_dir), "--out", str(cut), "--reps", "200", "--no-plots", "--max-steps", "300"]) == 0
-    groups = {g["label"]: g for g in json.loads((cut / "comparison.json").read_text())["envs"]["CartPole-P-v1"]["groups"]}
-    whole = {g["label"]: g for g in json.loads((full / "comparison.json").read_text())["envs"]["CartPole-P-v1"]["groups"]}
+    def groups_of(out):
+        data = json.loads((out / "comparison.json").read_text())
+        return {g["label"]: g for g in data["envs"]["CartPole-P-v1"]["groups"]}
+
+    groups, whole = groups_of(cut), groups_of(full)
     for label, g in groups.items():
         assert g["curve_steps"]["x"][-1] <= 300 < whole[label]["curve_steps"]["x"][-1]
         assert g["final"]["step"] <= 300

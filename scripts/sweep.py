@@ -82,7 +82,8 @@ class Cell:
     hidden_size: Optional[int] = None
     match_params: Optional[str] = None
     argv: List[str] = field(default_factory=list)
-    recipe: Dict[str, Any] = field(default_factory=dict)  # the resolved config keys a finished run must match
+    # the resolved config keys a finished run must match (planning only; the run's config.yaml records it)
+    recipe: Dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 def parse_seeds(text: str) -> List[int]:
@@ -427,7 +428,9 @@ def run_cell(cell: Dict[str, Any], out: str, python: Optional[str] = None, dry_r
         attempts = record.get("attempts", []) + [{k: result.get(k) for k in (
             "action", "status", "returncode", "wall_s", "peak_rss_mb", "host", "argv")} | {
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}]
-        _write_json_atomic(cell_dir / CELL_FILE, {**cell, "status": status, "run_dir": result["run_dir"],
+        # the recipe is the run's config.yaml again (kept there): cell.json records the cell and its attempts
+        plain = {k: v for k, v in cell.items() if k != "recipe"}
+        _write_json_atomic(cell_dir / CELL_FILE, {**plain, "status": status, "run_dir": result["run_dir"],
                                                   "peak_rss_mb": peak, "attempts": attempts})
         return result
     finally:

@@ -1,0 +1,152 @@
+"""What a trained MiniGrid-Memory policy remembers: where it looks at the cue and for how many steps it must hold it.
+
+MiniGrid-MemoryS<N> shows a cue object in the start room; the episode ends when the agent steps next to one of the
+two objects at the end of the hallway, with reward only if it matches the cue. How much memory the task needs
+depends on the view and on the route the policy found: with minigrid's 7x7 view an agent that turns round at the
+end of the hallway sees the cue, and both end objects, from there, so it has to hold the cue for only the two
+actions that follow (turn, step); with a 3x3 view the cue is visible only from the start room.
+
+For every run directory given (default: the MiniGrid-MemoryS7 comparison sweep, results/README.md), the trained
+policy plays ``--episodes`` deterministic episodes (env seeds ``--seed``.., the same for every run, the env built with
+the run's own options: view size, action set, episode limit). Per episode, read from the env itself:
+
+* success: the episode ended on the matching object;
+* cue seen: the cue's cell was in the agent's view (minigrid's ``agent_sees``, walls occlude) before some action;
+* hold: actions taken after the last view of the cue, the final step included - the steps the cue had to be
+  remembered (0 = never needed: the cue never seen or the episode ran out);
+* looked back: that last view was from the end of the hallway (the column of the two objects), not the start room.
+
+    python scripts/probe_minigrid.py                                  # the MiniGrid-MemoryS7 sweep: about 1 min
+    python scripts/probe_minigrid.py results/runs/sweep_minigrid9/*/*/ --name probe_minigrid9
+
+Writes results/<name>.json and results/<name>.md (default name probe_minigrid).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import shlex
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
+from bench_export import stateful  # noqa: E402
+from benchlib import provenance, write_results  # noqa: E402
+
+DEFAULT_RUNS = "results/runs/sweep_minigrid7/*/*/"
+
+
+def probe_episode(env, act: Callable[[object, bool], object], seed: int) -> Dict[str, object]:
+    """One episode of ``act(obs, episode_start) -> action`` on a MiniGrid-Memory env, measured from the env."""
+    obs, _ = env.reset(seed=seed)
+    u = env.unwrapped
+    if not hasattr(u, "success_pos"):
+        raise ValueError(f"{env.spec.id if env.spec else type(u).__name__}: expected a MiniGrid-Memory env "
+                         "(minigrid.envs.MemoryEnv), which has a cue and success/failure cells")
+    cue = (1, u.height // 2 - 1)  # where MemoryEnv puts the start-room object
+    end_column = u.success_pos[0]  # the column of the two end objects' neighbour cells
+    start, done, steps, total = True, False, 0, 0.0
+    last_seen, last_seen_x = None, None
+    while not done:
+        if u.agent_sees(*cue):
+            last_seen, last_seen_x = steps, int(u.agent_pos[0])
+        obs, reward, terminated, truncated, _ = env.step(act(obs, start))
+        steps, total, start, done = steps + 1, total + float(reward), False, terminated or truncated
+    ended_on_object = tuple(u.agent_pos) in (tuple(u.success_pos), tuple(u.failure_pos))
+    return {"success": total > 0, "steps": steps, "cue_seen": last_seen is not None,
+            "hold": steps - last_seen if (last_seen is not None and ended_on_object) else 0,
+            "looked_back": last_seen_x is not None and last_seen_x >= end_column}
+
+
+def summarize(episodes: List[Dict[str, object]]) -> Dict[str, float]:
+    wins = [e for e in episodes if e["success"]]
+    held = [e["hold"] for e in wins if e["hold"] > 0]
+    return {"episodes": len(episodes), "success": float(np.mean([e["success"] for e in episodes])),
+            "steps": float(np.mean([e["steps"] for e in episodes])),
+            "cue_seen": float(np.mean([e["cue_seen"] for e in episodes])),
+            "looked_back": float(np.mean([e["looked_back"] for e in episodes])),
+            "hold_median_success": float(np.median(held)) if held else None,
+            "hold_max_success": int(max(held)) if held else None}
+
+
+def probe_run(run_dir: Path, episodes: int, seed0: int) -> Dict[str, object]:
+    import envs
+    from agents import load_policy
+    from agents.export import run_env_kwargs
+
+    policy = load_policy(run_dir)
+    kwargs = run_env_kwargs(run_dir)
+    env = envs.make_env(policy.env_id, **kwargs)
+    act = stateful(lambda o, s, e: policy.act(o, s, e, deterministic=True), policy.initial_state(1))
+    eps = [probe_episode(env, act, seed) for seed in range(seed0, seed0 + episodes)]
+    parts = run_dir.parent.name.split("__")  # sweep cells are <env>__<label>__<size>__s<seed>
+    cell = run_dir.parent.name if len(parts) == 4 else run_dir.name
+    return {"run": str(run_dir), "env": policy.env_id, "cell": cell,
+            "core": parts[1] if len(parts) == 4 else policy.core_name, "env_kwargs": kwargs, **summarize(eps)}
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("runs", nargs="*", help=f"run directories (default: {DEFAULT_RUNS})")
+    parser.add_argument("--episodes", type=int, default=200, help="episodes per run (default 200)")
+    parser.add_argument("--seed", type=int, default=1000, help="env seed of the first episode (default 1000)")
+    parser.add_argument("--name", default="probe_minigrid", help="results file stem (default probe_minigrid)")
+    parser.add_argument("--out-dir", default=None, help="folder for the result files (default results/)")
+    args = parser.parse_args(argv)
+    if args.episodes < 1:
+        parser.error(f"--episodes {args.episodes}: expected a positive integer")
+    torch.set_num_threads(1)
+    runs = [Path(p) for p in (args.runs or sorted(glob.glob(str(benchlib.ROOT / DEFAULT_RUNS))))]
+    runs = [p.resolve().relative_to(benchlib.ROOT) if p.resolve().is_relative_to(benchlib.ROOT) else p
+            for p in runs if (p / "model.zip").exists()]
+    if not runs:
+        parser.error(f"no run directories with a model.zip (default {DEFAULT_RUNS}: run the MiniGrid-MemoryS7 sweep "
+                     "first, see results/README.md)")
+    rows = []
+    for i, run in enumerate(runs):
+        try:
+            rows.append(probe_run(run, args.episodes, args.seed))
+        except ValueError as exc:
+            parser.error(f"{run}: {exc}")
+        r = rows[-1]
+        print(f"[{i + 1}/{len(runs)}] {r['cell']}: success {_pct(r['success'])}, cue seen {_pct(r['cue_seen'])}, "
+              f"looked back {_pct(r['looked_back'])}, hold (median) {r['hold_median_success']}", flush=True)
+
+    table = [f"Deterministic actions, {args.episodes} episodes per run on env seeds {args.seed}.."
+             f"{args.seed + args.episodes - 1}, each run's own env options. success: ended on the matching object; "
+             "cue seen: the cue's cell was in view before some action; looked back: the last view of the cue was "
+             "from the end of the hallway; hold: actions after the last view of the cue, the final step included "
+             "(the steps the cue had to be remembered), median and max over successful episodes that saw it. Each "
+             "run's model.zip is its latest save: the end of training.", "",
+             "| run | env options | success | mean steps | cue seen | looked back | hold median (max) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        opts = " ".join(f"{k}={v}" for k, v in r["env_kwargs"].items())
+        hold = "-" if r["hold_median_success"] is None else f"{r['hold_median_success']:g} ({r['hold_max_success']})"
+        table.append(f"| {r['cell']} | {opts} | {_pct(r['success'])} | {r['steps']:.1f} | {_pct(r['cue_seen'])} | "
+                     f"{_pct(r['looked_back'])} | {hold} |")
+    print("\n".join(table))
+    if args.out_dir:
+        benchlib.RESULTS = Path(args.out_dir)
+    command = ("python scripts/probe_minigrid.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))).strip()
+    payload = {"provenance": provenance(command), "settings": {"episodes": args.episodes, "seed": args.seed},
+               "rows": rows}
+    write_results(args.name, payload, table)
+    print(f"wrote {benchlib.RESULTS / (args.name + '.json')} and {benchlib.RESULTS / (args.name + '.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

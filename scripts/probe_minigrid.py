@@ -14,7 +14,11 @@ the run's own options: view size, action set, episode limit). Per episode, read 
 * cue seen: the cue's cell was in the agent's view (minigrid's ``agent_sees``, walls occlude) before some action;
 * hold: actions taken after the last view of the cue, the final step included - the steps the cue had to be
   remembered (0 = never needed: the cue never seen or the episode ran out);
-* looked back: that last view was from the end of the hallway (the column of the two objects), not the start room.
+* looked back: that last view was from the end of the hallway (the column of the two objects), not the start room;
+* led back, turns right: the same episode replayed with the route forced up to the look-back point (walk to the end
+  of the hallway, turn round to face the start room; the policy's state carried along): does the policy's next
+  action turn toward the matching object? High = it can make the decision when it gets there, so a run at chance
+  that never looks back failed to find the route, not to decide.
 
     python scripts/probe_minigrid.py                                  # the MiniGrid-MemoryS7 sweep: about 1 min
     python scripts/probe_minigrid.py results/runs/sweep_minigrid9/*/*/ --name probe_minigrid9
@@ -64,6 +68,25 @@ def probe_episode(env, act: Callable[[object, bool], object], seed: int) -> Dict
             "looked_back": last_seen_x is not None and last_seen_x >= end_column}
 
 
+LEFT, RIGHT, FORWARD = 0, 1, 2  # minigrid's action numbers (also with action_set=move)
+
+
+def led_back_turns_right(env, act: Callable[[object, bool], object], seed: int) -> bool:
+    """The episode of ``seed`` with the route forced to the end of the hallway and round to face the start room
+    (``act`` sees every observation, so a recurrent policy's state follows the forced route); True when the policy's
+    next action turns toward the matching object (right = north when facing west)."""
+    obs, _ = env.reset(seed=seed)
+    u = env.unwrapped
+    forced = [FORWARD] * (u.success_pos[0] - int(u.agent_pos[0])) + [RIGHT, RIGHT]
+    start = True
+    for action in forced:
+        act(obs, start)
+        obs, *_ = env.step(action)
+        start = False
+    matching_is_up = u.success_pos[1] < u.agent_pos[1]
+    return int(act(obs, False)) == (RIGHT if matching_is_up else LEFT)
+
+
 def summarize(episodes: List[Dict[str, object]]) -> Dict[str, float]:
     wins = [e for e in episodes if e["success"]]
     held = [e["hold"] for e in wins if e["hold"] > 0]
@@ -71,6 +94,8 @@ def summarize(episodes: List[Dict[str, object]]) -> Dict[str, float]:
             "steps": float(np.mean([e["steps"] for e in episodes])),
             "cue_seen": float(np.mean([e["cue_seen"] for e in episodes])),
             "looked_back": float(np.mean([e["looked_back"] for e in episodes])),
+            "led_back_turns_right": float(np.mean([e["led_back_turns_right"] for e in episodes]))
+            if all("led_back_turns_right" in e for e in episodes) else None,
             "hold_median_success": float(np.median(held)) if held else None,
             "hold_max_success": int(max(held)) if held else None}
 
@@ -84,7 +109,10 @@ def probe_run(run_dir: Path, episodes: int, seed0: int) -> Dict[str, object]:
     kwargs = run_env_kwargs(run_dir)
     env = envs.make_env(policy.env_id, **kwargs)
     act = stateful(lambda o, s, e: policy.act(o, s, e, deterministic=True), policy.initial_state(1))
-    eps = [probe_episode(env, act, seed) for seed in range(seed0, seed0 + episodes)]
+    eps = []
+    for seed in range(seed0, seed0 + episodes):
+        eps.append(probe_episode(env, act, seed))
+        eps[-1]["led_back_turns_right"] = led_back_turns_right(env, act, seed)
     parts = run_dir.parent.name.split("__")  # sweep cells are <env>__<label>__<size>__s<seed>
     cell = run_dir.parent.name if len(parts) == 4 else run_dir.name
     return {"run": str(run_dir), "env": policy.env_id, "cell": cell,
@@ -122,21 +150,24 @@ def main(argv=None) -> int:
             parser.error(f"{run}: {exc}")
         r = rows[-1]
         print(f"[{i + 1}/{len(runs)}] {r['cell']}: success {_pct(r['success'])}, cue seen {_pct(r['cue_seen'])}, "
-              f"looked back {_pct(r['looked_back'])}, hold (median) {r['hold_median_success']}", flush=True)
+              f"looked back {_pct(r['looked_back'])}, hold (median) {r['hold_median_success']}, led back turns right "
+              f"{_pct(r['led_back_turns_right'])}", flush=True)
 
     table = [f"Deterministic actions, {args.episodes} episodes per run on env seeds {args.seed}.."
              f"{args.seed + args.episodes - 1}, each run's own env options. success: ended on the matching object; "
              "cue seen: the cue's cell was in view before some action; looked back: the last view of the cue was "
              "from the end of the hallway; hold: actions after the last view of the cue, the final step included "
-             "(the steps the cue had to be remembered), median and max over successful episodes that saw it. Each "
-             "run's model.zip is its latest save: the end of training.", "",
-             "| run | env options | success | mean steps | cue seen | looked back | hold median (max) |",
-             "|---|---|---|---|---|---|---|"]
+             "(the steps the cue had to be remembered), median and max over successful episodes that saw it; led back, "
+             "turns right: the same episodes with the route forced to the end of the hallway and round to face the "
+             "start room, the share in which the policy's next action turns toward the matching object (50% = "
+             "no better than a fixed side). Each run's model.zip is its latest save: the end of training.", "",
+             "| run | env options | success | mean steps | cue seen | looked back | hold median (max) | "
+             "led back, turns right |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         opts = " ".join(f"{k}={v}" for k, v in r["env_kwargs"].items())
         hold = "-" if r["hold_median_success"] is None else f"{r['hold_median_success']:g} ({r['hold_max_success']})"
         table.append(f"| {r['cell']} | {opts} | {_pct(r['success'])} | {r['steps']:.1f} | {_pct(r['cue_seen'])} | "
-                     f"{_pct(r['looked_back'])} | {hold} |")
+                     f"{_pct(r['looked_back'])} | {hold} | {_pct(r['led_back_turns_right'])} |")
     print("\n".join(table))
     if args.out_dir:
         benchlib.RESULTS = Path(args.out_dir)

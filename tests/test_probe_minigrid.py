@@ -89,6 +89,20 @@ def test_look_back_route_always_wins_and_holds_the_cue_for_two_actions():
                        "hold_max_success": 2}
 
 
+def test_led_back_tells_a_policy_that_decides_from_one_that_never_turns():
+    env = make()
+    assert all(probe.led_back_turns_right(env, look_back_route(env), seed) for seed in range(20))
+    # the straight route steps forward when it faces the start room: never a turn toward the matching object
+    assert not any(probe.led_back_turns_right(env, straight_route(env), seed) for seed in range(20))
+    # a policy that always turns left there is right exactly when the matching object is the lower one
+    turns_left = [probe.led_back_turns_right(env, lambda obs, start: LEFT, seed) for seed in range(40)]
+    lower = []
+    for seed in range(40):
+        env.reset(seed=seed)
+        lower.append(env.unwrapped.success_pos[1] > env.unwrapped.agent_pos[1])
+    assert turns_left == lower and 0 < sum(lower) < 40
+
+
 def test_with_a_3x3_view_the_cue_is_out_of_view_from_the_end_of_the_hallway():
     env = make(view_size=3)
     for seed in range(30):

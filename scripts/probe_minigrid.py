@@ -3,7 +3,7 @@
 MiniGrid-MemoryS<N> shows a cue object in the start room; the episode ends when the agent steps next to one of the
 two objects at the end of the hallway, with reward only if it matches the cue. How much memory the task needs
 depends on the view and on the route the policy found: with minigrid's 7x7 view an agent that turns round at the
-end of the hallway sees the cue, and both end objects, from there, so it has to hold the cue for only the two
+end of the hallway sees the cue, and both end objects, from there, so it has to hold the cue only for the few
 actions that follow (turn, step); with a 3x3 view the cue is visible only from the start room.
 
 For every run directory given (default: the MiniGrid-MemoryS7 comparison sweep, results/README.md), the trained
@@ -15,9 +15,9 @@ the run's own options: view size, action set, episode limit). Per episode, read 
 * hold: actions taken after the last view of the cue, the final step included - the steps the cue had to be
   remembered (0 = never needed: the cue never seen or the episode ran out);
 * looked back: that last view was from the end of the hallway (the column of the two objects), not the start room;
-* led back, turns right: the same episode replayed with the route forced up to the look-back point (walk to the end
-  of the hallway, turn round to face the start room; the policy's state carried along): does the policy's next
-  action turn toward the matching object? High = it can make the decision when it gets there, so a run at chance
+* led back, succeeds: the same episode replayed with the route forced to the look-back point (walk to the end of the
+  hallway, turn right twice to face the start room; the policy's state carried along), then played on by the
+  policy: did it end on the matching object? High = it can make the decision once it is there, so a run at chance
   that never looks back failed to find the route, not to decide.
 
     python scripts/probe_minigrid.py                                  # the MiniGrid-MemoryS7 sweep: about 1 min
@@ -71,20 +71,22 @@ def probe_episode(env, act: Callable[[object, bool], object], seed: int) -> Dict
 LEFT, RIGHT, FORWARD = 0, 1, 2  # minigrid's action numbers (also with action_set=move)
 
 
-def led_back_turns_right(env, act: Callable[[object, bool], object], seed: int) -> bool:
-    """The episode of ``seed`` with the route forced to the end of the hallway and round to face the start room
-    (``act`` sees every observation, so a recurrent policy's state follows the forced route); True when the policy's
-    next action turns toward the matching object (right = north when facing west)."""
+def led_back_succeeds(env, act: Callable[[object, bool], object], seed: int) -> bool:
+    """The episode of ``seed`` with the route forced to the end of the hallway and round to face the start room (two
+    right turns; ``act`` sees every observation, so a recurrent policy's state follows the forced route), then played
+    on by ``act``; True when it ends on the matching object."""
     obs, _ = env.reset(seed=seed)
     u = env.unwrapped
     forced = [FORWARD] * (u.success_pos[0] - int(u.agent_pos[0])) + [RIGHT, RIGHT]
-    start = True
+    start, done, total = True, False, 0.0
     for action in forced:
         act(obs, start)
-        obs, *_ = env.step(action)
-        start = False
-    matching_is_up = u.success_pos[1] < u.agent_pos[1]
-    return int(act(obs, False)) == (RIGHT if matching_is_up else LEFT)
+        obs, reward, terminated, truncated, _ = env.step(action)
+        start, total, done = False, total + float(reward), terminated or truncated
+    while not done:
+        obs, reward, terminated, truncated, _ = env.step(act(obs, False))
+        total, done = total + float(reward), terminated or truncated
+    return total > 0
 
 
 def summarize(episodes: List[Dict[str, object]]) -> Dict[str, float]:
@@ -94,8 +96,8 @@ def summarize(episodes: List[Dict[str, object]]) -> Dict[str, float]:
             "steps": float(np.mean([e["steps"] for e in episodes])),
             "cue_seen": float(np.mean([e["cue_seen"] for e in episodes])),
             "looked_back": float(np.mean([e["looked_back"] for e in episodes])),
-            "led_back_turns_right": float(np.mean([e["led_back_turns_right"] for e in episodes]))
-            if all("led_back_turns_right" in e for e in episodes) else None,
+            "led_back_succeeds": float(np.mean([e["led_back_succeeds"] for e in episodes]))
+            if all("led_back_succeeds" in e for e in episodes) else None,
             "hold_median_success": float(np.median(held)) if held else None,
             "hold_max_success": int(max(held)) if held else None}
 
@@ -112,7 +114,7 @@ def probe_run(run_dir: Path, episodes: int, seed0: int) -> Dict[str, object]:
     eps = []
     for seed in range(seed0, seed0 + episodes):
         eps.append(probe_episode(env, act, seed))
-        eps[-1]["led_back_turns_right"] = led_back_turns_right(env, act, seed)
+        eps[-1]["led_back_succeeds"] = led_back_succeeds(env, act, seed)
     parts = run_dir.parent.name.split("__")  # sweep cells are <env>__<label>__<size>__s<seed>
     cell = run_dir.parent.name if len(parts) == 4 else run_dir.name
     return {"run": str(run_dir), "env": policy.env_id, "cell": cell,
@@ -150,24 +152,24 @@ def main(argv=None) -> int:
             parser.error(f"{run}: {exc}")
         r = rows[-1]
         print(f"[{i + 1}/{len(runs)}] {r['cell']}: success {_pct(r['success'])}, cue seen {_pct(r['cue_seen'])}, "
-              f"looked back {_pct(r['looked_back'])}, hold (median) {r['hold_median_success']}, led back turns right "
-              f"{_pct(r['led_back_turns_right'])}", flush=True)
+              f"looked back {_pct(r['looked_back'])}, hold (median) {r['hold_median_success']}, led back succeeds "
+              f"{_pct(r['led_back_succeeds'])}", flush=True)
 
     table = [f"Deterministic actions, {args.episodes} episodes per run on env seeds {args.seed}.."
              f"{args.seed + args.episodes - 1}, each run's own env options. success: ended on the matching object; "
              "cue seen: the cue's cell was in view before some action; looked back: the last view of the cue was "
              "from the end of the hallway; hold: actions after the last view of the cue, the final step included "
              "(the steps the cue had to be remembered), median and max over successful episodes that saw it; led back, "
-             "turns right: the same episodes with the route forced to the end of the hallway and round to face the "
-             "start room, the share in which the policy's next action turns toward the matching object (50% = "
-             "no better than a fixed side). Each run's model.zip is its latest save: the end of training.", "",
+             "succeeds: the same episodes with the route forced to the end of the hallway and round (two right turns) "
+             "to face the start room, then played on by the policy - the share that ended on the matching object. "
+             "Each run's model.zip is its latest save: the end of training.", "",
              "| run | env options | success | mean steps | cue seen | looked back | hold median (max) | "
-             "led back, turns right |", "|---|---|---|---|---|---|---|---|"]
+             "led back, succeeds |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         opts = " ".join(f"{k}={v}" for k, v in r["env_kwargs"].items())
         hold = "-" if r["hold_median_success"] is None else f"{r['hold_median_success']:g} ({r['hold_max_success']})"
         table.append(f"| {r['cell']} | {opts} | {_pct(r['success'])} | {r['steps']:.1f} | {_pct(r['cue_seen'])} | "
-                     f"{_pct(r['looked_back'])} | {hold} | {_pct(r['led_back_turns_right'])} |")
+                     f"{_pct(r['looked_back'])} | {hold} | {_pct(r['led_back_succeeds'])} |")
     print("\n".join(table))
     if args.out_dir:
         benchlib.RESULTS = Path(args.out_dir)

@@ -89,17 +89,19 @@ def test_look_back_route_always_wins_and_holds_the_cue_for_two_actions():
                        "hold_max_success": 2}
 
 
-def test_led_back_tells_a_policy_that_decides_from_one_that_never_turns():
+def test_led_back_tells_a_policy_that_decides_from_one_that_never_gets_there():
     env = make()
-    assert all(probe.led_back_turns_right(env, look_back_route(env), seed) for seed in range(20))
-    # the straight route steps forward when it faces the start room: never a turn toward the matching object
-    assert not any(probe.led_back_turns_right(env, straight_route(env), seed) for seed in range(20))
-    # a policy that always turns left there is right exactly when the matching object is the lower one
-    turns_left = [probe.led_back_turns_right(env, lambda obs, start: LEFT, seed) for seed in range(40)]
+    assert all(probe.led_back_succeeds(env, look_back_route(env), seed) for seed in range(20))
+    # the straight route, put there, walks back into the start room and never turns round: the episode runs out
+    assert not any(probe.led_back_succeeds(env, straight_route(env), seed) for seed in range(20))
+    # turning left there (then stepping on) wins exactly when the matching object is the lower one
+    u = env.unwrapped
+    turns_left = [probe.led_back_succeeds(env, lambda obs, start: LEFT if u.agent_dir == WEST else FORWARD, seed)
+                  for seed in range(40)]
     lower = []
     for seed in range(40):
         env.reset(seed=seed)
-        lower.append(env.unwrapped.success_pos[1] > env.unwrapped.agent_pos[1])
+        lower.append(u.success_pos[1] > u.agent_pos[1])
     assert turns_left == lower and 0 < sum(lower) < 40
 
 

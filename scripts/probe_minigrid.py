@@ -44,6 +44,7 @@ from bench_export import stateful  # noqa: E402
 from benchlib import provenance, write_results  # noqa: E402
 
 DEFAULT_RUNS = "results/runs/sweep_minigrid7/*/*/"
+LEFT, RIGHT, FORWARD = 0, 1, 2  # minigrid's action numbers (also with action_set=move)
 
 
 def probe_episode(env, act: Callable[[object, bool], object], seed: int) -> Dict[str, object]:
@@ -66,9 +67,6 @@ def probe_episode(env, act: Callable[[object, bool], object], seed: int) -> Dict
     return {"success": total > 0, "steps": steps, "cue_seen": last_seen is not None,
             "hold": steps - last_seen if (last_seen is not None and ended_on_object) else 0,
             "looked_back": last_seen_x is not None and last_seen_x >= end_column}
-
-
-LEFT, RIGHT, FORWARD = 0, 1, 2  # minigrid's action numbers (also with action_set=move)
 
 
 def led_back_succeeds(env, act: Callable[[object, bool], object], seed: int) -> bool:

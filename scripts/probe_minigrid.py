@@ -12,8 +12,9 @@ the run's own options: view size, action set, episode limit). Per episode, read 
 
 * success: the episode ended on the matching object;
 * cue seen: the cue's cell was in the agent's view (minigrid's ``agent_sees``, walls occlude) before some action;
-* hold: actions taken after the last view of the cue, the final step included - the steps the cue had to be
-  remembered (0 = never needed: the cue never seen or the episode ran out);
+* hold: the actions from the last view of the cue to the end of the episode (the one chosen while seeing it and the
+  final step both counted) - how long the cue had to be remembered (0 = never needed: the cue never seen or the
+  episode ran out);
 * looked back: that last view was from the end of the hallway (the column of the two objects), not the start room;
 * led back, succeeds: the same episode replayed with the route forced to the look-back point (walk to the end of the
   hallway, turn right twice to face the start room; the policy's state carried along), then played on by the
@@ -156,8 +157,9 @@ def main(argv=None) -> int:
     table = [f"Deterministic actions, {args.episodes} episodes per run on env seeds {args.seed}.."
              f"{args.seed + args.episodes - 1}, each run's own env options. success: ended on the matching object; "
              "cue seen: the cue's cell was in view before some action; looked back: the last view of the cue was "
-             "from the end of the hallway; hold: actions after the last view of the cue, the final step included "
-             "(the steps the cue had to be remembered), median and max over successful episodes that saw it; led back, "
+             "from the end of the hallway; hold: the actions from the last view of the cue to the end (the one chosen "
+             "while seeing it and the final step both counted: how long the cue had to be remembered), median and "
+             "max over successful episodes that saw it; led back, "
              "succeeds: the same episodes with the route forced to the end of the hallway and round (two right turns) "
              "to face the start room, then played on by the policy - the share that ended on the matching object. "
              "Each run's model.zip is its latest save: the end of training.", "",

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import shlex
 import sys
 import tempfile
 import time
@@ -29,7 +28,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
-from benchlib import provenance, write_results  # noqa: E402
 
 DEFAULT_RUNS = "results/runs/sweep_main/CartPole-P-v1__{gru,lstm,mlp,mlp+fs4}__h64__s*/*/"
 
@@ -101,9 +99,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     patterns = [DEFAULT_RUNS.replace("{gru,lstm,mlp,mlp+fs4}", label) for label in ("gru", "lstm", "mlp", "mlp+fs4")]
-    runs = [Path(p) for p in (args.runs or [r for pat in patterns for r in sorted(glob.glob(str(benchlib.ROOT / pat)))])]
-    runs = [p for p in runs if (p / "model.zip").exists()]
-    runs = [p.resolve().relative_to(benchlib.ROOT) if p.resolve().is_relative_to(benchlib.ROOT) else p for p in runs]
+    found = [r for pat in patterns for r in sorted(glob.glob(str(benchlib.ROOT / pat)))]
+    runs = benchlib.trained_runs(args.runs or found)
     if not runs:
         parser.error(f"no run directories with a model.zip (default {DEFAULT_RUNS}: run the CartPole sweep first, "
                      "see results/README.md)")
@@ -143,14 +140,8 @@ def main(argv=None) -> int:
         table.append(f"| {name} | {r['torch']['mean_return']:.1f} | {r['onnx_fp32']['mean_return']:.1f} | "
                      f"{r['onnx_int8']['mean_return']:.1f} | {100 * r['onnx_int8']['action_agreement']:.1f}% |")
     table += ["", f"Total benchmark time {time.perf_counter() - t0:.0f} s."]
-    print("\n".join(table))
-    if args.out_dir:
-        benchlib.RESULTS = Path(args.out_dir)
-    command = ("python scripts/bench_export.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))).strip()
-    payload = {"provenance": provenance(command), "settings": {"episodes": args.episodes, "seed": args.seed},
-               "rows": rows}
-    write_results(args.name, payload, table)
-    print(f"wrote {benchlib.RESULTS / (args.name + '.json')} and {benchlib.RESULTS / (args.name + '.md')}")
+    benchlib.publish(args.name, "bench_export.py", sys.argv[1:] if argv is None else argv, table, args.out_dir,
+                     settings={"episodes": args.episodes, "seed": args.seed}, rows=rows)
     return 0
 
 

@@ -27,7 +27,6 @@ import argparse
 import gc
 import os
 import re
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -119,7 +118,6 @@ def main(argv=None) -> int:
 
     sys.path.insert(0, str(HERE))
     import benchlib
-    from benchlib import provenance, write_results
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -172,15 +170,9 @@ def main(argv=None) -> int:
               "", "Switching overhead subtracted (instructions of a zero-call run): "
                   + ", ".join(f"{rt} {v:,}" for rt, v in base.items()) + ".",
               "", f"Total benchmark time {time.perf_counter() - t0:.0f} s."]
-    print("\n".join(table))
-    if args.out_dir:
-        benchlib.RESULTS = Path(args.out_dir)
-    command = ("python scripts/bench_instructions.py " + shlex.join(argv)).strip()
-    payload = {"provenance": provenance(command), "settings": {"n": args.n, "hidden_sizes": hidden,
-                                                               "baseline_instructions": base},
-               "repeat_first_row": repeat, "rows": rows}
-    write_results(args.name, payload, table)
-    print(f"wrote {benchlib.RESULTS / (args.name + '.json')} and {benchlib.RESULTS / (args.name + '.md')}")
+    benchlib.publish(args.name, "bench_instructions.py", argv, table, args.out_dir,
+                     settings={"n": args.n, "hidden_sizes": hidden, "baseline_instructions": base},
+                     repeat_first_row=repeat, rows=rows)
     return 0
 
 

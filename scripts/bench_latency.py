@@ -23,7 +23,6 @@ Writes results/latency.json and results/latency.md (``--quick``: latency_quick.*
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 import warnings
@@ -35,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
-from benchlib import provenance, time_per_call_us, write_results  # noqa: E402
+from benchlib import time_per_call_us  # noqa: E402
 
 ENVS = ("CartPole-P-v1", "MiniGrid-Memory")
 
@@ -227,15 +226,9 @@ def main(argv=None) -> int:
     if args.exports:
         table += exported_table(rows)
     table.append(f"Total benchmark time {time.perf_counter() - t0:.0f} s.")
-    print("\n".join(table))
-    if args.out_dir:
-        benchlib.RESULTS = Path(args.out_dir)
-    name = args.name or ("latency_quick" if args.quick else "latency")
-    command = ("python scripts/bench_latency.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))).strip()
     settings = {"batch": batch, "n": n, "warmup": warmup, "rounds": rounds, "hidden_sizes": hidden, "torch_threads": 1}
-    payload = {"provenance": provenance(command), "settings": settings, "rows": rows}
-    write_results(name, payload, table)
-    print(f"wrote {benchlib.RESULTS / (name + '.json')} and {benchlib.RESULTS / (name + '.md')}")
+    benchlib.publish(args.name or ("latency_quick" if args.quick else "latency"), "bench_latency.py",
+                     sys.argv[1:] if argv is None else argv, table, args.out_dir, settings=settings, rows=rows)
     return 0
 
 

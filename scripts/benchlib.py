@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, Iterable, List, Sequence
 
 import numpy as np
 import torch
@@ -78,6 +79,27 @@ def write_results(name: str, payload: Dict[str, object], table: List[str]) -> No
               f"({m['torch_threads']} thread(s)), Python {m['python']}.", "",
               f"Reproduce: `{prov['command']}`", ""]
     (RESULTS / f"{name}.md").write_text("\n".join(header + table) + "\n")
+
+
+def publish(name: str, script: str, argv: Sequence[str], table: List[str], out_dir=None, **fields) -> None:
+    """Print ``table`` and write ``<name>.json`` / ``<name>.md`` into results/ (or ``out_dir``), their provenance
+    naming the command ``python scripts/<script> <argv>``; ``fields`` (settings, rows, ...) follow it in the JSON."""
+    global RESULTS
+    print("\n".join(table))
+    if out_dir:
+        RESULTS = Path(out_dir)
+    command = f"python scripts/{script} {shlex.join(list(argv))}".strip()
+    write_results(name, {"provenance": provenance(command), **fields}, table)
+    print(f"wrote {RESULTS / (name + '.json')} and {RESULTS / (name + '.md')}")
+
+
+def trained_runs(paths: Iterable) -> List[Path]:
+    """The run directories among ``paths`` that hold a model.zip, relative to the repository root when inside it."""
+    runs = []
+    for p in map(Path, paths):
+        if (p / "model.zip").exists():
+            runs.append(p.resolve().relative_to(ROOT) if p.resolve().is_relative_to(ROOT) else p)
+    return runs
 
 
 _EXPORT_DIRS: List[tempfile.TemporaryDirectory] = []  # temporary export folders, kept until the process ends

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import shlex
 import sys
 from pathlib import Path
 from typing import Callable, Dict, List
@@ -42,7 +41,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 from bench_export import stateful  # noqa: E402
-from benchlib import provenance, write_results  # noqa: E402
 
 DEFAULT_RUNS = "results/runs/sweep_minigrid7/*/*/"
 LEFT, RIGHT, FORWARD = 0, 1, 2  # minigrid's action numbers (also with action_set=move)
@@ -137,9 +135,7 @@ def main(argv=None) -> int:
     if args.episodes < 1:
         parser.error(f"--episodes {args.episodes}: expected a positive integer")
     torch.set_num_threads(1)
-    runs = [Path(p) for p in (args.runs or sorted(glob.glob(str(benchlib.ROOT / DEFAULT_RUNS))))]
-    runs = [p.resolve().relative_to(benchlib.ROOT) if p.resolve().is_relative_to(benchlib.ROOT) else p
-            for p in runs if (p / "model.zip").exists()]
+    runs = benchlib.trained_runs(args.runs or sorted(glob.glob(str(benchlib.ROOT / DEFAULT_RUNS))))
     if not runs:
         parser.error(f"no run directories with a model.zip (default {DEFAULT_RUNS}: run the MiniGrid-MemoryS7 sweep "
                      "first, see results/README.md)")
@@ -170,14 +166,8 @@ def main(argv=None) -> int:
         hold = "-" if r["hold_median_success"] is None else f"{r['hold_median_success']:g} ({r['hold_max_success']})"
         table.append(f"| {r['cell']} | {opts} | {_pct(r['success'])} | {r['steps']:.1f} | {_pct(r['cue_seen'])} | "
                      f"{_pct(r['looked_back'])} | {hold} | {_pct(r['led_back_succeeds'])} |")
-    print("\n".join(table))
-    if args.out_dir:
-        benchlib.RESULTS = Path(args.out_dir)
-    command = ("python scripts/probe_minigrid.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))).strip()
-    payload = {"provenance": provenance(command), "settings": {"episodes": args.episodes, "seed": args.seed},
-               "rows": rows}
-    write_results(args.name, payload, table)
-    print(f"wrote {benchlib.RESULTS / (args.name + '.json')} and {benchlib.RESULTS / (args.name + '.md')}")
+    benchlib.publish(args.name, "probe_minigrid.py", sys.argv[1:] if argv is None else argv, table, args.out_dir,
+                     settings={"episodes": args.episodes, "seed": args.seed}, rows=rows)
     return 0
 
 

@@ -8,7 +8,9 @@ Three sections, all measured in this one process on this machine (one torch thre
    deterministic eval episodes at the end.
 2. MiniGrid-MemoryS7-v0 (8 envs, n_steps 128, batch 256, 4 epochs, lr 2.5e-4, ent 0.01, hidden 128): ours (GRU,
    LSTM) vs SB3's memoryless PPO with the same settings and the same observation wrapper: steps/s.
-2b. Stock vs fused kernels: ours (LSTM, GRU) with torch's nn.LSTM/nn.GRU vs the fused C++ kernels, same settings.
+   Also the GRU at the LSTM's parameter count (152 units).
+2b. Stock vs fused kernels: ours (LSTM, GRU) with torch's nn.LSTM/nn.GRU vs the fused C++ kernels, same settings;
+   and the GRU at the LSTM's parameter count (fused kernel): the equal-parameter training cost.
 3. Batch-1 per-step latency: our ``policy.act`` (GRU, LSTM, hidden 64/128/256) vs sb3-contrib's ``predict``.
 
 Writes results/throughput.json and results/throughput.md. ``--quick`` runs a small version (for a smoke test).
@@ -30,7 +32,7 @@ from torch import nn
 from benchlib import provenance, time_per_call_us, write_results
 
 import envs
-from agents import RecurrentPPO
+from agents import RecurrentPPO, match_hidden_size
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
@@ -43,13 +45,21 @@ def kernel_contenders(seed: int):
     env = lambda: make_vec_env(lambda: envs.make_env("CartPoleNoVel-v1"), n_envs=8, seed=seed)  # noqa: E731
     hp = dict(n_steps=32, batch_size=256, n_epochs=20, gamma=0.98, gae_lambda=0.8, ent_coef=0.0,
               learning_rate=LinearSchedule(1e-3, 0.0, 1.0), clip_range=LinearSchedule(0.2, 0.0, 1.0), seed=seed)
+    # the core reads the raw observation here (no encoder layers): the parameter match is for that input size
+    obs_size = envs.make_env("CartPoleNoVel-v1").observation_space.shape[0]
+    matched = match_hidden_size("gru", "lstm", 64, input_size=obs_size)
     rows = {}
-    for core in ("lstm", "gru"):
+    for core, hidden in (("lstm", 64), ("gru", 64), ("gru", matched)):
         for kernel in ("stock", "fused"):
+            if hidden != 64 and kernel == "stock":
+                continue  # the equal-parameter row: the default (fused) kernel only
             kwargs = dict(encoder_sizes=[], net_arch=dict(pi=[64], vf=[64]), activation="relu", ortho_init=False,
                           core_kwargs={"kernel": kernel})
-            rows[f"{core}, {kernel} kernel"] = (lambda c=core, k=kwargs: RecurrentPPO(
-                "MlpPolicy", env(), core=c, hidden_size=64, policy_kwargs=k, **hp))
+            name = f"{core}, {kernel} kernel"
+            if hidden != 64:
+                name = f"{core} {hidden} units = the lstm's parameters, {kernel} kernel"
+            rows[name] = (lambda c=core, h=hidden, k=kwargs: RecurrentPPO(
+                "MlpPolicy", env(), core=c, hidden_size=h, policy_kwargs=k, **hp))
     return rows
 
 
@@ -72,10 +82,14 @@ def cartpole_contenders(seed: int):
 def minigrid_contenders(seed: int):
     env = lambda: make_vec_env(lambda: envs.make_env("MiniGrid-MemoryS7-v0"), n_envs=8, seed=seed)  # noqa: E731
     hp = dict(n_steps=128, batch_size=256, n_epochs=4, learning_rate=2.5e-4, ent_coef=0.01, seed=seed)
+    matched = match_hidden_size("gru", "lstm", 128, input_size=64)
     return {
         "SB3 PPO (memoryless MLP)": lambda: PPO("MlpPolicy", env(), **hp),
         "recurrent-agents (gru)": lambda: RecurrentPPO("MlpPolicy", env(), core="gru", hidden_size=128, **hp),
         "recurrent-agents (lstm)": lambda: RecurrentPPO("MlpPolicy", env(), core="lstm", hidden_size=128, **hp),
+        # the GRU at the LSTM's parameter count (the core reads the 64-wide output of the MiniGrid encoder)
+        f"recurrent-agents (gru, {matched} units = the lstm's parameters)": lambda: RecurrentPPO(
+            "MlpPolicy", env(), core="gru", hidden_size=matched, **hp),
     }
 
 

@@ -293,6 +293,29 @@ def test_bench_latency_quick_runs(tmp_path):
     assert "Reproduce: `python scripts/bench_latency.py --quick" in (tmp_path / "latency_quick.md").read_text()
 
 
+# ---------------------------------------------------------------------------------------------------- throughput
+def test_bench_throughput_equal_parameter_rows_match_the_lstm():
+    """The GRU rows labelled 'the lstm's parameters' really have the LSTM's core parameter count (within 2%), with
+    the same encoder in front (so the same core input), and the equal-width rows really have the LSTM's width."""
+    bench = _load("bench_throughput")
+
+    def core_params(model):
+        return sum(p.numel() for p in model.policy.core_pi.parameters())
+
+    for contenders in (bench.kernel_contenders(0), bench.minigrid_contenders(0)):
+        models = {name: build() for name, build in contenders.items() if "SB3" not in name and "sb3" not in name}
+        lstm = next(m for name, m in models.items() if "lstm" in name)
+        matched = [(name, m) for name, m in models.items() if "the lstm's parameters" in name]
+        assert len(matched) == 1
+        name, gru = matched[0]
+        assert gru.policy.core_name == "gru" and gru.policy.encoder.output_size == lstm.policy.encoder.output_size
+        assert f"{gru.policy.hidden_size} units" in name and gru.policy.hidden_size > lstm.policy.hidden_size
+        assert abs(core_params(gru) - core_params(lstm)) / core_params(lstm) < 0.02
+        for other_name, m in models.items():
+            if "the lstm's parameters" not in other_name:
+                assert m.policy.hidden_size == lstm.policy.hidden_size
+
+
 # ---------------------------------------------------------------------------------------------------- ray
 RAY_HEAD = """
 import sys, ray

@@ -424,3 +424,54 @@ def test_gsde_learns_saves_and_loads(tmp_path):
     assert loaded.use_sde and loaded.sde_sample_freq == 4
     loaded.set_env(model.get_env())
     loaded.learn(32)
+
+
+# ---------------------------------------------------------------- MiniGrid views, single and frame-stacked
+def test_stacked_minigrid_views_get_the_embedding_encoder_frame_by_frame():
+    import envs
+    from agents.encoders import MiniGridEncoder, minigrid_layout, resolve_encoder
+
+    one = envs.make_env("MiniGrid-Memory", view_size=3).observation_space
+    for k, view in ((1, 3), (2, 3), (4, 7)):
+        space = envs.make_env("MiniGrid-Memory", view_size=view, frame_stack=k).observation_space
+        assert minigrid_layout(space) == (k, view * view) and resolve_encoder("auto", space) == "minigrid"
+    stacked = envs.make_env("MiniGrid-Memory", view_size=3, frame_stack=4).observation_space
+    enc1, enc4 = (MiniGridEncoder(s, [8], torch.nn.ReLU) for s in (one, stacked))
+    # every frame is looked up in the same rows of the table, with the same code ranges, as a single view
+    assert torch.equal(enc4.rows.view(4, -1), enc1.rows.expand(4, -1))
+    assert torch.equal(enc4.max_code.view(4, -1), enc1.max_code.expand(4, -1))
+    assert enc4.net[0].in_features == 4 * enc1.net[0].in_features
+    # not MiniGrid: stacked CartPole, a float Box, a uint8 Box of the right size with other highs
+    assert minigrid_layout(envs.make_env("CartPole-P-v1", frame_stack=4).observation_space) is None
+    assert minigrid_layout(spaces.Box(0, 10, (28,), dtype=np.float32)) is None
+    assert minigrid_layout(spaces.Box(0, 10, (28,), dtype=np.uint8)) is None
+    with pytest.raises(ValueError, match=r"observation shape \(29,\) is not a MiniGrid symbolic view"):
+        MiniGridEncoder(spaces.Box(0, 10, (29,), dtype=np.uint8), [8], torch.nn.ReLU)
+
+
+def test_frame_stacked_minigrid_model_saved_before_the_embedding_still_loads(tmp_path):
+    """A model trained when encoder 'auto' meant the flat encoder for a stack (its kwargs say 'auto') loads with the
+    flat encoder its weights belong to and acts as it did; a new model saves the encoder it resolved to."""
+    import envs
+
+    def env():
+        return make_vec_env(lambda: envs.make_env("MiniGrid-Memory", view_size=3, frame_stack=2), n_envs=2, seed=0)
+
+    new = RecurrentPPO("MlpPolicy", env(), core="gru", n_steps=16, batch_size=32, n_epochs=1, hidden_size=8, seed=0)
+    assert new.policy.encoder_name == "minigrid" and new.policy_kwargs["encoder"] == "minigrid"
+    old = RecurrentPPO("MlpPolicy", env(), core="gru", n_steps=16, batch_size=32, n_epochs=1, hidden_size=8, seed=0,
+                       policy_kwargs={"encoder": "flat"})
+    old.learn(32)
+    old.policy_kwargs["encoder"] = "auto"  # what such a model stored
+    old.save(tmp_path / "old.zip")
+    loaded = RecurrentPPO.load(tmp_path / "old.zip")
+    assert loaded.policy.encoder_name == "flat"
+    obs = env().reset()
+    state = old.policy.initial_state(2)
+    starts = np.ones(2, dtype=bool)
+    for _ in range(5):
+        a, state_a = old.policy.act(obs, state, episode_start=starts, deterministic=True)
+        b, state_b = loaded.policy.act(obs, state, episode_start=starts, deterministic=True)
+        np.testing.assert_array_equal(a, b)
+        torch.testing.assert_close(torch.as_tensor(state_a), torch.as_tensor(state_b))
+        state, starts = state_a, np.zeros(2, dtype=bool)

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -175,6 +175,8 @@ class Session:
     start_step: int = 0
     input_size: int = 0
     matched: Optional[str] = None
+    #: the commit of the code this session runs, read when it starts (the tree may move on while it trains)
+    git_commit: Optional[str] = field(default_factory=lambda: _git_commit())
 
     def close(self) -> None:
         release_lock(self.run_dir)
@@ -741,7 +743,7 @@ def finish(s: Session, state) -> int:
         "peak_rss_mb": _peak_rss_mb(),
         "device": str(model.device),
         "sessions": state.sessions,
-        "git_commit": _git_commit(),
+        "git_commit": s.git_commit,
         "versions": _versions(),
         "run_dir": str(s.run_dir),
         "model": str(s.run_dir / "model.zip"),

@@ -252,6 +252,27 @@ def test_unwritable_logdir_fails_before_training(tmp_path, capsys):
         assert code == 2 and err.startswith("train_agent: error: --logdir") and len(err.strip().splitlines()) == 1
 
 
+def test_summary_names_the_commit_the_run_started_at(tmp_path, capsys, monkeypatch):
+    """A commit made while a run trains does not become the run's commit: the code that ran is the one it started
+    with."""
+    from agents import RecurrentPPO
+
+    head = {"commit": "started-at"}
+    monkeypatch.setattr("agents.cli._git_commit", lambda: head["commit"])
+    learn = RecurrentPPO.learn
+
+    def learn_while_the_tree_moves_on(self, *args, **kwargs):
+        head["commit"] = "moved-on"
+        return learn(self, *args, **kwargs)
+
+    monkeypatch.setattr(RecurrentPPO, "learn", learn_while_the_tree_moves_on)
+    code, _, err = run_main(["--core", "mlp", "--logdir", str(tmp_path), "--total-timesteps", "128", "--n-envs", "2",
+                             "--no-progress", "--set", *TINY_SET], capsys)
+    assert code == 0, err
+    summary = json.loads((only_run_dir(tmp_path) / "summary.json").read_text())
+    assert summary["git_commit"] == "started-at"
+
+
 def test_full_disk_fails_before_training(tmp_path, capsys, monkeypatch):
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr("agents.cli.shutil.disk_usage", lambda path: usage(1 << 30, (1 << 30) - 4096, 4096))

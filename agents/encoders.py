@@ -6,7 +6,7 @@ rollout step, ``[T, B]`` for a training sequence).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Type
+from typing import Sequence, Tuple, Type
 
 import numpy as np
 import torch
@@ -94,12 +94,11 @@ class FlatEncoder(nn.Module):
 
 class MiniGridEncoder(nn.Module):
     """MiniGrid's symbolic view (see ``envs.MiniGridObsWrapper``): a flat uint8 vector of ``V*V*3`` cell codes
-    (object, colour, state per cell, row-major over the view) followed by the agent's direction - or ``k`` such frames
-    one after another (``envs.make_env(..., frame_stack=k)``, the frame-stacking control), each read the same way.
+    (object, colour, state per cell, row-major over the view) followed by the agent's direction.
 
-    Every code is embedded (each channel and the direction have their own rows of one table: one lookup per call;
-    every frame uses the same rows), the embeddings are flattened, and an MLP maps them to the core's input.
-    Embeddings instead of raw integers: the codes are categories, not magnitudes.
+    Every code is embedded (each channel and the direction have their own rows of one table: one lookup per call),
+    the embeddings are flattened, and an MLP maps them to the core's input. Embeddings instead of raw integers: the
+    codes are categories, not magnitudes.
     """
 
     #: sizes of the code vocabularies: MiniGrid's OBJECT_TO_IDX, COLOR_TO_IDX, STATE_TO_IDX, and 4 directions
@@ -110,18 +109,17 @@ class MiniGridEncoder(nn.Module):
                  normalize: bool = False, embed_dim: int = 8) -> None:
         super().__init__()
         self.norm = None  # categorical codes: nothing to normalise
-        layout = minigrid_layout(observation_space)
-        if layout is None:
-            raise ValueError(f"observation shape {observation_space.shape} is not a MiniGrid symbolic view: "
-                             "expected (V*V*3 + 1,) from envs.MiniGridObsWrapper, or k of them stacked")
-        self.frames, cells = layout
         n = int(np.prod(observation_space.shape))
-        sizes_per_code = (list(self.VOCAB) * cells + [self.N_DIRECTIONS]) * self.frames
+        if len(observation_space.shape) != 1 or (n - 1) % 3 != 0:
+            raise ValueError(f"observation shape {observation_space.shape} is not a MiniGrid symbolic view: "
+                             "expected (V*V*3 + 1,) from envs.MiniGridObsWrapper")
+        cells = (n - 1) // 3
+        sizes_per_code = list(self.VOCAB) * cells + [self.N_DIRECTIONS]
         self.register_buffer("max_code", torch.as_tensor(sizes_per_code, dtype=torch.long) - 1, persistent=False)
-        # rows: [objects, colours, states] for each cell position kind, then directions; shared across cells and frames
+        # rows: [objects, colours, states] for each cell position kind, then directions; shared across cells
         self.embed = nn.Embedding(sum(self.VOCAB) + self.N_DIRECTIONS, embed_dim)
         shared = np.concatenate([[0, 11, 17]] * cells + [[20]])
-        self.register_buffer("rows", torch.as_tensor(np.tile(shared, self.frames), dtype=torch.long), persistent=False)
+        self.register_buffer("rows", torch.as_tensor(shared, dtype=torch.long), persistent=False)
         self.n_codes = n
         in_size = n * embed_dim
         self.net, self.output_size = build_mlp(in_size, sizes or (64,), activation)
@@ -134,32 +132,18 @@ class MiniGridEncoder(nn.Module):
 ENCODERS = {"flat": FlatEncoder, "minigrid": MiniGridEncoder}
 
 
-def minigrid_layout(observation_space: spaces.Box) -> Optional[Tuple[int, int]]:
-    """``(frames, cells)`` when the space is ``envs.MiniGridObsWrapper``'s - uint8 ``(3*V*V + 1,)`` with highs 10, 5,
-    2 per cell and 3 for the direction - or ``frames`` of them stacked one after another; ``None`` otherwise."""
+def looks_like_minigrid(observation_space: spaces.Box) -> bool:
+    """True for the observation space of ``envs.MiniGridObsWrapper``: uint8 ``(3*V*V + 1,)``, highs 10, 5, 2 per cell
+    and 3 for the direction."""
     shape = observation_space.shape
-    if observation_space.dtype != np.uint8 or len(shape) != 1:
-        return None
-    high = observation_space.high.astype(np.int64)
-    # one frame ends at its direction code, the first high of 3 (cell codes go up to 10, 5 and 2)
-    ends = np.flatnonzero(high == MiniGridEncoder.N_DIRECTIONS - 1)
-    if len(ends) == 0 or (ends[0] + 1) % 3 != 1 or shape[0] % (ends[0] + 1):
-        return None
-    frame = int(ends[0]) + 1
-    cells = (frame - 1) // 3
+    if observation_space.dtype != np.uint8 or len(shape) != 1 or (shape[0] - 1) % 3:
+        return False
+    cells = (shape[0] - 1) // 3
     view = int(round(np.sqrt(cells)))
     if view * view != cells:
-        return None
+        return False
     expected = np.concatenate([np.tile(np.array(MiniGridEncoder.VOCAB) - 1, cells), [MiniGridEncoder.N_DIRECTIONS - 1]])
-    frames = shape[0] // frame
-    if not np.array_equal(high, np.tile(expected, frames)):
-        return None
-    return frames, cells
-
-
-def looks_like_minigrid(observation_space: spaces.Box) -> bool:
-    """True for the observation space of ``envs.MiniGridObsWrapper`` (or frames of it stacked: ``minigrid_layout``)."""
-    return minigrid_layout(observation_space) is not None
+    return bool(np.array_equal(observation_space.high.astype(np.int64), expected))
 
 
 def resolve_encoder(name: str, observation_space: spaces.Box) -> str:

@@ -148,8 +148,6 @@ class RecurrentPPO(PPO):
                                         **{"use_sde": self.use_sde, **self.policy_kwargs}).to(self.device)
         if not isinstance(self.policy, RecurrentActorCriticPolicy):
             raise ValueError(f"policy {self.policy_class!r} is not a RecurrentActorCriticPolicy")
-        # saved with the encoder it resolved to: a later change to what "auto" picks cannot change a saved model
-        self.policy_kwargs["encoder"] = self.policy.encoder_name
         # Unpadded fixed-length chunks where every core resets inside its kernel and a minibatch still holds at least
         # n_envs sequences (so the recurrence keeps its batch width); otherwise padded episode-cut sequences.
         cores = [c for c in (self.policy.core_pi, self.policy.core_vf) if c is not None]
@@ -351,19 +349,6 @@ class RecurrentPPO(PPO):
         finally:
             if tmp.exists():
                 tmp.unlink()
-
-    def set_parameters(self, load_path_or_dict, exact_match: bool = True, device="auto") -> None:
-        """SB3's ``set_parameters``; a model saved before frame-stacked MiniGrid views were embedded (its
-        ``policy_kwargs`` say ``encoder="auto"``, which then meant the flat encoder for a stack) gets the flat encoder
-        its weights belong to, instead of failing to load."""
-        params = load_path_or_dict
-        if (isinstance(params, dict) and isinstance(params.get("policy"), dict)
-                and self.policy.encoder_name == "minigrid" and "encoder.embed.weight" not in params["policy"]
-                and "encoder.net.0.weight" in params["policy"]
-                and getattr(self.policy.encoder, "frames", 1) > 1):
-            self.policy_kwargs["encoder"] = "flat"
-            self._setup_model()
-        super().set_parameters(load_path_or_dict, exact_match=exact_match, device=device)
 
     @classmethod
     def load(cls, path, env=None, device="auto", custom_objects=None, print_system_info=False,

@@ -21,6 +21,12 @@ the run's own options: view size, action set, episode limit). Per episode, read 
   policy: did it end on the matching object? High = it can make the decision once it is there, so a run at chance
   that never looks back failed to find the route, not to decide.
 
+And per run, what its observation encoder still passes on: every observation the policy acted on in those episodes
+goes through the policy's encoder (the layers before the memory core), and the probe reports the share of the
+encoder's output units whose value varies across them (standard deviation >= 0.05: a unit that gives the same value
+for every observation tells the core nothing) and, for a tanh encoder, the share of outputs pinned at +-1
+(|x| >= 0.99, where tanh's gradient is under 2% of its peak).
+
     python scripts/probe_minigrid.py                                  # the MiniGrid-MemoryS7 sweep: about 1 min
     python scripts/probe_minigrid.py results/runs/sweep_minigrid9/*/*/ --name probe_minigrid9
 
@@ -99,6 +105,22 @@ def summarize(episodes: List[Dict[str, object]]) -> Dict[str, float]:
             "hold_max_success": int(max(held)) if held else None}
 
 
+#: a unit whose output varies less than this across the probe's observations is counted as passing nothing on
+VARYING_STD = 0.05
+#: |tanh(x)| at or above this is counted as saturated (the gradient 1 - tanh^2 is then below 0.02)
+SATURATED = 0.99
+
+
+def encoder_activity(policy, observations: np.ndarray) -> Dict[str, object]:
+    """Share of the encoder's output units that vary across ``observations`` (std >= VARYING_STD) and, for a tanh
+    encoder, share of its outputs at |x| >= SATURATED (None for other activations)."""
+    with torch.no_grad():
+        features = policy.encoder(torch.as_tensor(np.asarray(observations)))
+    varying = float((features.std(0) >= VARYING_STD).float().mean()) if len(features) > 1 else None
+    saturated = float((features.abs() >= SATURATED).float().mean()) if policy.activation == "tanh" else None
+    return {"encoder_units": int(features.shape[-1]), "encoder_varying": varying, "encoder_saturated": saturated}
+
+
 def probe_run(run_dir: Path, episodes: int, seed0: int) -> Dict[str, object]:
     import envs
     from agents import load_policy
@@ -107,15 +129,23 @@ def probe_run(run_dir: Path, episodes: int, seed0: int) -> Dict[str, object]:
     policy = load_policy(run_dir)
     kwargs = run_env_kwargs(run_dir)
     env = envs.make_env(policy.env_id, **kwargs)
-    act = stateful(lambda o, s, e: policy.act(o, s, e, deterministic=True), policy.initial_state(1))
+    policy_act = stateful(lambda o, s, e: policy.act(o, s, e, deterministic=True), policy.initial_state(1))
+    seen: List[np.ndarray] = []
+
+    def act(obs, start):
+        seen.append(np.array(obs))
+        return policy_act(obs, start)
+
     eps = []
     for seed in range(seed0, seed0 + episodes):
         eps.append(probe_episode(env, act, seed))
         eps[-1]["led_back_succeeds"] = led_back_succeeds(env, act, seed)
+    activity = encoder_activity(policy, np.stack(seen))
     parts = run_dir.parent.name.split("__")  # sweep cells are <env>__<label>__<size>__s<seed>
     cell = run_dir.parent.name if len(parts) == 4 else run_dir.name
     return {"run": str(run_dir), "env": policy.env_id, "cell": cell,
-            "core": parts[1] if len(parts) == 4 else policy.core_name, "env_kwargs": kwargs, **summarize(eps)}
+            "core": parts[1] if len(parts) == 4 else policy.core_name, "env_kwargs": kwargs, **summarize(eps),
+            **activity}
 
 
 def _pct(x) -> str:
@@ -148,7 +178,8 @@ def main(argv=None) -> int:
         r = rows[-1]
         print(f"[{i + 1}/{len(runs)}] {r['cell']}: success {_pct(r['success'])}, cue seen {_pct(r['cue_seen'])}, "
               f"looked back {_pct(r['looked_back'])}, hold (median) {r['hold_median_success']}, led back succeeds "
-              f"{_pct(r['led_back_succeeds'])}", flush=True)
+              f"{_pct(r['led_back_succeeds'])}, encoder units varying {_pct(r['encoder_varying'])}, saturated "
+              f"{_pct(r['encoder_saturated'])}", flush=True)
 
     table = [f"Deterministic actions, {args.episodes} episodes per run on env seeds {args.seed}.."
              f"{args.seed + args.episodes - 1}, each run's own env options. success: ended on the matching object; "
@@ -158,14 +189,18 @@ def main(argv=None) -> int:
              "max over successful episodes that saw it; led back, "
              "succeeds: the same episodes with the route forced to the end of the hallway and round (two right turns) "
              "to face the start room, then played on by the policy - the share that ended on the matching object. "
+             f"encoder units varying: the share of the encoder's outputs whose standard deviation over every "
+             f"observation the policy acted on here is >= {VARYING_STD}; saturated: the share of its outputs at "
+             f"|x| >= {SATURATED} (tanh encoders). "
              "Each run's model.zip is its latest save: the end of training.", "",
              "| run | env options | success | mean steps | cue seen | looked back | hold median (max) | "
-             "led back, succeeds |", "|---|---|---|---|---|---|---|---|"]
+             "led back, succeeds | encoder units varying | encoder saturated |", "|---" * 10 + "|"]
     for r in rows:
         opts = " ".join(f"{k}={v}" for k, v in r["env_kwargs"].items())
         hold = "-" if r["hold_median_success"] is None else f"{r['hold_median_success']:g} ({r['hold_max_success']})"
         table.append(f"| {r['cell']} | {opts} | {_pct(r['success'])} | {r['steps']:.1f} | {_pct(r['cue_seen'])} | "
-                     f"{_pct(r['looked_back'])} | {hold} | {_pct(r['led_back_succeeds'])} |")
+                     f"{_pct(r['looked_back'])} | {hold} | {_pct(r['led_back_succeeds'])} | "
+                     f"{_pct(r['encoder_varying'])} of {r['encoder_units']} | {_pct(r['encoder_saturated'])} |")
     benchlib.publish(args.name, "probe_minigrid.py", sys.argv[1:] if argv is None else argv, table, args.out_dir,
                      settings={"episodes": args.episodes, "seed": args.seed}, rows=rows)
     return 0

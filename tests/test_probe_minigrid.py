@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import envs
@@ -123,6 +124,33 @@ def test_an_env_without_a_cue_is_a_one_line_error():
         probe.probe_episode(env, lambda obs, start: 0, seed=0)
 
 
+def test_encoder_activity_tells_a_live_encoder_from_a_pinned_one():
+    """A freshly built encoder passes on what it sees; one whose last layer is pinned (tanh of a large constant) gives
+    every observation the same features, all saturated; a ReLU encoder has no saturation share."""
+    import torch
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from agents import RecurrentPPO
+
+    env = make_vec_env(make, n_envs=4, seed=0)
+    obs = [env.reset()]
+    for _ in range(15):
+        obs.append(env.step([FORWARD, LEFT, RIGHT, FORWARD])[0])
+    obs = np.concatenate(obs)
+    policy = RecurrentPPO("MlpPolicy", env, core="gru", hidden_size=8, n_steps=16, batch_size=32, seed=0).policy
+    live = probe.encoder_activity(policy, obs)
+    assert live["encoder_units"] == 64 and live["encoder_varying"] > 0.5 and live["encoder_saturated"] < 0.5
+    last = policy.encoder.net[-2]  # the last Linear before the final tanh
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(5.0)
+    assert probe.encoder_activity(policy, obs) == {"encoder_units": 64, "encoder_varying": 0.0,
+                                                   "encoder_saturated": 1.0}
+    relu = RecurrentPPO("MlpPolicy", env, core="gru", hidden_size=8, n_steps=16, batch_size=32, seed=0,
+                        policy_kwargs={"activation": "relu"}).policy
+    assert probe.encoder_activity(relu, obs)["encoder_saturated"] is None
+
+
 def test_command_writes_the_table_for_a_trained_run(tmp_path):
     logdir = tmp_path / "runs"
     train = subprocess.run(
@@ -139,6 +167,7 @@ def test_command_writes_the_table_for_a_trained_run(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = json.loads((out / "probe_t.json").read_text())["rows"][0]
     assert row["episodes"] == 5 and row["env_kwargs"]["view_size"] == 3 and 0.0 <= row["success"] <= 1.0
+    assert row["encoder_units"] == 64 and 0.0 <= row["encoder_varying"] <= 1.0 and 0.0 <= row["encoder_saturated"] <= 1
     md = (out / "probe_t.md").read_text()
     assert "Reproduce: `python scripts/probe_minigrid.py" in md and f"| {run_dir.name} | view_size=3" in md
     bad = subprocess.run([sys.executable, str(SCRIPTS / "probe_minigrid.py"), str(tmp_path / "nothing"),

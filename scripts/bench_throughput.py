@@ -48,18 +48,16 @@ def kernel_contenders(seed: int):
     # the core reads the raw observation here (no encoder layers): the parameter match is for that input size
     obs_size = envs.make_env("CartPoleNoVel-v1").observation_space.shape[0]
     matched = match_hidden_size("gru", "lstm", 64, input_size=obs_size)
+    specs = [(core, 64, kernel, f"{core}, {kernel} kernel")
+             for core in ("lstm", "gru") for kernel in ("stock", "fused")]
+    # the equal-parameter row: the default (fused) kernel only
+    specs.append(("gru", matched, "fused", f"gru {matched} units = the lstm's parameters, fused kernel"))
     rows = {}
-    for core, hidden in (("lstm", 64), ("gru", 64), ("gru", matched)):
-        for kernel in ("stock", "fused"):
-            if hidden != 64 and kernel == "stock":
-                continue  # the equal-parameter row: the default (fused) kernel only
-            kwargs = dict(encoder_sizes=[], net_arch=dict(pi=[64], vf=[64]), activation="relu", ortho_init=False,
-                          core_kwargs={"kernel": kernel})
-            name = f"{core}, {kernel} kernel"
-            if hidden != 64:
-                name = f"{core} {hidden} units = the lstm's parameters, {kernel} kernel"
-            rows[name] = (lambda c=core, h=hidden, k=kwargs: RecurrentPPO(
-                "MlpPolicy", env(), core=c, hidden_size=h, policy_kwargs=k, **hp))
+    for core, hidden, kernel, name in specs:
+        kwargs = dict(encoder_sizes=[], net_arch=dict(pi=[64], vf=[64]), activation="relu", ortho_init=False,
+                      core_kwargs={"kernel": kernel})
+        rows[name] = (lambda c=core, h=hidden, k=kwargs: RecurrentPPO(
+            "MlpPolicy", env(), core=c, hidden_size=h, policy_kwargs=k, **hp))
     return rows
 
 

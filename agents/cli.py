@@ -391,12 +391,15 @@ def _size_core(cfg: TrainConfig, env) -> tuple:
     try:
         encoder_name = resolve_encoder(cfg.encoder, env.observation_space)
         encoder = make_encoder(encoder_name, env.observation_space, cfg.encoder_sizes, ACTIVATIONS[cfg.activation],
-                               normalize=cfg.normalize_obs and encoder_name == "flat")
+                               normalize=cfg.normalize_obs and encoder_name == "flat", layer_norm=cfg.encoder_norm)
     except ValueError as exc:
         raise CLIError(f"encoder={cfg.encoder!r} for {cfg.env}: {_one_line(exc)}") from None
     if cfg.normalize_obs and encoder_name != "flat":
         raise CLIError(f"normalize_obs=true (env {cfg.env}, encoder {encoder_name}): only the flat encoder "
                        "normalizes observations (MiniGrid's are integer codes, embedded); expected normalize_obs=false")
+    if cfg.encoder_norm and encoder_name == "flat" and not cfg.encoder_sizes:
+        raise CLIError(f"encoder_norm=true with encoder_sizes={list(cfg.encoder_sizes)} ({encoder_name} encoder): "
+                       "no encoder layer to normalise; expected at least one size in encoder_sizes")
     input_size = encoder.output_size
     note = None
     if cfg.match_params:
@@ -459,7 +462,7 @@ def build_model(cfg: TrainConfig, train_env, device="cpu"):
         use_sde=cfg.use_sde, sde_sample_freq=cfg.sde_sample_freq,
         device=device, verbose=0,
         policy_kwargs=dict(core_kwargs=core_kwargs(cfg), encoder=cfg.encoder, encoder_sizes=list(cfg.encoder_sizes),
-                           normalize_obs=cfg.normalize_obs,
+                           normalize_obs=cfg.normalize_obs, encoder_norm=cfg.encoder_norm,
                            net_arch=dict(pi=list(cfg.net_arch_pi), vf=list(cfg.net_arch_vf)),
                            activation=cfg.activation, ortho_init=cfg.ortho_init, log_std_init=cfg.log_std_init),
     )

@@ -110,6 +110,8 @@ class TrainConfig:
                         choices=("auto", "flat", "minigrid"))
     encoder_sizes: List[int] = _opt([64], "encoder hidden layers before the core ([]: the core sees the raw obs)",
                                     min=1)
+    encoder_norm: bool = _opt(False, "LayerNorm on each encoder layer's pre-activations (keeps tanh units off their "
+                                     "+-1 plateau)")
     net_arch_pi: List[int] = _opt([64], "actor head layers after the core", min=1)
     net_arch_vf: List[int] = _opt([64], "critic head layers after the core", min=1)
     activation: str = _opt("tanh", "activation of encoder and heads", choices="activations")

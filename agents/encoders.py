@@ -18,21 +18,25 @@ _ACTIVATION_FNS = {nn.Tanh: torch.tanh, nn.ReLU: torch.relu, nn.ELU: torch.nn.fu
                    nn.GELU: torch.nn.functional.gelu, nn.LeakyReLU: torch.nn.functional.leaky_relu}
 
 
-def build_mlp(in_size: int, sizes: Sequence[int], activation: Type[nn.Module]) -> Tuple[nn.Sequential, int]:
-    """Linear + activation per entry of ``sizes``; returns the Sequential and its output size."""
+def build_mlp(in_size: int, sizes: Sequence[int], activation: Type[nn.Module],
+              layer_norm: bool = False) -> Tuple[nn.Sequential, int]:
+    """Linear + activation per entry of ``sizes`` (Linear + LayerNorm + activation with ``layer_norm``: each layer's
+    pre-activations normalised over its units); returns the Sequential and its output size."""
     layers: list[nn.Module] = []
     for size in sizes:
-        layers += [nn.Linear(in_size, int(size)), activation()]
+        layers += [nn.Linear(in_size, int(size))] + ([nn.LayerNorm(int(size))] if layer_norm else []) + [activation()]
         in_size = int(size)
     return nn.Sequential(*layers), in_size
 
 
 def run_mlp(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """``seq(x)`` for a Sequential of Linear and activation layers, without nn.Module call overhead (the per-step
-    latency path: each module call costs a few microseconds at batch 1)."""
+    """``seq(x)`` for a Sequential of Linear, LayerNorm and activation layers, without nn.Module call overhead (the
+    per-step latency path: each module call costs a few microseconds at batch 1)."""
     for m in seq:
         if type(m) is nn.Linear:
             x = torch.nn.functional.linear(x, m.weight, m.bias)
+        elif type(m) is nn.LayerNorm:
+            x = torch.nn.functional.layer_norm(x, m.normalized_shape, m.weight, m.bias, m.eps)
         else:
             x = _ACTIVATION_FNS[type(m)](x)
     return x
@@ -75,15 +79,15 @@ class RunningNorm(nn.Module):
 
 class FlatEncoder(nn.Module):
     """Flatten the observation, optionally normalise it (:class:`RunningNorm`), then an MLP (``sizes`` may be empty:
-    the core sees the raw observation)."""
+    the core sees the raw observation; ``layer_norm``: see :func:`build_mlp`)."""
 
     def __init__(self, observation_space: spaces.Box, sizes: Sequence[int], activation: Type[nn.Module],
-                 normalize: bool = False) -> None:
+                 normalize: bool = False, layer_norm: bool = False) -> None:
         super().__init__()
         self.obs_ndim = len(observation_space.shape)
         in_size = int(np.prod(observation_space.shape))
         self.norm = RunningNorm(in_size) if normalize else None
-        self.net, self.output_size = build_mlp(in_size, sizes, activation)
+        self.net, self.output_size = build_mlp(in_size, sizes, activation, layer_norm=layer_norm)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         x = obs.reshape(*obs.shape[: obs.dim() - self.obs_ndim], -1).float()
@@ -98,7 +102,9 @@ class MiniGridEncoder(nn.Module):
 
     Every code is embedded (each channel and the direction have their own rows of one table: one lookup per call),
     the embeddings are flattened, and an MLP maps them to the core's input. Embeddings instead of raw integers: the
-    codes are categories, not magnitudes.
+    codes are categories, not magnitudes. ``layer_norm`` (see :func:`build_mlp`) keeps the MLP's tanh units off
+    their +-1 plateau: without it, trained MemoryS7 encoders sat at +-1 for 96-100% of outputs
+    (results/probe_minigrid.md).
     """
 
     #: sizes of the code vocabularies: MiniGrid's OBJECT_TO_IDX, COLOR_TO_IDX, STATE_TO_IDX, and 4 directions
@@ -106,7 +112,7 @@ class MiniGridEncoder(nn.Module):
     N_DIRECTIONS = 4
 
     def __init__(self, observation_space: spaces.Box, sizes: Sequence[int], activation: Type[nn.Module],
-                 normalize: bool = False, embed_dim: int = 8) -> None:
+                 normalize: bool = False, layer_norm: bool = False, embed_dim: int = 8) -> None:
         super().__init__()
         self.norm = None  # categorical codes: nothing to normalise
         n = int(np.prod(observation_space.shape))
@@ -122,7 +128,7 @@ class MiniGridEncoder(nn.Module):
         self.register_buffer("rows", torch.as_tensor(shared, dtype=torch.long), persistent=False)
         self.n_codes = n
         in_size = n * embed_dim
-        self.net, self.output_size = build_mlp(in_size, sizes or (64,), activation)
+        self.net, self.output_size = build_mlp(in_size, sizes or (64,), activation, layer_norm=layer_norm)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         codes = torch.minimum(obs.long().clamp_min(0), self.max_code) + self.rows  # [..., n] rows of the table
@@ -156,5 +162,5 @@ def resolve_encoder(name: str, observation_space: spaces.Box) -> str:
 
 
 def make_encoder(name: str, observation_space: spaces.Box, sizes: Sequence[int], activation: Type[nn.Module],
-                 normalize: bool = False) -> nn.Module:
-    return ENCODERS[name](observation_space, sizes, activation, normalize=normalize)
+                 normalize: bool = False, layer_norm: bool = False) -> nn.Module:
+    return ENCODERS[name](observation_space, sizes, activation, normalize=normalize, layer_norm=layer_norm)

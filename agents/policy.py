@@ -55,6 +55,7 @@ class RecurrentActorCriticPolicy(BasePolicy):
     :param encoder: ``"flat"`` (vector MLP), ``"minigrid"`` (symbolic grid), or ``"auto"`` (chosen from the space)
     :param encoder_sizes: hidden layers of the encoder before the core (``[]``: the core sees the raw observation)
     :param normalize_obs: normalise observations with running statistics kept in the policy (flat encoder only)
+    :param encoder_norm: LayerNorm on each encoder layer's pre-activations (keeps tanh units off their +-1 plateau)
     :param net_arch: ``{"pi": [...], "vf": [...]}`` layers of the actor / critic heads after the core
     :param activation: activation of encoder and heads (``tanh``, ``relu``, ``elu``, ``gelu``, ``leaky_relu``)
     :param ortho_init: orthogonal initialisation of linear layers as in SB3's PPO
@@ -79,6 +80,7 @@ class RecurrentActorCriticPolicy(BasePolicy):
         encoder: str = "auto",
         encoder_sizes: Sequence[int] = (64,),
         normalize_obs: bool = False,
+        encoder_norm: bool = False,
         net_arch: Optional[Dict[str, Sequence[int]]] = None,
         activation: str = "tanh",
         ortho_init: bool = True,
@@ -109,6 +111,7 @@ class RecurrentActorCriticPolicy(BasePolicy):
         self.encoder_name = resolve_encoder(encoder, observation_space)
         self.encoder_sizes = [int(s) for s in encoder_sizes]
         self.normalize_obs = bool(normalize_obs)
+        self.encoder_norm = bool(encoder_norm)
         self.net_arch = {"pi": [int(s) for s in net_arch.get("pi", [])], "vf": [int(s) for s in net_arch.get("vf", [])]}
         self.activation = activation
         self.ortho_init = ortho_init
@@ -119,7 +122,7 @@ class RecurrentActorCriticPolicy(BasePolicy):
         self._obs_shape = tuple(observation_space.shape)
 
         self.encoder = make_encoder(self.encoder_name, observation_space, self.encoder_sizes, ACTIVATIONS[activation],
-                                    normalize=self.normalize_obs)
+                                    normalize=self.normalize_obs, layer_norm=self.encoder_norm)
         self.core_pi: MemoryCore = make_core(core, self.encoder.output_size, hidden_size, num_layers, **self.core_kwargs)
         self.core_vf: Optional[MemoryCore] = None
         if not self.shared_core:
@@ -168,6 +171,7 @@ class RecurrentActorCriticPolicy(BasePolicy):
             "encoder": self.encoder_name,
             "encoder_sizes": list(self.encoder_sizes),
             "normalize_obs": self.normalize_obs,
+            "encoder_norm": self.encoder_norm,
             "net_arch": {k: list(v) for k, v in self.net_arch.items()},
             "activation": self.activation,
             "log_std_init": self.log_std_init,

@@ -211,6 +211,7 @@ def run_main(argv, capsys) -> tuple[int, str, str]:
     (["--env", "CartPole-P-v1", "--set", "action_set=move"], "action_set='move'"),
     (["--set", "action_set=turn"], "action_set='turn'"),
     (["--set", "normalize_obs=true"], "normalize_obs=true"),
+    (["--env", "CartPole-P-v1", "--set", "encoder_norm=true", "encoder_sizes=[]"], "encoder_norm=true"),
     (["--set", "lstm_forget_bias=big"], "lstm_forget_bias='big'"),
     (["--config", "/nonexistent/cfg.yaml"], "does not exist"),
     (["--resume", "/nonexistent/run"], "no such directory"),

@@ -32,6 +32,8 @@ CASES = {
     "pendulum-novel-box": dict(env_id="PendulumNoVel-v1"),
     "pendulum-gsde": dict(env_id="PendulumNoVel-v1", use_sde=True),
     "minigrid-uint8": dict(env_id="MiniGrid-MemoryS7-v0", view_size=3),
+    "minigrid-encoder-norm": dict(env_id="MiniGrid-MemoryS7-v0", view_size=3, encoder_norm=True),
+    "cartpole-p-encoder-norm": dict(env_id="CartPole-P-v1", normalize_obs=True, encoder_norm=True),
     "multidiscrete": dict(env_id=None, action_space=spaces.MultiDiscrete([3, 2])),
     "multibinary": dict(env_id=None, action_space=spaces.MultiBinary(3)),
 }
@@ -48,6 +50,7 @@ def make_policy(core, case, num_layers=1, shared_core=False, seed=0):
         obs_space, act_space = spaces.Box(-2.0, 2.0, (5,), np.float32), spec["action_space"]
     policy = RecurrentActorCriticPolicy(obs_space, act_space, core=core, hidden_size=24, num_layers=num_layers,
                                         shared_core=shared_core, normalize_obs=spec.get("normalize_obs", False),
+                                        encoder_norm=spec.get("encoder_norm", False),
                                         env_id=spec["env_id"], use_sde=spec.get("use_sde", False))
     if spec.get("normalize_obs"):  # non-trivial statistics, so the export must carry them
         policy.update_obs_normalizer(np.random.default_rng(seed).normal(0.5, 2.0, size=(256, *obs_space.shape)))

@@ -321,6 +321,48 @@ def test_obs_normalizer_lives_in_the_policy_and_travels(tmp_path):
     np.testing.assert_array_equal(a, a_ref)
 
 
+def test_encoder_norm_keeps_tanh_units_off_the_plateau_and_travels(tmp_path):
+    """encoder_norm=true: a LayerNorm between each encoder Linear and its tanh. With first-layer weights blown up 50x
+    (as training did to MiniGrid encoders) plain tanh units sit at +-1, normalised ones do not; the module call and
+    the latency path (run_mlp) agree; the option is saved with the policy."""
+    from agents.encoders import make_encoder, run_mlp
+    import envs
+
+    minigrid = envs.make_env("MiniGrid-MemoryS7-v0", view_size=3)
+    flat_space = spaces.Box(-1, 1, (6,), np.float32)
+    rng = np.random.default_rng(0)
+    cases = [("flat", flat_space, torch.as_tensor(rng.normal(size=(64, 6)).astype(np.float32))),
+             ("minigrid", minigrid.observation_space,
+              torch.as_tensor(np.stack([minigrid.observation_space.sample() for _ in range(64)])))]
+    for name, space, obs in cases:
+        saturated = {}
+        for layer_norm in (False, True):
+            torch.manual_seed(0)
+            deep = make_encoder(name, space, [32, 16], torch.nn.Tanh, layer_norm=layer_norm)
+            kinds = [type(m).__name__ for m in deep.net]
+            assert kinds == (["Linear", "LayerNorm", "Tanh"] * 2 if layer_norm else ["Linear", "Tanh"] * 2), kinds
+            enc = make_encoder(name, space, [32], torch.nn.Tanh, layer_norm=layer_norm)
+            with torch.no_grad():
+                enc.net[0].weight.mul_(50.0)
+                out = enc(obs)
+                if name == "flat":
+                    torch.testing.assert_close(run_mlp(deep.net, obs), deep.net(obs))
+            saturated[layer_norm] = float((out.abs() >= 0.99).float().mean())
+        assert saturated[False] > 0.5 and saturated[True] < 0.05, (name, saturated)
+
+    model = small_model("gru", env_id="CartPole-P-v1", policy_kwargs=dict(encoder_norm=True))
+    model.learn(32)
+    assert any(isinstance(m, torch.nn.LayerNorm) for m in model.policy.encoder.modules())
+    model.save(tmp_path / "m.zip")
+    policy = load_policy(tmp_path / "m.zip")
+    assert policy.encoder_norm and policy.config()["encoder_norm"] is True
+    obs = rng.normal(size=(6, 4)).astype(np.float32)
+    a_ref, s_ref = model.policy.act(obs, model.policy.initial_state(6), True)
+    a, s = policy.act(obs, policy.initial_state(6), True)
+    np.testing.assert_array_equal(a, a_ref)
+    torch.testing.assert_close(s, s_ref)
+
+
 @pytest.mark.parametrize("name", ALL_CORES)
 def test_chunked_and_padded_sequences_give_the_same_loss_terms(name):
     """With resets inside the kernel, fixed chunks (episode starts inside) equal padded episode-cut sequences."""

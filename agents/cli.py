@@ -397,7 +397,7 @@ def _size_core(cfg: TrainConfig, env) -> tuple:
     if cfg.normalize_obs and encoder_name != "flat":
         raise CLIError(f"normalize_obs=true (env {cfg.env}, encoder {encoder_name}): only the flat encoder "
                        "normalizes observations (MiniGrid's are integer codes, embedded); expected normalize_obs=false")
-    if cfg.encoder_norm and encoder_name == "flat" and not cfg.encoder_sizes:
+    if cfg.encoder_norm and not len(encoder.net):  # the built encoder says whether it has layers
         raise CLIError(f"encoder_norm=true with encoder_sizes={list(cfg.encoder_sizes)} ({encoder_name} encoder): "
                        "no encoder layer to normalise; expected at least one size in encoder_sizes")
     input_size = encoder.output_size

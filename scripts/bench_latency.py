@@ -39,23 +39,24 @@ from benchlib import time_per_call_us  # noqa: E402
 ENVS = ("CartPole-P-v1", "MiniGrid-Memory")
 
 
-def build_policy(env_id: str, core: str, hidden: int):
-    """The policy train_agent would train for ``env_id`` (its family config) with this core and hidden size."""
+def build_policy(env_id: str, core: str, hidden: int, device: str = "cpu"):
+    """The policy train_agent would train for ``env_id`` (its family config) with this core and hidden size, on
+    ``device``."""
     from agents.cli import build_model, env_factory
     from agents.config import resolve_config
     from stable_baselines3.common.env_util import make_vec_env
 
     warnings.filterwarnings("ignore", message=".*mini-batch size.*")  # n_envs=1 here; never trained
-    cfg = resolve_config(env=env_id, overrides={"core": core, "hidden_size": hidden, "n_envs": 1, "device": "cpu"})
+    cfg = resolve_config(env=env_id, overrides={"core": core, "hidden_size": hidden, "n_envs": 1, "device": device})
     venv = make_vec_env(env_factory(cfg), n_envs=1, seed=0)
-    policy = build_model(cfg, venv, "cpu").policy
+    policy = build_model(cfg, venv, device).policy
     obs = venv.reset()[0]
     venv.close()
     policy.set_training_mode(False)
     return policy, obs, cfg.env
 
 
-def configurations(env_id: str, hidden_sizes: List[int]) -> List[Dict[str, Any]]:
+def configurations(env_id: str, hidden_sizes: List[int], device: str = "cpu") -> List[Dict[str, Any]]:
     """[{view, core, hidden, policy, obs}] for one env: equal hidden size, then equal parameters (vs LSTM)."""
     from agents import core_param_count, match_hidden_size
 
@@ -63,7 +64,7 @@ def configurations(env_id: str, hidden_sizes: List[int]) -> List[Dict[str, Any]]
     for h in hidden_sizes:
         built = {}
         for core in ("gru", "lstm", "mlp"):
-            policy, obs, canonical = build_policy(env_id, core, h)
+            policy, obs, canonical = build_policy(env_id, core, h, device)
             built[core] = policy
             out.append({"env": canonical, "view": "equal hidden", "group": f"H={h}", "core": core, "hidden": h,
                         "policy": policy, "obs": obs})
@@ -71,7 +72,7 @@ def configurations(env_id: str, hidden_sizes: List[int]) -> List[Dict[str, Any]]
         target = core_param_count("lstm", input_size, h)
         for core in ("gru", "mlp"):
             hm = match_hidden_size(core, "lstm", h, input_size)
-            policy, obs, canonical = build_policy(env_id, core, hm)
+            policy, obs, canonical = build_policy(env_id, core, hm, device)
             out.append({"env": canonical, "view": "equal params", "group": f"lstm:{h} ({target:,} core params)",
                         "core": core, "hidden": hm, "policy": policy, "obs": obs})
         out.append({**next(c for c in out if c["view"] == "equal hidden" and c["core"] == "lstm" and c["hidden"] == h
@@ -97,15 +98,20 @@ def timers(c: Dict[str, Any], batch: int, exports: bool = True):
     core = policy.core_pi
     obs1 = obs
     obs_n = np.repeat(obs[None], batch, axis=0)
+    device = policy.device
     s1, sn = policy.initial_state(1), policy.initial_state(batch)
-    x1, xn = torch.randn(1, core.input_size), torch.randn(batch, core.input_size)
+    x1, xn = torch.randn(1, core.input_size, device=device), torch.randn(batch, core.input_size, device=device)
     c1, cn = core.initial_state(1), core.initial_state(batch)
-    e1, en = torch.zeros(1), torch.zeros(batch)
+    e1, en = torch.zeros(1, device=device), torch.zeros(batch, device=device)
+    # act hands back numpy actions, so it waits for the GPU itself; core.step returns device tensors: wait for them
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def core_step(x, s, e):
         def f():
             with torch.inference_mode():
-                return core.step(x, s, e)
+                out = core.step(x, s, e)
+            sync()
+            return out
         return f
 
     runtimes = exported(policy, exports)
@@ -161,6 +167,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; quick: 1)")
     parser.add_argument("--no-export", dest="exports", action="store_false",
                         help="skip the exported rows (ONNX Runtime fp32 and int8; needs onnx and onnxruntime)")
+    parser.add_argument("--device", default="cpu", help="torch device of the eager rows: cpu (default), cuda or "
+                        "cuda:N (the exported rows run on the CPU and are skipped on any other device)")
     parser.add_argument("--name", default=None, help="results file stem (default latency; quick: latency_quick)")
     parser.add_argument("--out-dir", default=None, help="folder for the result files (default results/)")
     args = parser.parse_args(argv)
@@ -172,9 +180,15 @@ def main(argv=None) -> int:
     batch = args.batch
     if min(hidden) < 1 or batch < 2 or n < 10 or rounds < 1:
         parser.error("expected hidden sizes >= 1, --batch >= 2, --n >= 10, --rounds >= 1")
+    device = args.device
+    if device != "cpu":
+        if not device.startswith("cuda") or not torch.cuda.is_available():
+            parser.error(f"--device {device!r}: expected cpu, or cuda / cuda:N on a machine where torch sees CUDA "
+                         f"(torch {torch.__version__}, CUDA available: {torch.cuda.is_available()})")
+        args.exports = False  # ONNX Runtime runs here on the CPU: its rows belong to the CPU table
     t0 = time.perf_counter()
 
-    configs = [c for env_id in args.envs.split(",") for c in configurations(env_id.strip(), hidden)]
+    configs = [c for env_id in args.envs.split(",") for c in configurations(env_id.strip(), hidden, device)]
     unique = list({id(c["policy"]): c for c in configs}.values())  # the equal-params LSTM is the equal-hidden one
     samples: Dict[int, Dict[str, List[Dict[str, float]]]] = {id(c["policy"]): {} for c in unique}
     calls = {id(c["policy"]): timers(c, batch, args.exports) for c in unique}
@@ -200,8 +214,10 @@ def main(argv=None) -> int:
         r["params_vs_lstm"] = r["core_params"] / ref["core_params"]
 
     bn = f"b{batch}"
-    table = [f"One torch thread, eager, deterministic act, state not reset; batch N = {batch}. Median over {rounds} "
-             f"interleaved round(s) of the p50 / p99 of {n} calls after {warmup} warm-up calls. `core.step` = the core "
+    where = "" if device == "cpu" else f" Policy and state on {device} ({torch.cuda.get_device_name(device)}): " \
+        "act takes numpy observations and returns numpy actions, core.step waits for the GPU (synchronize)."
+    table = [f"One torch thread, eager, deterministic act, state not reset; batch N = {batch}.{where} "
+             f"Median over {rounds} interleaved round(s) of the p50 / p99 of {n} calls after {warmup} warm-up calls. `core.step` = the core "
              "alone on random features (inference mode). Equal params: gru and mlp sized to the LSTM's core "
              "parameter count (agents.match_hidden_size). Ratios are gru / lstm of the act p50.", ""]
     for env in dict.fromkeys(r["env"] for r in rows):
@@ -226,7 +242,8 @@ def main(argv=None) -> int:
     if args.exports:
         table += exported_table(rows)
     table.append(f"Total benchmark time {time.perf_counter() - t0:.0f} s.")
-    settings = {"batch": batch, "n": n, "warmup": warmup, "rounds": rounds, "hidden_sizes": hidden, "torch_threads": 1}
+    settings = {"batch": batch, "n": n, "warmup": warmup, "rounds": rounds, "hidden_sizes": hidden, "torch_threads": 1,
+                "device": device}
     benchlib.publish(args.name or ("latency_quick" if args.quick else "latency"), "bench_latency.py",
                      sys.argv[1:] if argv is None else argv, table, args.out_dir, settings=settings, rows=rows)
     return 0

@@ -61,10 +61,11 @@ def kernel_contenders(seed: int):
     return rows
 
 
-def cartpole_contenders(seed: int):
+def cartpole_contenders(seed: int, device: str = "cpu"):
     env = lambda: make_vec_env(lambda: envs.make_env("CartPoleNoVel-v1"), n_envs=8, seed=seed)  # noqa: E731
     hp = dict(n_steps=32, batch_size=256, n_epochs=20, gamma=0.98, gae_lambda=0.8, ent_coef=0.0,
-              learning_rate=LinearSchedule(1e-3, 0.0, 1.0), clip_range=LinearSchedule(0.2, 0.0, 1.0), seed=seed)
+              learning_rate=LinearSchedule(1e-3, 0.0, 1.0), clip_range=LinearSchedule(0.2, 0.0, 1.0), seed=seed,
+              device=device)
     ours_kwargs = dict(encoder_sizes=[], net_arch=dict(pi=[64], vf=[64]), activation="relu", ortho_init=False)
     return {
         "sb3-contrib RecurrentPPO (lstm)": lambda: ContribRecurrentPPO(
@@ -77,9 +78,9 @@ def cartpole_contenders(seed: int):
     }
 
 
-def minigrid_contenders(seed: int):
+def minigrid_contenders(seed: int, device: str = "cpu"):
     env = lambda: make_vec_env(lambda: envs.make_env("MiniGrid-MemoryS7-v0"), n_envs=8, seed=seed)  # noqa: E731
-    hp = dict(n_steps=128, batch_size=256, n_epochs=4, learning_rate=2.5e-4, ent_coef=0.01, seed=seed)
+    hp = dict(n_steps=128, batch_size=256, n_epochs=4, learning_rate=2.5e-4, ent_coef=0.01, seed=seed, device=device)
     matched = match_hidden_size("gru", "lstm", 128, input_size=64)
     return {
         "SB3 PPO (memoryless MLP)": lambda: PPO("MlpPolicy", env(), **hp),
@@ -155,23 +156,39 @@ def main() -> None:
     parser.add_argument("--minigrid-steps", type=int, default=None, help="default 30720 (quick: 4096)")
     parser.add_argument("--sections", default="cartpole,kernels,minigrid,latency")
     parser.add_argument("--kernel-steps", type=int, default=None, help="default 20480 (quick: 2048)")
+    parser.add_argument("--eval-episodes", type=int, default=None,
+                        help="cartpole: deterministic eval episodes after training (default 20; quick: 0)")
     parser.add_argument("--name", default=None, help="results file stem (default throughput, quick: throughput_quick)")
+    parser.add_argument("--device", default="cpu", help="torch device of every contender in the cartpole and minigrid "
+                        "sections: cpu (default), cuda or cuda:N; the kernels and latency sections are CPU-only")
     args = parser.parse_args()
+    sections = set(args.sections.split(","))
+    if args.device != "cpu":
+        if not args.device.startswith("cuda") or not torch.cuda.is_available():
+            parser.error(f"--device {args.device!r}: expected cpu, or cuda / cuda:N on a machine where torch sees CUDA "
+                         f"(torch {torch.__version__}, CUDA available: {torch.cuda.is_available()})")
+        if sections & {"kernels", "latency"}:
+            parser.error(f"--device {args.device!r}: the kernels (CPU C++ kernels) and latency sections are CPU-only; "
+                         "expected --sections cartpole,minigrid (scripts/bench_latency.py --device times GPU latency)")
     torch.set_num_threads(1)
     cartpole_steps = args.cartpole_steps or (4096 if args.quick else 100_000)
     minigrid_steps = args.minigrid_steps or (4096 if args.quick else 30_720)
     kernel_steps = args.kernel_steps or (2048 if args.quick else 20_480)
-    sections = set(args.sections.split(","))
-    payload: Dict[str, object] = {"provenance": provenance()}
-    table: List[str] = []
+    payload: Dict[str, object] = {"provenance": provenance(), "device": args.device}
+    table: List[str] = [f"Every contender's policy on `{args.device}`"
+                        + (f" ({torch.cuda.get_device_name(args.device)}); the envs step on the CPU." if
+                           args.device != "cpu" else ".")
+                        + " One torch thread.", ""]
 
     if "cartpole" in sections:
         print(f"== CartPoleNoVel-v1, rl-zoo3 ppo_lstm hyperparameters, {cartpole_steps} steps", flush=True)
-        rows = run_contenders(cartpole_contenders(args.seed), cartpole_steps, 0 if args.quick else 20,
+        eval_episodes = args.eval_episodes if args.eval_episodes is not None else (0 if args.quick else 20)
+        rows = run_contenders(cartpole_contenders(args.seed, args.device), cartpole_steps, eval_episodes,
                               "CartPoleNoVel-v1", args.seed)
         base = rows["sb3-contrib RecurrentPPO (lstm)"]["steps_per_s"]
         table += ["## CartPoleNoVel-v1 (rl-zoo3 ppo_lstm hyperparameters)", "",
-                  f"{cartpole_steps} steps, seed {args.seed}; eval: 20 deterministic episodes after training.", "",
+                  f"{cartpole_steps} steps, seed {args.seed}; eval: {eval_episodes} deterministic episodes after training.",
+                  "",
                   "| implementation | steps/s | vs sb3-contrib | eval return | last rollout s | last update s |",
                   "|---|---|---|---|---|---|"]
         for name, r in rows.items():
@@ -196,9 +213,11 @@ def main() -> None:
 
     if "minigrid" in sections:
         print(f"== MiniGrid-MemoryS7-v0, {minigrid_steps} steps", flush=True)
-        rows = run_contenders(minigrid_contenders(args.seed), minigrid_steps, 0, "MiniGrid-MemoryS7-v0", args.seed)
+        rows = run_contenders(minigrid_contenders(args.seed, args.device), minigrid_steps, 0, "MiniGrid-MemoryS7-v0",
+                              args.seed)
         base = rows["SB3 PPO (memoryless MLP)"]["steps_per_s"]
         table += ["## MiniGrid-MemoryS7-v0 (8 envs, n_steps 128, batch 256, 4 epochs, hidden 128)", "",
+                  f"{minigrid_steps} steps, seed {args.seed}.", "",
                   "| implementation | steps/s | vs SB3 PPO (no memory) |", "|---|---|---|"]
         for name, r in rows.items():
             r["ratio_vs_sb3_ppo"] = r["steps_per_s"] / base

@@ -21,14 +21,17 @@ RESULTS = ROOT / "results"
 
 
 def git_commit() -> str:
+    """The checkout's short commit (``+dirty`` when tracked code outside results/ changed); outside a git checkout
+    (a copy of the tree sent to another machine) the commit named by ``RECURRENT_AGENTS_COMMIT``, else "unknown"."""
+    outside = os.environ.get("RECURRENT_AGENTS_COMMIT", "unknown")
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
         # results/ is what the benchmarks write: a re-run over earlier results is not a change of the measured code
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
                                cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
+        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else outside
     except OSError:
-        return "unknown"
+        return outside
 
 
 def machine() -> Dict[str, str]:
@@ -40,7 +43,8 @@ def machine() -> Dict[str, str]:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": str(os.cpu_count()), "torch": torch.__version__,
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "gpu": gpu, "torch": torch.__version__,
             "torch_threads": str(torch.get_num_threads()), "python": platform.python_version(),
             "platform": platform.platform()}
 
@@ -75,7 +79,8 @@ def write_results(name: str, payload: Dict[str, object], table: List[str]) -> No
     prov = payload["provenance"]
     m = prov["machine"]
     header = [f"# {name}", "",
-              f"Commit `{prov['commit']}`, {prov['date']}; {m['cpu']}, {m['cores']} cores, torch {m['torch']} "
+              f"Commit `{prov['commit']}`, {prov['date']}; {m['cpu']}, {m['cores']} cores, "
+              + (f"GPU {m['gpu']}, " if m.get("gpu", "none") != "none" else "") + f"torch {m['torch']} "
               f"({m['torch_threads']} thread(s)), Python {m['python']}.", "",
               f"Reproduce: `{prov['command']}`", ""]
     (RESULTS / f"{name}.md").write_text("\n".join(header + table) + "\n")

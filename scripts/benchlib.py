@@ -21,17 +21,20 @@ RESULTS = ROOT / "results"
 
 
 def git_commit() -> str:
-    """The checkout's short commit (``+dirty`` when tracked code outside results/ changed); outside a git checkout
-    (a copy of the tree sent to another machine) the commit named by ``RECURRENT_AGENTS_COMMIT``, else "unknown"."""
-    outside = os.environ.get("RECURRENT_AGENTS_COMMIT", "unknown")
+    """The checkout's short commit (``+dirty`` when tracked code outside results/ changed), or "unknown".
+
+    ``RECURRENT_AGENTS_COMMIT`` overrides it: for a copy of a clean checkout sent to another machine (a GPU host),
+    whose own .git, if any, need not match the tree that runs."""
+    if os.environ.get("RECURRENT_AGENTS_COMMIT"):
+        return os.environ["RECURRENT_AGENTS_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
         # results/ is what the benchmarks write: a re-run over earlier results is not a change of the measured code
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
                                cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else outside
+        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
     except OSError:
-        return outside
+        return "unknown"
 
 
 def machine() -> Dict[str, str]:

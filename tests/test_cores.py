@@ -21,6 +21,14 @@ def _stepwise(core, x, state, starts):
     return torch.stack(ys), state
 
 
+def _grads(core, run):
+    """The gradients of sum(y^2) w.r.t. ``core``'s parameters, ``y`` the first output of ``run()``."""
+    core.zero_grad()
+    y, _ = run()
+    y.pow(2).sum().backward()
+    return [p.grad.clone() for p in core.parameters()]
+
+
 @pytest.mark.parametrize("name", ALL_CORES)
 @pytest.mark.parametrize("num_layers", [1, 2])
 def test_sequence_equals_steps_with_resets(name, num_layers):
@@ -49,12 +57,8 @@ def test_sequence_gradients_equal_steps(name):
     starts = torch.zeros(T, B, dtype=torch.bool)
     starts[4, 0] = True
     state0 = torch.randn(B, *core.state_shape)
-    grads = []
-    for fn in (lambda: core.forward_sequence(x, state0, starts), lambda: _stepwise(core, x, state0, starts)):
-        core.zero_grad()
-        y, _ = fn()
-        y.pow(2).sum().backward()
-        grads.append([p.grad.clone() for p in core.parameters()])
+    grads = [_grads(core, lambda: core.forward_sequence(x, state0, starts)),
+             _grads(core, lambda: _stepwise(core, x, state0, starts))]
     for g_seq, g_step in zip(*grads):
         torch.testing.assert_close(g_seq, g_step, atol=1e-5, rtol=1e-4)
 

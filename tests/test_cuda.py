@@ -23,7 +23,7 @@ import envs  # noqa: F401  (registers the masked envs)
 from agents import CORES, RecurrentPPO, load_policy
 from agents.cores import make_core
 from agents.policy import RecurrentActorCriticPolicy
-from test_cores import _stepwise
+from test_cores import _grads, _stepwise
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 ALL_CORES = sorted(CORES)
@@ -62,12 +62,9 @@ def test_core_gradients_on_cuda_match_cpu(name):
     core = make_core(name, 6, 32, 2)
     gpu = copy.deepcopy(core).to(CUDA)
     x, starts, s0 = _inputs(core, T=9, B=3)
-    grads = []
-    for c, dev in ((core, "cpu"), (gpu, CUDA)):
-        y, _ = c.forward_sequence(x.to(dev), s0.to(dev), starts.to(dev))
-        y.pow(2).sum().backward()
-        grads.append([p.grad.cpu() for p in c.parameters()])
-    for g_cpu, g_gpu in zip(*grads):
+    grads = [_grads(c, lambda c=c, d=d: c.forward_sequence(x.to(d), s0.to(d), starts.to(d)))
+             for c, d in ((core, "cpu"), (gpu, CUDA))]
+    for g_cpu, g_gpu in zip(grads[0], [g.cpu() for g in grads[1]]):
         torch.testing.assert_close(g_gpu, g_cpu, atol=5e-3, rtol=5e-3)
 
 

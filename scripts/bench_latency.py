@@ -181,10 +181,9 @@ def main(argv=None) -> int:
     if min(hidden) < 1 or batch < 2 or n < 10 or rounds < 1:
         parser.error("expected hidden sizes >= 1, --batch >= 2, --n >= 10, --rounds >= 1")
     device = args.device
+    if benchlib.device_error(device):
+        parser.error(benchlib.device_error(device))
     if device != "cpu":
-        if not device.startswith("cuda") or not torch.cuda.is_available():
-            parser.error(f"--device {device!r}: expected cpu, or cuda / cuda:N on a machine where torch sees CUDA "
-                         f"(torch {torch.__version__}, CUDA available: {torch.cuda.is_available()})")
         args.exports = False  # ONNX Runtime runs here on the CPU: its rows belong to the CPU table
     t0 = time.perf_counter()
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchlib import provenance, time_per_call_us, write_results
+from benchlib import device_error, provenance, time_per_call_us, write_results
 
 import envs
 from agents import RecurrentPPO, match_hidden_size
@@ -163,13 +163,11 @@ def main() -> None:
                         "sections: cpu (default), cuda or cuda:N; the kernels and latency sections are CPU-only")
     args = parser.parse_args()
     sections = set(args.sections.split(","))
-    if args.device != "cpu":
-        if not args.device.startswith("cuda") or not torch.cuda.is_available():
-            parser.error(f"--device {args.device!r}: expected cpu, or cuda / cuda:N on a machine where torch sees CUDA "
-                         f"(torch {torch.__version__}, CUDA available: {torch.cuda.is_available()})")
-        if sections & {"kernels", "latency"}:
-            parser.error(f"--device {args.device!r}: the kernels (CPU C++ kernels) and latency sections are CPU-only; "
-                         "expected --sections cartpole,minigrid (scripts/bench_latency.py --device times GPU latency)")
+    if device_error(args.device):
+        parser.error(device_error(args.device))
+    if args.device != "cpu" and sections & {"kernels", "latency"}:
+        parser.error(f"--device {args.device!r}: the kernels (CPU C++ kernels) and latency sections are CPU-only; "
+                     "expected --sections cartpole,minigrid (scripts/bench_latency.py --device times GPU latency)")
     torch.set_num_threads(1)
     cartpole_steps = args.cartpole_steps or (4096 if args.quick else 100_000)
     minigrid_steps = args.minigrid_steps or (4096 if args.quick else 30_720)

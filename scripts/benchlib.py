@@ -52,6 +52,19 @@ def machine() -> Dict[str, str]:
             "platform": platform.platform()}
 
 
+def device_error(device: str) -> str | None:
+    """Why ``--device`` cannot run here, in one line, or None: ``cpu``, or ``cuda`` / ``cuda:N`` where torch sees
+    that GPU."""
+    if device == "cpu":
+        return None
+    index = device.partition(":")[2]
+    if device.split(":")[0] == "cuda" and (not index or index.isdigit()) and torch.cuda.is_available() \
+            and int(index or 0) < torch.cuda.device_count():
+        return None
+    return (f"--device {device!r}: expected cpu, or cuda / cuda:N on a machine where torch sees that GPU (torch "
+            f"{torch.__version__}, {torch.cuda.device_count() if torch.cuda.is_available() else 0} CUDA device(s))")
+
+
 def provenance(command: str | None = None) -> Dict[str, object]:
     if command is None:
         script = Path(sys.argv[0]).resolve()

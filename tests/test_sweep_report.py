@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
@@ -291,6 +292,31 @@ def test_bench_latency_quick_runs(tmp_path):
     for r in rows:
         assert 0 < r["act_b1_p50_us"] <= r["act_b1_p99_us"] and r["core_b16_p50_us"] > 0
     assert "Reproduce: `python scripts/bench_latency.py --quick" in (tmp_path / "latency_quick.md").read_text()
+
+
+def test_bench_device_errors_are_one_line(capsys, monkeypatch):
+    """A --device torch cannot use here, and CPU-only sections on a GPU, stop with one line naming the value."""
+    bench = _load("bench_latency")
+    for device in ("gpu", "cuda:99", "cuda:x"):
+        with pytest.raises(SystemExit) as e:
+            bench.main(["--device", device])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert e.value.code == 2 and f"--device {device!r}: expected cpu, or cuda / cuda:N" in err
+    assert bench.benchlib.device_error("cpu") is None
+    throughput = _load("bench_throughput")
+    device = "cuda" if torch.cuda.is_available() else "cuda:99"
+    monkeypatch.setattr(sys, "argv", ["bench_throughput.py", "--device", device, "--sections", "kernels"])
+    with pytest.raises(SystemExit) as e:
+        throughput.main()
+    assert e.value.code == 2 and f"--device {device!r}:" in capsys.readouterr().err
+
+
+def test_bench_provenance_names_the_commit_it_is_given(monkeypatch):
+    bench = _load("bench_latency")
+    monkeypatch.setenv("RECURRENT_AGENTS_COMMIT", "abc1234")
+    assert bench.benchlib.provenance("cmd")["commit"] == "abc1234"
+    monkeypatch.delenv("RECURRENT_AGENTS_COMMIT")
+    assert bench.benchlib.provenance("cmd")["commit"] != "abc1234"
 
 
 # ---------------------------------------------------------------------------------------------------- throughput

@@ -431,10 +431,17 @@ def plot(result: Dict[str, Any], out: Path, footer: str) -> List[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    n_footer = footer.count("\n") + 1
+    # the footer (fontsize 6: ~0.1 inch a line) gets its own strip below the axes, however many commands it lists
+    footer_in = 0.1 * (footer.count("\n") + 1) + 0.35
+
+    def finish(fig, height_in: float) -> None:
+        fig.text(0.01, 0.005, footer, fontsize=6, va="bottom", family="monospace")
+        fig.tight_layout(rect=(0, footer_in / height_in, 1, 1))
+
     for env, e in result["envs"].items():
         panels = 3 if any(g["grad_norm"] for g in e["groups"]) else 2
-        fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.2 + 0.16 * n_footer))
+        height = 4.2 + footer_in
+        fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, height))
         for g in e["groups"]:
             name = f"{g['label']} {g['size']} (n={g['n']})"
             for ax, key in zip(axes, ("curve_steps", "curve_seconds")):
@@ -457,8 +464,7 @@ def plot(result: Dict[str, Any], out: Path, footer: str) -> List[Path]:
             axes[2].grid(alpha=0.3)
         axes[0].legend(fontsize=7)
         fig.suptitle(f"{env}: eval {e['metric']} over seeds")
-        fig.text(0.01, 0.005, footer, fontsize=6, va="bottom", family="monospace")
-        fig.tight_layout(rect=(0, 0.03 + 0.022 * n_footer, 1, 1))
+        finish(fig, height)
         path = out / f"curves_{env}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
@@ -466,7 +472,8 @@ def plot(result: Dict[str, Any], out: Path, footer: str) -> List[Path]:
 
     bars = [(env, g) for env, e in result["envs"].items() for g in e["groups"]]
     if bars:
-        fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(bars) + 2), 4.5 + 0.16 * n_footer))
+        height = 4.5 + footer_in
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(bars) + 2), height))
         x = np.arange(len(bars))
         roll = [g["rollout_s_per_1k"] for _, g in bars]
         upd = [g["update_s_per_1k"] for _, g in bars]
@@ -477,8 +484,7 @@ def plot(result: Dict[str, Any], out: Path, footer: str) -> List[Path]:
         ax.set_title("Training time per 1,000 env steps: rollout vs update")
         ax.legend()
         ax.grid(axis="y", alpha=0.3)
-        fig.text(0.01, 0.005, footer, fontsize=6, va="bottom", family="monospace")
-        fig.tight_layout(rect=(0, 0.03 + 0.022 * n_footer, 1, 1))
+        finish(fig, height)
         path = out / "speed.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)

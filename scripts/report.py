@@ -431,7 +431,8 @@ def plot(result: Dict[str, Any], out: Path, footer: str) -> List[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    # the footer (fontsize 6: ~0.1 inch a line) gets its own strip below the axes, however many commands it lists
+    # the footer (fontsize 6: ~0.1 inch a line, 160 characters ~8.5 inches wide) gets its own strip below the axes,
+    # however many commands it lists
     footer_in = 0.1 * (footer.count("\n") + 1) + 0.35
 
     def finish(fig, height_in: float) -> None:
@@ -473,7 +474,7 @@ def plot(result: Dict[str, Any], out: Path, footer: str) -> List[Path]:
     bars = [(env, g) for env, e in result["envs"].items() for g in e["groups"]]
     if bars:
         height = 4.5 + footer_in
-        fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(bars) + 2), height))
+        fig, ax = plt.subplots(figsize=(max(9.0, 0.55 * len(bars) + 2), height))
         x = np.arange(len(bars))
         roll = [g["rollout_s_per_1k"] for _, g in bars]
         upd = [g["update_s_per_1k"] for _, g in bars]

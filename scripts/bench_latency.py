@@ -216,9 +216,9 @@ def main(argv=None) -> int:
     where = "" if device == "cpu" else f" Policy and state on {device} ({torch.cuda.get_device_name(device)}): " \
         "act takes numpy observations and returns numpy actions, core.step waits for the GPU (synchronize)."
     table = [f"One torch thread, eager, deterministic act, state not reset; batch N = {batch}.{where} "
-             f"Median over {rounds} interleaved round(s) of the p50 / p99 of {n} calls after {warmup} warm-up calls. `core.step` = the core "
-             "alone on random features (inference mode). Equal params: gru and mlp sized to the LSTM's core "
-             "parameter count (agents.match_hidden_size). Ratios are gru / lstm of the act p50.", ""]
+             f"Median over {rounds} interleaved round(s) of the p50 / p99 of {n} calls after {warmup} warm-up calls. "
+             "`core.step` = the core alone on random features (inference mode). Equal params: gru and mlp sized to "
+             "the LSTM's core parameter count (agents.match_hidden_size). Ratios are gru / lstm of the act p50.", ""]
     for env in dict.fromkeys(r["env"] for r in rows):
         for view in ("equal hidden", "equal params"):
             table += [f"## {env}, {view}", "",

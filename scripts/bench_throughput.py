@@ -185,8 +185,8 @@ def main() -> None:
                               "CartPoleNoVel-v1", args.seed)
         base = rows["sb3-contrib RecurrentPPO (lstm)"]["steps_per_s"]
         table += ["## CartPoleNoVel-v1 (rl-zoo3 ppo_lstm hyperparameters)", "",
-                  f"{cartpole_steps} steps, seed {args.seed}; eval: {eval_episodes} deterministic episodes after training.",
-                  "",
+                  f"{cartpole_steps} steps, seed {args.seed}; eval: {eval_episodes} deterministic episodes after "
+                  "training.", "",
                   "| implementation | steps/s | vs sb3-contrib | eval return | last rollout s | last update s |",
                   "|---|---|---|---|---|---|"]
         for name, r in rows.items():

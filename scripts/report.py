@@ -593,6 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="tables only")
     p.add_argument("--labels", default=None, metavar="LABEL[,LABEL...]",
                    help="only these core labels (e.g. gru,lstm,gru@L2,lstm@L2): one readable figure per question")
+    p.add_argument("--seeds", default=None, metavar="SEEDS",
+                   help="only runs with these seeds (e.g. 0-4 or 0,3,7-8): the same seeds in every group")
     p.add_argument("--max-steps", type=int, default=None, metavar="N",
                    help="read every curve only up to N env steps: runs of one sweep trained for different budgets "
                         "compared at a common one (learning statistics only; steps/s, time split and RSS stay "
@@ -618,6 +620,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 raise ReportError(f"--labels {', '.join(unknown)}: no finished runs with that label under "
                                   f"{str(sweep_dir)!r}; expected some of {', '.join(sorted({r.label for r in runs}))}")
             runs = [r for r in runs if r.label in wanted]
+        if args.seeds is not None:
+            from sweep import SweepError, parse_seeds
+            try:
+                seeds = parse_seeds(args.seeds)
+            except SweepError as exc:
+                raise ReportError(str(exc)) from None
+            have = sorted({r.seed for r in runs})
+            runs = [r for r in runs if r.seed in seeds]
+            if not runs:
+                raise ReportError(f"--seeds {args.seeds}: no finished runs with these seeds under "
+                                  f"{str(sweep_dir)!r}; expected some of {', '.join(map(str, have))}")
         if not runs:
             raise ReportError(f"no finished runs under {str(sweep_dir)!r} (expected run directories with summary.json "
                               "status completed)")

@@ -276,6 +276,16 @@ def test_report_writes_plots_and_tables_with_provenance(sweep_dir, tmp_path, cap
     capsys.readouterr()
     assert report.main([str(sweep_dir), "--out", str(only), "--labels", "gru,lstm@L9"]) == 2
     assert "--labels lstm@L9: no finished runs" in capsys.readouterr().err
+    # --seeds: the same seeds in every group (an ablation run on fewer seeds than its baseline)
+    assert report.main([str(sweep_dir), "--out", str(only), "--reps", "200", "--seeds", "1", "--no-plots"]) == 0
+    groups = json.loads((only / "comparison.json").read_text())["envs"]["CartPole-P-v1"]["groups"]
+    assert {g["label"] for g in groups} == {"gru", "mlp"} and all(g["seeds"] == [1] for g in groups)
+    capsys.readouterr()
+    assert report.main([str(sweep_dir), "--out", str(only), "--seeds", "4-2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--seeds '4-2'" in err[0], err
+    assert report.main([str(sweep_dir), "--out", str(only), "--seeds", "7"]) == 2
+    assert "--seeds 7: no finished runs with these seeds" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------------- latency

@@ -345,21 +345,30 @@ def _close_all(*envs) -> None:
                 pass
 
 
+def device_unavailable(device: str) -> Optional[str]:
+    """Why torch cannot use ``device`` (a well-formed ``cuda``, ``cuda:N`` or ``mps``) on this machine, or None.
+    Shared by ``train_agent`` and the benchmark scripts."""
+    import torch
+
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            return f"CUDA is not available (torch {torch.__version__}, torch.cuda.is_available() is False)"
+        if int(device.partition(":")[2] or 0) >= torch.cuda.device_count():
+            return f"only {torch.cuda.device_count()} CUDA device(s) visible"
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        return "MPS is not available"
+    return None
+
+
 def _setup_torch(cfg: TrainConfig):
     import torch
     from stable_baselines3.common.utils import get_device
 
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
-    if cfg.device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise CLIError(f"device={cfg.device!r}: CUDA is not available (torch {torch.__version__}, "
-                           f"torch.cuda.is_available() is False); expected auto or cpu")
-        index = int(cfg.device.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise CLIError(f"device={cfg.device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    if cfg.device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise CLIError("device='mps': MPS is not available; expected auto or cpu")
+    reason = device_unavailable(cfg.device)
+    if reason:
+        raise CLIError(f"device={cfg.device!r}: {reason}; expected auto or cpu")
     return get_device(cfg.device)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -55,14 +56,15 @@ def machine() -> Dict[str, str]:
 def device_error(device: str) -> str | None:
     """Why ``--device`` cannot run here, in one line, or None: ``cpu``, or ``cuda`` / ``cuda:N`` where torch sees
     that GPU."""
+    from agents.cli import device_unavailable
+
     if device == "cpu":
         return None
-    index = device.partition(":")[2]
-    if device.split(":")[0] == "cuda" and (not index or index.isdigit()) and torch.cuda.is_available() \
-            and int(index or 0) < torch.cuda.device_count():
+    well_formed = re.fullmatch(r"cuda(:[0-9]+)?", device)
+    reason = device_unavailable(device) if well_formed else "not a torch device these benchmarks take"
+    if reason is None:
         return None
-    return (f"--device {device!r}: expected cpu, or cuda / cuda:N on a machine where torch sees that GPU (torch "
-            f"{torch.__version__}, {torch.cuda.device_count() if torch.cuda.is_available() else 0} CUDA device(s))")
+    return f"--device {device!r}: expected cpu, or cuda / cuda:N on a machine where torch sees that GPU ({reason})"
 
 
 def provenance(command: str | None = None) -> Dict[str, object]:

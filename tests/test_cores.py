@@ -21,6 +21,17 @@ def _stepwise(core, x, state, starts):
     return torch.stack(ys), state
 
 
+def _inputs(core, T=17, B=5):
+    """Seeded inputs ``x [T, B, F]``, resets ``starts [T, B]`` (random ones, plus every env at once mid-sequence) and a
+    random initial state for ``core``."""
+    torch.manual_seed(0)
+    x = torch.randn(T, B, core.input_size)
+    starts = torch.rand(T, B) < 0.2
+    starts[0, 1] = True
+    starts[7, :] = True  # every env resets at once in the middle
+    return x, starts, torch.randn(B, *core.state_shape)
+
+
 def _grads(core, run):
     """The gradients of sum(y^2) w.r.t. ``core``'s parameters, ``y`` the first output of ``run()``."""
     core.zero_grad()
@@ -35,11 +46,7 @@ def test_sequence_equals_steps_with_resets(name, num_layers):
     torch.manual_seed(0)
     T, B, F, H = 17, 5, 6, 8
     core = make_core(name, F, H, num_layers)
-    x = torch.randn(T, B, F)
-    starts = torch.rand(T, B) < 0.2
-    starts[0, 1] = True
-    starts[7, :] = True  # every env resets at once in the middle
-    state0 = torch.randn(B, *core.state_shape)
+    x, starts, state0 = _inputs(core, T, B)
     y_seq, s_seq = core.forward_sequence(x, state0, starts)
     y_step, s_step = _stepwise(core, x, state0, starts)
     assert y_seq.shape == (T, B, core.output_size)

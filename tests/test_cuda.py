@@ -23,21 +23,12 @@ import envs  # noqa: F401  (registers the masked envs)
 from agents import CORES, RecurrentPPO, load_policy
 from agents.cores import make_core
 from agents.policy import RecurrentActorCriticPolicy
-from test_cores import _grads, _stepwise
+from test_cores import _grads, _inputs, _stepwise
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 ALL_CORES = sorted(CORES)
 TOL = dict(atol=2e-3, rtol=2e-3)
 CUDA = torch.device("cuda")
-
-
-def _inputs(core, T=17, B=5):
-    torch.manual_seed(0)
-    x = torch.randn(T, B, core.input_size)
-    starts = torch.rand(T, B) < 0.2
-    starts[0, 1] = True
-    starts[7, :] = True
-    return x, starts, torch.randn(B, *core.state_shape)
 
 
 @pytest.mark.parametrize("name", ALL_CORES)

@@ -162,6 +162,42 @@ def test_learn_logs_and_updates(name, tmp_path):
         assert key in logged and np.isfinite(logged[key]), key
 
 
+@pytest.mark.parametrize("name", ALL_CORES)
+@pytest.mark.parametrize("shared, seq_len, batch_size", [(False, None, 64), (True, 5, 64), (False, 8, 16),
+                                                         (True, None, 16)])
+def test_update_replays_the_rollout_before_its_first_step(name, shared, seq_len, batch_size):
+    """Before any gradient step every minibatch's log-probs and values equal what the rollout computed (ratio 1).
+
+    Runs through the real path: rollouts on an env whose episodes end inside them, the stored states, the buffer's
+    sequences (padded or chunked, cut every seq_len) and evaluate_actions; the second rollout comes after an update."""
+    model = small_model(name, gym_id="CartPole-v1", n_envs=2, n_steps=64, batch_size=batch_size, seq_len=seq_len,
+                        shared_core=shared)
+    checked = []
+    train = model.train
+
+    def checking_train():
+        buf = model.rollout_buffer
+        assert buf.episode_starts[1:].any()  # episodes end inside the rollout
+        n = 0
+        with torch.no_grad():
+            for batch in buf.get_sequences(batch_size):
+                values, log_prob, _ = model.policy.evaluate_actions(batch.observations, batch.actions,
+                                                                    batch.episode_starts, batch.states)
+                valid = batch.mask.reshape(-1).bool()
+                torch.testing.assert_close(log_prob[valid], batch.old_log_prob.reshape(-1)[valid],
+                                           atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(values[valid], batch.old_values.reshape(-1)[valid], atol=1e-5, rtol=1e-5)
+                n += int(valid.sum())
+        checked.append(n)
+        train()
+
+    model.train = checking_train
+    model.learn(256)
+    assert checked == [128, 128]
+    cores = [c for c in (model.policy.core_pi, model.policy.core_vf) if c is not None]
+    assert model.rollout_buffer.chunked == (seq_len is not None and all(c.resets_in_kernel for c in cores))
+
+
 def test_target_kl_stops_the_epochs_early():
     # batch 16 of a 32-step rollout: the first minibatch sees the unchanged policy (KL 0); after its step the
     # second minibatch's KL exceeds a tiny target, so the update ends in its first epoch

@@ -372,18 +372,22 @@ def _setup_torch(cfg: TrainConfig):
     return get_device(cfg.device)
 
 
-def env_factory(cfg: TrainConfig):
-    """A no-argument function building one env as train_agent does for ``cfg`` (view, actions, limit, stacking)."""
+def env_factory(cfg: TrainConfig, training: bool = False):
+    """A no-argument function building one env as train_agent does for ``cfg`` (view, actions, limit, stacking);
+    ``training=True`` adds the training-only options (``cue_start``)."""
     from envs import make_env
 
     from .config import ENV_OPTIONS
-    return partial(make_env, cfg.env, **{key: getattr(cfg, key) for key in ENV_OPTIONS})
+    kwargs = {key: getattr(cfg, key) for key in ENV_OPTIONS}
+    if training and cfg.cue_start:
+        kwargs["cue_start"] = cfg.cue_start
+    return partial(make_env, cfg.env, **kwargs)
 
 
 def _make_one_env(cfg: TrainConfig):
     import envs
     try:
-        return env_factory(cfg)()
+        return env_factory(cfg, training=True)()
     except envs.MissingDependencyError as exc:
         raise CLIError(_one_line(exc)) from None
     except ValueError as exc:
@@ -426,17 +430,17 @@ def make_envs(cfg: TrainConfig, seed: int, vecnormalize: Optional[Path] = None):
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
 
-    env_fn = env_factory(cfg)
+    env_fn, train_fn = env_factory(cfg), env_factory(cfg, training=True)
     if cfg.vec_env == "subproc":
         # workers ignore SIGINT/SIGTERM (inherited): on Ctrl-C only this process reacts, saves and closes them
         old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            train_env = make_vec_env(env_fn, n_envs=cfg.n_envs, seed=seed, vec_env_cls=SubprocVecEnv)
+            train_env = make_vec_env(train_fn, n_envs=cfg.n_envs, seed=seed, vec_env_cls=SubprocVecEnv)
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
     else:
-        train_env = make_vec_env(env_fn, n_envs=cfg.n_envs, seed=seed, vec_env_cls=DummyVecEnv)
+        train_env = make_vec_env(train_fn, n_envs=cfg.n_envs, seed=seed, vec_env_cls=DummyVecEnv)
     eval_env = make_vec_env(env_fn, n_envs=min(cfg.n_envs, cfg.eval_episodes), seed=seed + 10_000_019,
                             vec_env_cls=DummyVecEnv)
     if cfg.normalize_reward:

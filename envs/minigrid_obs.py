@@ -50,6 +50,8 @@ __all__ = [
     "validate_view_size",
     "MiniGridMoveActions",
     "ACTION_SETS",
+    "MemoryCueStart",
+    "validate_cue_start",
 ]
 
 #: Number of values each image channel takes: (object types, colors, states) = (11, 6, 3).
@@ -204,3 +206,46 @@ class MiniGridMoveActions(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
 
     def action(self, action):
         return action
+
+
+def validate_cue_start(cue_start: Any) -> float:
+    """``cue_start`` as a float in [0, 1], or a one-line ``ValueError``."""
+    if isinstance(cue_start, bool) or not isinstance(cue_start, (int, float)) or not 0.0 <= float(cue_start) <= 1.0:
+        raise ValueError(f"cue_start={cue_start!r}: expected a number in [0, 1] (the share of resets started "
+                         "beside the cue)")
+    return float(cue_start)
+
+
+class MemoryCueStart(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """MiniGrid-Memory only, a training aid: a share ``p`` of resets start the agent beside the cue.
+
+    minigrid's ``MemoryEnv`` starts the agent facing on (east) at a random cell of the start room or hallway, from
+    x = 1 to the hallway's end; only at x = 1 is the cue (at x = 1, one row up) in its first view - 1 reset in 4 on
+    MemoryS7 - and from the other cells the agent must turn or walk back to see it. With probability ``p`` this
+    wrapper moves the agent to x = 1, still facing on, after the env's own reset (layout, objects and episode are
+    the env's; only the start cell changes), so a policy meets episodes where the cue is seen at the first step
+    more often. It draws from its own generator (seeded by ``reset(seed=...)``), so the env's layouts are the same
+    sequence as without it. Wrap the raw env (it reads and regenerates minigrid's dict observation). Evaluate
+    without it: the task is minigrid's start distribution.
+    """
+
+    def __init__(self, env: gym.Env, p: float):
+        gym.utils.RecordConstructorArgs.__init__(self, p=p)
+        gym.Wrapper.__init__(self, env)
+        from minigrid.envs.memory import MemoryEnv
+
+        if not isinstance(env.unwrapped, MemoryEnv):
+            raise ValueError(f"cue_start applies only to the MiniGrid-Memory envs, not {env.unwrapped.spec.id!r}")
+        self.p = validate_cue_start(p)
+        self._rng = np.random.default_rng()
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        if self.p > 0 and self._rng.random() < self.p:
+            base = self.env.unwrapped
+            base.agent_pos = np.array((1, base.height // 2))
+            base.agent_dir = 0
+            obs = base.gen_obs()
+        return obs, info

@@ -13,7 +13,8 @@ from gymnasium.envs.registration import EnvSpec, WrapperSpec
 from gymnasium.error import DependencyNotInstalled
 
 from .masked import MASKED_ENVS, MaskedEnvSpec
-from .minigrid_obs import ACTION_SETS, MiniGridMoveActions, MiniGridSymbolicObs, validate_view_size
+from .minigrid_obs import (ACTION_SETS, MemoryCueStart, MiniGridMoveActions, MiniGridSymbolicObs, validate_cue_start,
+                           validate_view_size)
 
 __all__ = [
     "ENV_IDS",
@@ -172,6 +173,7 @@ def make_env(
     render_mode: str | None = None,
     max_episode_steps: int | None = None,
     frame_stack: int | None = None,
+    cue_start: float | None = None,
     **unexpected: Any,
 ) -> gym.Env:
     """Build one env exactly as training does (the trainer calls this once per vec-env worker).
@@ -187,6 +189,8 @@ def make_env(
         frame_stack: stack the last k observations into one flat vector (oldest first, zeros before the episode's
             first observation) - the frame-stacking control, a memoryless policy given a short window of history.
             ``None`` or 1: no stacking.
+        cue_start: MiniGrid-Memory only, a training aid: the share of resets that start the agent beside the cue
+            (:class:`envs.minigrid_obs.MemoryCueStart`). ``None`` or 0: minigrid's own start.
 
     Returns:
         ``gymnasium.make(id)`` for masked and passthrough ids; ``MiniGridSymbolicObs(gymnasium.make(id))``
@@ -205,18 +209,22 @@ def make_env(
         if isinstance(frame_stack, bool) or not isinstance(frame_stack, int) or frame_stack < 1:
             raise ValueError(f"frame_stack must be None or a positive int, got {frame_stack!r}")
         env = make_env(canonical, view_size=view_size, action_set=action_set, render_mode=render_mode,
-                       max_episode_steps=max_episode_steps, **unexpected)
+                       max_episode_steps=max_episode_steps, cue_start=cue_start, **unexpected)
         return stack_frames(env, frame_stack)
 
     if unexpected:
-        expected = _COMMON_KWARGS + (", view_size, action_set" if minigrid_env
-                                     else " (view_size, action_set: MiniGrid-* ids only)")
+        expected = _COMMON_KWARGS + (", view_size, action_set, cue_start" if minigrid_env
+                                     else " (view_size, action_set, cue_start: MiniGrid-* ids only)")
         raise ValueError(
             f"make_env({env_id!r}) got unknown keyword argument(s) {', '.join(sorted(unexpected))}; "
             f"expected: {expected}"
         )
     if view_size is not None and not minigrid_env:
         raise ValueError(f"view_size={view_size!r} applies only to MiniGrid-* ids, not {canonical!r}")
+    if cue_start is not None:
+        cue_start = validate_cue_start(cue_start)
+        if cue_start and not canonical.startswith("MiniGrid-Memory"):
+            raise ValueError(f"cue_start={cue_start!r} applies only to the MiniGrid-Memory ids, not {canonical!r}")
     if action_set is not None:
         if action_set not in ACTION_SETS:
             raise ValueError(f"action_set must be one of {', '.join(ACTION_SETS)} (or None), got {action_set!r}")
@@ -260,6 +268,8 @@ def make_env(
             raise ValueError(
                 f"{canonical} does not accept these arguments {make_kwargs}: {_first_line(e)}"
             ) from e
+        if cue_start:
+            env = MemoryCueStart(env, cue_start)
         env = MiniGridSymbolicObs(env)
         return MiniGridMoveActions(env) if action_set == "move" else env
 

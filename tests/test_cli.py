@@ -213,6 +213,8 @@ def run_main(argv, capsys) -> tuple[int, str, str]:
     (["--set", "normalize_obs=true"], "normalize_obs=true"),
     (["--env", "CartPole-P-v1", "--set", "encoder_norm=true", "encoder_sizes=[]"], "encoder_norm=true"),
     (["--set", "lstm_forget_bias=big"], "lstm_forget_bias='big'"),
+    (["--set", "cue_start=1.5"], "cue_start=1.5"),
+    (["--env", "CartPole-P-v1", "--set", "cue_start=0.5"], "cue_start=0.5 applies only to the MiniGrid-Memory ids"),
     (["--config", "/nonexistent/cfg.yaml"], "does not exist"),
     (["--resume", "/nonexistent/run"], "no such directory"),
     (["--resume", "/tmp", "--core", "lstm"], "--core cannot be combined"),
@@ -368,6 +370,23 @@ def test_lstm_forget_bias_reaches_lstm_cores_only():
         cfg = resolve_config(env="MiniGrid-Memory", overrides={"core": core}, set_items=["lstm_forget_bias=1.0"])
         assert core_kwargs(cfg) == expected, core
     assert core_kwargs(resolve_config(env="MiniGrid-Memory", overrides={"core": "lstm"})) == {"kernel": "auto"}
+
+
+def test_cue_start_wraps_the_training_envs_only():
+    from agents.cli import make_envs
+    from envs.minigrid_obs import MemoryCueStart
+
+    cfg = resolve_config(env="MiniGrid-Memory", set_items=["cue_start=0.5"], overrides={"n_envs": 2})
+    train_env, eval_env = make_envs(cfg, seed=0)
+    assert train_env.env_is_wrapped(MemoryCueStart) == [True, True]
+    assert not any(eval_env.env_is_wrapped(MemoryCueStart))
+    assert train_env.get_attr("p") == [0.5, 0.5]
+    for env in (train_env, eval_env):
+        env.close()
+    train_env, eval_env = make_envs(resolve_config(env="MiniGrid-Memory", overrides={"n_envs": 2}), seed=0)
+    assert not any(train_env.env_is_wrapped(MemoryCueStart))
+    for env in (train_env, eval_env):
+        env.close()
 
 
 def test_lstm_forget_bias_survives_save_and_load(tmp_path):

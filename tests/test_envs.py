@@ -15,6 +15,7 @@ from gymnasium.utils.env_checker import check_env
 
 import envs
 from envs import MASKED_ENVS, make_env, resolve_env_id
+from minigrid.core.constants import OBJECT_TO_IDX
 
 # Box2D's SWIG bindings warn on import under Python >= 3.11; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type .* has no __module__ attribute:DeprecationWarning")
@@ -277,6 +278,51 @@ def test_minigrid_move_action_set():
         assert repr(bad) in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(ValueError, match="MiniGrid"):
         make_env("CartPole-P-v1", action_set="move")
+
+
+def test_cue_start_starts_a_share_of_episodes_beside_the_cue():
+    from envs.minigrid_obs import MemoryCueStart
+
+    V = 7
+    plain = make_env("MiniGrid-Memory", action_set="move")
+    always = make_env("MiniGrid-Memory", action_set="move", cue_start=1.0)
+    for seed in range(12):
+        obs, _ = always.reset(seed=seed)
+        plain.reset(seed=seed)
+        base = always.unwrapped
+        assert tuple(base.agent_pos) == (1, base.height // 2) and base.agent_dir == 0
+        # the layout and objects are the env's own (its generator is untouched), only the start cell moved
+        assert np.array_equal(base.grid.encode(), plain.unwrapped.grid.encode())
+        # the cue, one row up from the start cell, is in the first view: just left of the agent
+        image = obs[:-1].reshape(V, V, 3)
+        assert image[V // 2 - 1, V - 1, 0] == OBJECT_TO_IDX[base.grid.get(1, base.height // 2 - 1).type]
+        assert np.array_equal(obs, always.env.observation(base.gen_obs()))  # the wrapper's obs is this cell's
+    assert always.spec.max_episode_steps == plain.spec.max_episode_steps
+    # p = 0.5: half the resets moved, and minigrid's own start is at x = 1 in 1 of 4 of the others (S7)
+    half = make_env("MiniGrid-Memory", cue_start=0.5)
+    half.reset(seed=0)
+    at_cue = []
+    for _ in range(400):
+        half.reset()
+        at_cue.append(half.unwrapped.agent_pos[0] == 1)
+    assert 0.55 < np.mean(at_cue) < 0.70
+    for off in (None, 0, 0.0):  # no wrapper
+        assert not any(isinstance(w, MemoryCueStart) for w in _wrappers(make_env("MiniGrid-Memory", cue_start=off)))
+    assert make_env("MiniGrid-Memory", cue_start=0.3, frame_stack=2).observation_space.shape == (2 * (3 * V * V + 1),)
+    for bad in (1.5, -0.1, "0.5", True):
+        with pytest.raises(ValueError, match="cue_start") as info:
+            make_env("MiniGrid-Memory", cue_start=bad)
+        assert repr(bad) in str(info.value) and "[0, 1]" in str(info.value) and "\n" not in str(info.value)
+    for other in ("CartPole-P-v1", "MiniGrid-Empty-5x5-v0"):
+        with pytest.raises(ValueError, match="only to the MiniGrid-Memory ids") as info:
+            make_env(other, cue_start=0.5)
+        assert other in str(info.value)
+
+
+def _wrappers(env):
+    while isinstance(env, gym.Wrapper):
+        yield env
+        env = env.env
 
 
 def test_unknown_kwargs_and_bad_values():

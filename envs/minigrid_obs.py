@@ -208,6 +208,9 @@ class MiniGridMoveActions(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
         return action
 
 
+_CUE_STREAM = 0xC0E  # MemoryCueStart's generator: SeedSequence([seed, this]), independent of the env's (seed)
+
+
 def validate_cue_start(cue_start: Any) -> float:
     """``cue_start`` as a float in [0, 1], or a one-line ``ValueError``."""
     if isinstance(cue_start, bool) or not isinstance(cue_start, (int, float)) or not 0.0 <= float(cue_start) <= 1.0:
@@ -224,9 +227,10 @@ class MemoryCueStart(gym.Wrapper, gym.utils.RecordConstructorArgs):
     MemoryS7 - and from the other cells the agent must turn or walk back to see it. With probability ``p`` this
     wrapper moves the agent to x = 1, still facing on, after the env's own reset (layout, objects and episode are
     the env's; only the start cell changes), so a policy meets episodes where the cue is seen at the first step
-    more often. It draws from its own generator (seeded by ``reset(seed=...)``), so the env's layouts are the same
-    sequence as without it. Wrap the raw env (it reads and regenerates minigrid's dict observation). Evaluate
-    without it: the task is minigrid's start distribution.
+    more often. It draws from a generator of its own (seeded by ``reset(seed=...)``, on a stream apart from the
+    env's), so the env's layouts are the same sequence as without it and which episodes it moves does not depend on
+    their layout. Wrap the raw env (it reads and regenerates minigrid's dict observation). Evaluate without it: the
+    task is minigrid's start distribution.
     """
 
     def __init__(self, env: gym.Env, p: float):
@@ -235,14 +239,15 @@ class MemoryCueStart(gym.Wrapper, gym.utils.RecordConstructorArgs):
         from minigrid.envs.memory import MemoryEnv
 
         if not isinstance(env.unwrapped, MemoryEnv):
-            raise ValueError(f"cue_start applies only to the MiniGrid-Memory envs, not {env.unwrapped.spec.id!r}")
+            name = getattr(env.unwrapped.spec, "id", None) or type(env.unwrapped).__name__
+            raise ValueError(f"cue_start={p!r} applies only to the MiniGrid-Memory envs, not {name!r}")
         self.p = validate_cue_start(p)
         self._rng = np.random.default_rng()
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         obs, info = self.env.reset(seed=seed, options=options)
-        if seed is not None:
-            self._rng = np.random.default_rng(seed)
+        if seed is not None:  # a stream of its own: default_rng(seed) would replay the env's generator, seeded alike
+            self._rng = np.random.default_rng([seed, _CUE_STREAM])
         if self.p > 0 and self._rng.random() < self.p:
             base = self.env.unwrapped
             base.agent_pos = np.array((1, base.height // 2))

@@ -213,8 +213,8 @@ def make_env(
         return stack_frames(env, frame_stack)
 
     if unexpected:
-        expected = _COMMON_KWARGS + (", view_size, action_set, cue_start" if minigrid_env
-                                     else " (view_size, action_set, cue_start: MiniGrid-* ids only)")
+        expected = _COMMON_KWARGS + (", view_size, action_set, cue_start (MiniGrid-Memory ids only)" if minigrid_env
+                                     else " (view_size, action_set: MiniGrid-* ids only; cue_start: MiniGrid-Memory)")
         raise ValueError(
             f"make_env({env_id!r}) got unknown keyword argument(s) {', '.join(sorted(unexpected))}; "
             f"expected: {expected}"
@@ -222,8 +222,7 @@ def make_env(
     if view_size is not None and not minigrid_env:
         raise ValueError(f"view_size={view_size!r} applies only to MiniGrid-* ids, not {canonical!r}")
     if cue_start is not None:
-        cue_start = validate_cue_start(cue_start)
-        if cue_start and not canonical.startswith("MiniGrid-Memory"):
+        if validate_cue_start(cue_start) and not canonical.startswith("MiniGrid-Memory"):
             raise ValueError(f"cue_start={cue_start!r} applies only to the MiniGrid-Memory ids, not {canonical!r}")
     if action_set is not None:
         if action_set not in ACTION_SETS:

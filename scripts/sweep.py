@@ -275,8 +275,11 @@ def _yaml_value(v: Any) -> str:
 
 def recipe_conflict(cell: Dict[str, Any], out: Path) -> Optional[str]:
     """``None`` when the cell has no run to skip or resume, or that run was trained with the cell's recipe; else
-    what differs (``key=recorded, asked value``), keys the run's config.yaml does not have left out (added since)."""
+    what differs (``key=recorded, asked value``). A key the run's config.yaml does not have (added since) counts as
+    its ``TrainConfig`` default, as ``train_agent --resume`` reads it."""
     import yaml
+
+    from agents.config import TrainConfig
 
     state, rd = cell_state(Path(out) / cell["cell_id"], int(cell["total_timesteps"]))
     if state == "new":
@@ -285,8 +288,10 @@ def recipe_conflict(cell: Dict[str, Any], out: Path) -> Optional[str]:
         recorded = yaml.safe_load((rd / "config.yaml").read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
         return None
-    diffs = [f"{k}={_yaml_value(recorded[k])} (this command: {_yaml_value(v)})"
-             for k, v in cell.get("recipe", {}).items() if k in recorded and recorded[k] != v]
+    defaults = asdict(TrainConfig())
+    had = {k: recorded[k] if k in recorded else defaults.get(k, v) for k, v in cell.get("recipe", {}).items()}
+    diffs = [f"{k}={_yaml_value(had[k])} (this command: {_yaml_value(v)})"
+             for k, v in cell.get("recipe", {}).items() if had[k] != v]
     return f"{rd.name} was trained with " + ", ".join(diffs) if diffs else None
 
 

@@ -189,6 +189,13 @@ def test_update_replays_the_rollout_before_its_first_step(name, shared, seq_len,
                 torch.testing.assert_close(values[valid], batch.old_values.reshape(-1)[valid], atol=1e-5, rtol=1e-5)
                 n += int(valid.sum())
         checked.append(n)
+        # ... and train's own pass agrees: with the optimizer's step disabled, every minibatch of every epoch sees
+        # the rollout's policy, so the logged KL and clip fraction are zero
+        step, model.policy.optimizer.step = model.policy.optimizer.step, lambda *a, **k: None
+        train()
+        model.policy.optimizer.step = step
+        logged = model.logger.name_to_value
+        assert logged["train/approx_kl"] < 1e-9 and logged["train/clip_fraction"] == 0.0
         train()
 
     model.train = checking_train

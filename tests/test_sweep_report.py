@@ -95,6 +95,35 @@ def test_a_changed_recipe_is_refused_not_skipped(sweep_dir, capsys):
     assert capsys.readouterr().out.count(" resume ") == 4
 
 
+def test_a_recipe_key_added_since_counts_as_its_default(sweep_dir, tmp_path, capsys):
+    """A run whose config.yaml predates a key was trained with that key's default: asking for another value is a
+    conflict, asking for the default is not."""
+    out = tmp_path / "sweep"
+    shutil.copytree(sweep_dir, out)
+    for config in out.glob("*/*/config.yaml"):  # as written before the ent_coef key existed
+        text = config.read_text(encoding="utf-8")
+        config.write_text("".join(line for line in text.splitlines(True) if not line.startswith("ent_coef:")),
+                          encoding="utf-8")
+    assert sweep.main([*GRID, "--out", str(out), "--dry-run"]) == 0  # the default: skipped as before
+    capsys.readouterr()
+    assert sweep.main([*GRID, "ent_coef=0.02", "--out", str(out), "--dry-run"]) == 2
+    assert "ent_coef=0.0 (this command: 0.02)" in capsys.readouterr().err
+
+
+def test_runs_outside_a_sweep_are_labelled_by_their_env_aids(sweep_dir, tmp_path):
+    """A folder of train_agent runs (no cell.json): frame stacking and cue_start runs are not pooled with plain ones."""
+    src = sweep.run_dirs(sweep_dir / "CartPole-P-v1__mlp__hcfg__s0")[0]
+    for name, line in (("plain", ""), ("fs", "frame_stack: 4\n"), ("cue", "cue_start: 0.5\n")):
+        dst = tmp_path / "runs" / name
+        shutil.copytree(src, dst)
+        config = dst / "config.yaml"
+        text = "".join(x for x in config.read_text(encoding="utf-8").splitlines(True)
+                       if not x.startswith(("frame_stack:", "cue_start:")))
+        config.write_text(text + line, encoding="utf-8")
+    labels = {run.run_dir.name: run.label for run in report.load_runs(tmp_path / "runs")}
+    assert labels == {"plain": "mlp", "fs": "mlp+fs4", "cue": "mlp+cue0.5"}
+
+
 def test_interrupted_cell_is_resumed_and_unresumable_one_restarted(sweep_dir, tmp_path, capsys):
     out = tmp_path / "sweep"
     src = sweep_dir / "CartPole-P-v1__mlp__hcfg__s0"

@@ -181,8 +181,8 @@ def main(argv=None) -> int:
     if min(hidden) < 1 or batch < 2 or n < 10 or rounds < 1:
         parser.error("expected hidden sizes >= 1, --batch >= 2, --n >= 10, --rounds >= 1")
     device = args.device
-    if benchlib.device_error(device):
-        parser.error(benchlib.device_error(device))
+    if reason := benchlib.device_error(device):
+        parser.error(reason)
     if device != "cpu":
         args.exports = False  # ONNX Runtime runs here on the CPU: its rows belong to the CPU table
     t0 = time.perf_counter()

@@ -163,8 +163,8 @@ def main() -> None:
                         "sections: cpu (default), cuda or cuda:N; the kernels and latency sections are CPU-only")
     args = parser.parse_args()
     sections = set(args.sections.split(","))
-    if device_error(args.device):
-        parser.error(device_error(args.device))
+    if reason := device_error(args.device):
+        parser.error(reason)
     if args.device != "cpu" and sections & {"kernels", "latency"}:
         parser.error(f"--device {args.device!r}: the kernels (CPU C++ kernels) and latency sections are CPU-only; "
                      "expected --sections cartpole,minigrid (scripts/bench_latency.py --device times GPU latency)")

@@ -289,9 +289,8 @@ def recipe_conflict(cell: Dict[str, Any], out: Path) -> Optional[str]:
     except (OSError, yaml.YAMLError):
         return None
     defaults = asdict(TrainConfig())
-    had = {k: recorded[k] if k in recorded else defaults.get(k, v) for k, v in cell.get("recipe", {}).items()}
-    diffs = [f"{k}={_yaml_value(had[k])} (this command: {_yaml_value(v)})"
-             for k, v in cell.get("recipe", {}).items() if had[k] != v]
+    diffs = [f"{k}={_yaml_value(had)} (this command: {_yaml_value(v)})"
+             for k, v in cell.get("recipe", {}).items() if (had := recorded.get(k, defaults.get(k, v))) != v]
     return f"{rd.name} was trained with " + ", ".join(diffs) if diffs else None
 
 

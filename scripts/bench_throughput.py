@@ -1,6 +1,6 @@
 """Training throughput and act latency of RecurrentPPO, side by side with the tools it is measured against.
 
-Three sections, all measured in this one process on this machine (one torch thread for every contender):
+Sections, all measured in this one process on this machine (one torch thread for every contender unless said):
 
 1. CartPoleNoVel-v1 with rl-zoo3's ppo_lstm hyperparameters (8 envs, n_steps 32, batch 256, 20 epochs, gamma 0.98,
    lambda 0.8, lr lin 1e-3, clip lin 0.2, hidden 64, separate critic core, pi/vf [64], ReLU, no ortho init):
@@ -12,6 +12,10 @@ Three sections, all measured in this one process on this machine (one torch thre
 2b. Stock vs fused kernels: ours (LSTM, GRU) with torch's nn.LSTM/nn.GRU vs the fused C++ kernels, same settings;
    and the GRU at the LSTM's parameter count (fused kernel): the equal-parameter training cost.
 3. Batch-1 per-step latency: our ``policy.act`` (GRU, LSTM, hidden 64/128/256) vs sb3-contrib's ``predict``.
+4. Scale (``--sections scale``, not in the default run): ours (GRU, LSTM) on MiniGrid-MemoryS7-v0 at larger widths
+   and more envs (``--scale-hidden-sizes``, ``--scale-envs``; n_steps 128, 4 minibatches, 4 epochs): seconds of the
+   last rollout and update (the first iteration pays warm-up). With ``--device cuda`` every row also runs on the CPU
+   (``--scale-cpu-threads`` torch threads, default all cores), and the table gives the GPU / CPU ratio side by side.
 
 Writes results/throughput.json and results/throughput.md. ``--quick`` runs a small version (for a smoke test).
 
@@ -22,6 +26,7 @@ Writes results/throughput.json and results/throughput.md. ``--quick`` runs a sma
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from typing import Dict, List
 
@@ -118,6 +123,43 @@ def run_contenders(contenders, steps: int, eval_episodes: int, env_id: str, seed
     return rows
 
 
+def scale_rows(hidden_sizes: List[int], n_envs: int, iterations: int, device: str, cpu_threads: int,
+               seed: int) -> List[Dict[str, object]]:
+    """Ours on MiniGrid-MemoryS7-v0 at each width, on ``device`` and (when that is a GPU) on the CPU beside it."""
+    n_steps = 128
+    devices = [device] + (["cpu"] if device != "cpu" else [])
+    threads_before = torch.get_num_threads()
+    rows = []
+    for hidden in hidden_sizes:
+        for core in ("gru", "lstm"):
+            for dev in devices:
+                torch.set_num_threads(cpu_threads if dev == "cpu" else 1)
+                env = make_vec_env(lambda: envs.make_env("MiniGrid-MemoryS7-v0"), n_envs=n_envs, seed=seed)
+                model = RecurrentPPO("MlpPolicy", env, core=core, hidden_size=hidden, n_steps=n_steps,
+                                     batch_size=n_envs * n_steps // 4, n_epochs=4, learning_rate=2.5e-4,
+                                     ent_coef=0.01, seed=seed, device=dev)
+                model.learn(iterations * n_envs * n_steps)
+                logged = model.logger.name_to_value
+                rollout_s, update_s = logged["perf/rollout_s"], logged["perf/update_s"]
+                row = {"core": core, "hidden": hidden, "n_envs": n_envs, "device": dev,
+                       "torch_threads": torch.get_num_threads(), "iterations": iterations,
+                       "kernel": model.policy.core_pi.kernel_in_use,
+                       "params": sum(p.numel() for p in model.policy.parameters()),
+                       "last_rollout_s": rollout_s, "last_update_s": update_s,
+                       "steps_per_s": n_envs * n_steps / (rollout_s + update_s)}
+                rows.append(row)
+                print(f"  {core:4s} H {hidden:5d} {dev:7s} {row['kernel']:5s} rollout {rollout_s:7.3f} s  "
+                      f"update {update_s:7.3f} s  {row['steps_per_s']:8.0f} steps/s", flush=True)
+                del model, env
+    torch.set_num_threads(threads_before)
+    for row in rows:
+        if row["device"] != "cpu":
+            cpu = next(r for r in rows if r["device"] == "cpu" and r["core"] == row["core"]
+                       and r["hidden"] == row["hidden"])
+            row["ratio_vs_cpu"] = row["steps_per_s"] / cpu["steps_per_s"]
+    return rows
+
+
 def latency_rows(hidden_sizes: List[int], n: int) -> List[Dict[str, object]]:
     env = make_vec_env(lambda: envs.make_env("CartPoleNoVel-v1"), n_envs=1, seed=0)
     obs = env.reset()[0]
@@ -159,15 +201,36 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=None,
                         help="cartpole: deterministic eval episodes after training (default 20; quick: 0)")
     parser.add_argument("--name", default=None, help="results file stem (default throughput, quick: throughput_quick)")
-    parser.add_argument("--device", default="cpu", help="torch device of every contender in the cartpole and minigrid "
-                        "sections: cpu (default), cuda or cuda:N; the kernels and latency sections are CPU-only")
+    parser.add_argument("--device", default="cpu", help="torch device of every contender in the cartpole, minigrid "
+                        "and scale sections: cpu (default), cuda or cuda:N; the kernels and latency sections are "
+                        "CPU-only")
+    parser.add_argument("--scale-hidden-sizes", default="256,1024,2048", help="scale section: widths (default "
+                        "256,1024,2048)")
+    parser.add_argument("--scale-envs", type=int, default=64, help="scale section: parallel envs (default 64)")
+    parser.add_argument("--scale-iterations", type=int, default=3, help="scale section: rollout+update iterations "
+                        "per row, the last one timed (default 3)")
+    parser.add_argument("--scale-cpu-threads", type=int, default=os.cpu_count(), help="scale section: torch threads "
+                        "of the CPU rows (default: all cores)")
     args = parser.parse_args()
     sections = set(args.sections.split(","))
+    if unknown := sections - {"cartpole", "kernels", "minigrid", "latency", "scale"}:
+        parser.error(f"--sections {args.sections!r}: unknown {','.join(sorted(unknown))}; expected a comma-separated "
+                     "subset of cartpole,kernels,minigrid,latency,scale")
     if reason := device_error(args.device):
         parser.error(reason)
     if args.device != "cpu" and sections & {"kernels", "latency"}:
         parser.error(f"--device {args.device!r}: the kernels (CPU C++ kernels) and latency sections are CPU-only; "
-                     "expected --sections cartpole,minigrid (scripts/bench_latency.py --device times GPU latency)")
+                     "expected --sections cartpole,minigrid,scale (scripts/bench_latency.py --device times GPU latency)")
+    for flag, value, least in (("--scale-envs", args.scale_envs, 1), ("--scale-iterations", args.scale_iterations, 2),
+                               ("--scale-cpu-threads", args.scale_cpu_threads, 1)):
+        if value < least:
+            parser.error(f"{flag} {value}: expected an integer >= {least}")
+    try:
+        scale_hidden = [int(h) for h in args.scale_hidden_sizes.split(",")]
+    except ValueError:
+        scale_hidden = [0]
+    if min(scale_hidden) < 1:
+        parser.error(f"--scale-hidden-sizes {args.scale_hidden_sizes!r}: expected comma-separated positive integers")
     torch.set_num_threads(1)
     cartpole_steps = args.cartpole_steps or (4096 if args.quick else 100_000)
     minigrid_steps = args.minigrid_steps or (4096 if args.quick else 30_720)
@@ -233,6 +296,26 @@ def main() -> None:
             table.append(f"| {r['impl']} | {r['core']} | {r['hidden']} | {r['p50_us']:.0f} | {r['p99_us']:.0f} |")
         table.append("")
         payload["latency"] = rows
+
+    if "scale" in sections:
+        print(f"== MiniGrid-MemoryS7-v0 at scale: {args.scale_envs} envs, hidden {args.scale_hidden_sizes}", flush=True)
+        rows = scale_rows(scale_hidden, args.scale_envs, args.scale_iterations, args.device, args.scale_cpu_threads,
+                          args.seed)
+        versus = args.device != "cpu"
+        table += [f"## MiniGrid-MemoryS7-v0 at scale ({args.scale_envs} envs, n_steps 128, batch "
+                  f"{args.scale_envs * 32}, 4 epochs)", "",
+                  f"Seed {args.seed}; the last of {args.scale_iterations} iterations ({args.scale_envs * 128} steps) "
+                  "timed; steps/s = its steps / (rollout s + update s)."
+                  + f" CPU rows: {args.scale_cpu_threads} torch threads.", "",
+                  "| core | hidden | params | device (kernel) | rollout s | update s | steps/s |"
+                  + (" vs CPU |" if versus else ""),
+                  "|---|---|---|---|---|---|---|" + ("---|" if versus else "")]
+        for r in rows:
+            ratio = (f" {r['ratio_vs_cpu']:.2f}x |" if "ratio_vs_cpu" in r else " |") if versus else ""
+            table.append(f"| {r['core']} | {r['hidden']} | {r['params']:,} | {r['device']} ({r['kernel']}) | "
+                         f"{r['last_rollout_s']:.3f} | {r['last_update_s']:.3f} | {r['steps_per_s']:.0f} |{ratio}")
+        table.append("")
+        payload["scale"] = rows
 
     write_results(args.name or ("throughput_quick" if args.quick else "throughput"), payload, table)
 

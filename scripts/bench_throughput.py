@@ -16,6 +16,7 @@ Sections, all measured in this one process on this machine (one torch thread for
    and more envs (``--scale-hidden-sizes``, ``--scale-envs``; n_steps 128, 4 minibatches, 4 epochs): seconds of the
    last rollout and update (the first iteration pays warm-up). With ``--device cuda`` every row also runs on the CPU
    (``--scale-cpu-threads`` torch threads, default all cores), and the table gives the GPU / CPU ratio side by side.
+   ``--scale-vec-env dummy,subproc`` times each row with the envs in this process and in a subprocess each.
 
 Writes results/throughput.json and results/throughput.md. ``--quick`` runs a small version (for a smoke test).
 
@@ -26,9 +27,10 @@ Writes results/throughput.json and results/throughput.md. ``--quick`` runs a sma
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import time
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
@@ -42,6 +44,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.utils import LinearSchedule
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 from sb3_contrib import RecurrentPPO as ContribRecurrentPPO
 
 
@@ -124,38 +127,40 @@ def run_contenders(contenders, steps: int, eval_episodes: int, env_id: str, seed
 
 
 def scale_rows(hidden_sizes: List[int], n_envs: int, iterations: int, device: str, cpu_threads: int,
-               seed: int) -> List[Dict[str, object]]:
-    """Ours on MiniGrid-MemoryS7-v0 at each width, on ``device`` and (when that is a GPU) on the CPU beside it."""
+               seed: int, vec_envs: Sequence[str] = ("dummy",)) -> List[Dict[str, object]]:
+    """Ours on MiniGrid-MemoryS7-v0 at each width, on ``device`` and (when that is a GPU) on the CPU beside it, with
+    the envs stepping in this process (``dummy``) and/or one subprocess each (``subproc``)."""
     n_steps = 128
     devices = [device] + (["cpu"] if device != "cpu" else [])
     threads_before = torch.get_num_threads()
     rows = []
     for hidden in hidden_sizes:
-        for core in ("gru", "lstm"):
-            for dev in devices:
-                torch.set_num_threads(cpu_threads if dev == "cpu" else 1)
-                env = make_vec_env(lambda: envs.make_env("MiniGrid-MemoryS7-v0"), n_envs=n_envs, seed=seed)
-                model = RecurrentPPO("MlpPolicy", env, core=core, hidden_size=hidden, n_steps=n_steps,
-                                     batch_size=n_envs * n_steps // 4, n_epochs=4, learning_rate=2.5e-4,
-                                     ent_coef=0.01, seed=seed, device=dev)
-                model.learn(iterations * n_envs * n_steps)
-                logged = model.logger.name_to_value
-                rollout_s, update_s = logged["perf/rollout_s"], logged["perf/update_s"]
-                row = {"core": core, "hidden": hidden, "n_envs": n_envs, "device": dev,
-                       "torch_threads": torch.get_num_threads(), "iterations": iterations,
-                       "kernel": model.policy.core_pi.kernel_in_use,
-                       "params": sum(p.numel() for p in model.policy.parameters()),
-                       "last_rollout_s": rollout_s, "last_update_s": update_s,
-                       "steps_per_s": n_envs * n_steps / (rollout_s + update_s)}
-                rows.append(row)
-                print(f"  {core:4s} H {hidden:5d} {dev:7s} {row['kernel']:5s} rollout {rollout_s:7.3f} s  "
-                      f"update {update_s:7.3f} s  {row['steps_per_s']:8.0f} steps/s", flush=True)
-                del model, env
+        for core, vec_env, dev in itertools.product(("gru", "lstm"), vec_envs, devices):
+            torch.set_num_threads(cpu_threads if dev == "cpu" else 1)
+            env = make_vec_env(lambda: envs.make_env("MiniGrid-MemoryS7-v0"), n_envs=n_envs, seed=seed,
+                               vec_env_cls=SubprocVecEnv if vec_env == "subproc" else DummyVecEnv)
+            model = RecurrentPPO("MlpPolicy", env, core=core, hidden_size=hidden, n_steps=n_steps,
+                                 batch_size=n_envs * n_steps // 4, n_epochs=4, learning_rate=2.5e-4,
+                                 ent_coef=0.01, seed=seed, device=dev)
+            model.learn(iterations * n_envs * n_steps)
+            logged = model.logger.name_to_value
+            rollout_s, update_s = logged["perf/rollout_s"], logged["perf/update_s"]
+            env.close()
+            row = {"core": core, "hidden": hidden, "n_envs": n_envs, "vec_env": vec_env, "device": dev,
+                   "torch_threads": torch.get_num_threads(), "iterations": iterations,
+                   "kernel": model.policy.core_pi.kernel_in_use,
+                   "params": sum(p.numel() for p in model.policy.parameters()),
+                   "last_rollout_s": rollout_s, "last_update_s": update_s,
+                   "steps_per_s": n_envs * n_steps / (rollout_s + update_s)}
+            rows.append(row)
+            print(f"  {core:4s} H {hidden:5d} {dev:7s} {row['kernel']:5s} {vec_env:7s} rollout {rollout_s:7.3f} s  "
+                  f"update {update_s:7.3f} s  {row['steps_per_s']:8.0f} steps/s", flush=True)
+            del model, env
     torch.set_num_threads(threads_before)
     for row in rows:
         if row["device"] != "cpu":
             cpu = next(r for r in rows if r["device"] == "cpu" and r["core"] == row["core"]
-                       and r["hidden"] == row["hidden"])
+                       and r["hidden"] == row["hidden"] and r["vec_env"] == row["vec_env"])
             row["ratio_vs_cpu"] = row["steps_per_s"] / cpu["steps_per_s"]
     return rows
 
@@ -209,6 +214,8 @@ def main() -> None:
     parser.add_argument("--scale-envs", type=int, default=64, help="scale section: parallel envs (default 64)")
     parser.add_argument("--scale-iterations", type=int, default=3, help="scale section: rollout+update iterations "
                         "per row, the last one timed (default 3)")
+    parser.add_argument("--scale-vec-env", default="dummy", help="scale section: how the envs step, dummy (in this "
+                        "process, default), subproc (a process each) or dummy,subproc (both, side by side)")
     parser.add_argument("--scale-cpu-threads", type=int, default=os.cpu_count(), help="scale section: torch threads "
                         "of the CPU rows (default: all cores)")
     args = parser.parse_args()
@@ -220,11 +227,15 @@ def main() -> None:
         parser.error(reason)
     if args.device != "cpu" and sections & {"kernels", "latency"}:
         parser.error(f"--device {args.device!r}: the kernels (CPU C++ kernels) and latency sections are CPU-only; "
-                     "expected --sections cartpole,minigrid,scale (scripts/bench_latency.py --device times GPU latency)")
+                     "expected --sections cartpole,minigrid,scale (scripts/bench_latency.py --device times GPU "
+                     "latency)")
     for flag, value, least in (("--scale-envs", args.scale_envs, 1), ("--scale-iterations", args.scale_iterations, 2),
                                ("--scale-cpu-threads", args.scale_cpu_threads, 1)):
         if value < least:
             parser.error(f"{flag} {value}: expected an integer >= {least}")
+    scale_vec_envs = args.scale_vec_env.split(",")
+    if not scale_vec_envs or not set(scale_vec_envs) <= {"dummy", "subproc"}:
+        parser.error(f"--scale-vec-env {args.scale_vec_env!r}: expected dummy, subproc or dummy,subproc")
     try:
         scale_hidden = [int(h) for h in args.scale_hidden_sizes.split(",")]
     except ValueError:
@@ -300,19 +311,20 @@ def main() -> None:
     if "scale" in sections:
         print(f"== MiniGrid-MemoryS7-v0 at scale: {args.scale_envs} envs, hidden {args.scale_hidden_sizes}", flush=True)
         rows = scale_rows(scale_hidden, args.scale_envs, args.scale_iterations, args.device, args.scale_cpu_threads,
-                          args.seed)
+                          args.seed, scale_vec_envs)
         versus = args.device != "cpu"
         table += [f"## MiniGrid-MemoryS7-v0 at scale ({args.scale_envs} envs, n_steps 128, batch "
                   f"{args.scale_envs * 32}, 4 epochs)", "",
                   f"Seed {args.seed}; the last of {args.scale_iterations} iterations ({args.scale_envs * 128} steps) "
                   "timed; steps/s = its steps / (rollout s + update s)."
                   + f" CPU rows: {args.scale_cpu_threads} torch threads.", "",
-                  "| core | hidden | params | device (kernel) | rollout s | update s | steps/s |"
+                  "| core | hidden | params | envs step in | device (kernel) | rollout s | update s | steps/s |"
                   + (" vs CPU |" if versus else ""),
-                  "|---|---|---|---|---|---|---|" + ("---|" if versus else "")]
+                  "|---|---|---|---|---|---|---|---|" + ("---|" if versus else "")]
         for r in rows:
             ratio = (f" {r['ratio_vs_cpu']:.2f}x |" if "ratio_vs_cpu" in r else " |") if versus else ""
-            table.append(f"| {r['core']} | {r['hidden']} | {r['params']:,} | {r['device']} ({r['kernel']}) | "
+            table.append(f"| {r['core']} | {r['hidden']} | {r['params']:,} | {r['vec_env']} | "
+                         f"{r['device']} ({r['kernel']}) | "
                          f"{r['last_rollout_s']:.3f} | {r['last_update_s']:.3f} | {r['steps_per_s']:.0f} |{ratio}")
         table.append("")
         payload["scale"] = rows

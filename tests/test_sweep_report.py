@@ -389,7 +389,8 @@ def test_bench_throughput_scale_rows_time_the_last_iteration(capsys, monkeypatch
     rows = bench.scale_rows([8, 24], n_envs=2, iterations=2, device="cpu", cpu_threads=1, seed=0)
     assert [(r["core"], r["hidden"]) for r in rows] == [("gru", 8), ("lstm", 8), ("gru", 24), ("lstm", 24)]
     for r in rows:
-        assert r["device"] == "cpu" and r["n_envs"] == 2 and r["last_rollout_s"] > 0 and r["last_update_s"] > 0
+        assert r["device"] == "cpu" and r["vec_env"] == "dummy" and r["n_envs"] == 2
+        assert r["last_rollout_s"] > 0 and r["last_update_s"] > 0
         assert r["steps_per_s"] == pytest.approx(2 * 128 / (r["last_rollout_s"] + r["last_update_s"]))
         assert "ratio_vs_cpu" not in r
     assert rows[2]["params"] > rows[0]["params"] and rows[1]["params"] > rows[0]["params"]
@@ -397,7 +398,8 @@ def test_bench_throughput_scale_rows_time_the_last_iteration(capsys, monkeypatch
     for flags, named in ((["--sections", "scale,gpu"], "--sections 'scale,gpu'"),
                          (["--scale-envs", "0"], "--scale-envs 0"),
                          (["--scale-hidden-sizes", "64,x"], "--scale-hidden-sizes '64,x'"),
-                         (["--scale-iterations", "1"], "--scale-iterations 1")):
+                         (["--scale-iterations", "1"], "--scale-iterations 1"),
+                         (["--scale-vec-env", "sub"], "--scale-vec-env 'sub'")):
         monkeypatch.setattr(sys, "argv", ["bench_throughput.py", "--sections", "scale", *flags])
         with pytest.raises(SystemExit) as e:
             bench.main()

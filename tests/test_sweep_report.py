@@ -395,6 +395,11 @@ def test_bench_throughput_scale_rows_time_the_last_iteration(capsys, monkeypatch
         assert "ratio_vs_cpu" not in r
     assert rows[2]["params"] > rows[0]["params"] and rows[1]["params"] > rows[0]["params"]
     assert torch.get_num_threads() == threads  # the CPU rows' thread count does not leak
+    both = bench.scale_rows([8], n_envs=2, iterations=2, device="cpu", cpu_threads=1, seed=0,
+                            vec_envs=("dummy", "subproc"))
+    assert [(r["core"], r["vec_env"]) for r in both] == [("gru", "dummy"), ("gru", "subproc"), ("lstm", "dummy"),
+                                                          ("lstm", "subproc")]
+    assert both[0]["params"] == both[1]["params"] and all(r["last_rollout_s"] > 0 for r in both)
     for flags, named in ((["--sections", "scale,gpu"], "--sections 'scale,gpu'"),
                          (["--scale-envs", "0"], "--scale-envs 0"),
                          (["--scale-hidden-sizes", "64,x"], "--scale-hidden-sizes '64,x'"),

@@ -1,6 +1,7 @@
 """Training throughput and act latency of RecurrentPPO, side by side with the tools it is measured against.
 
-Sections, all measured in this one process on this machine (one torch thread for every contender unless said):
+Sections, all measured in this one process on this machine (one torch thread for every contender unless said; the
+scale section's subproc rows step their envs in subprocesses):
 
 1. CartPoleNoVel-v1 with rl-zoo3's ppo_lstm hyperparameters (8 envs, n_steps 32, batch 256, 20 epochs, gamma 0.98,
    lambda 0.8, lr lin 1e-3, clip lin 0.2, hidden 64, separate critic core, pi/vf [64], ReLU, no ortho init):
@@ -131,38 +132,49 @@ def scale_rows(hidden_sizes: List[int], n_envs: int, iterations: int, device: st
     """Ours on MiniGrid-MemoryS7-v0 at each width, on ``device`` and (when that is a GPU) on the CPU beside it, with
     the envs stepping in this process (``dummy``) and/or one subprocess each (``subproc``)."""
     n_steps = 128
+    batch_size = n_envs * n_steps // 4
     devices = [device] + (["cpu"] if device != "cpu" else [])
     threads_before = torch.get_num_threads()
     rows = []
-    for hidden in hidden_sizes:
-        for core, vec_env, dev in itertools.product(("gru", "lstm"), vec_envs, devices):
-            torch.set_num_threads(cpu_threads if dev == "cpu" else 1)
-            env = make_vec_env(lambda: envs.make_env("MiniGrid-MemoryS7-v0"), n_envs=n_envs, seed=seed,
-                               vec_env_cls=SubprocVecEnv if vec_env == "subproc" else DummyVecEnv)
-            model = RecurrentPPO("MlpPolicy", env, core=core, hidden_size=hidden, n_steps=n_steps,
-                                 batch_size=n_envs * n_steps // 4, n_epochs=4, learning_rate=2.5e-4,
-                                 ent_coef=0.01, seed=seed, device=dev)
-            model.learn(iterations * n_envs * n_steps)
-            logged = model.logger.name_to_value
-            rollout_s, update_s = logged["perf/rollout_s"], logged["perf/update_s"]
-            env.close()
-            row = {"core": core, "hidden": hidden, "n_envs": n_envs, "vec_env": vec_env, "device": dev,
-                   "torch_threads": torch.get_num_threads(), "iterations": iterations,
-                   "kernel": model.policy.core_pi.kernel_in_use,
-                   "params": sum(p.numel() for p in model.policy.parameters()),
-                   "last_rollout_s": rollout_s, "last_update_s": update_s,
-                   "steps_per_s": n_envs * n_steps / (rollout_s + update_s)}
-            rows.append(row)
-            print(f"  {core:4s} H {hidden:5d} {dev:7s} {row['kernel']:5s} {vec_env:7s} rollout {rollout_s:7.3f} s  "
-                  f"update {update_s:7.3f} s  {row['steps_per_s']:8.0f} steps/s", flush=True)
-            del model, env
-    torch.set_num_threads(threads_before)
+    try:
+        for hidden in hidden_sizes:
+            for core, vec_env, dev in itertools.product(("gru", "lstm"), vec_envs, devices):
+                torch.set_num_threads(cpu_threads if dev == "cpu" else 1)
+                env = make_vec_env(lambda: envs.make_env("MiniGrid-MemoryS7-v0"), n_envs=n_envs, seed=seed,
+                                   vec_env_cls=SubprocVecEnv if vec_env == "subproc" else DummyVecEnv)
+                try:
+                    model = RecurrentPPO("MlpPolicy", env, core=core, hidden_size=hidden, n_steps=n_steps,
+                                         batch_size=batch_size, n_epochs=4, learning_rate=2.5e-4, ent_coef=0.01,
+                                         seed=seed, device=dev)
+                    model.learn(iterations * n_envs * n_steps)
+                finally:
+                    env.close()  # subproc workers end here even when training fails
+                logged = model.logger.name_to_value
+                rollout_s, update_s = logged["perf/rollout_s"], logged["perf/update_s"]
+                row = {"core": core, "hidden": hidden, "n_envs": n_envs, "n_steps": n_steps,
+                       "batch_size": batch_size, "vec_env": vec_env, "device": dev,
+                       "torch_threads": torch.get_num_threads(), "iterations": iterations,
+                       "steps": model.num_timesteps, "kernel": model.policy.core_pi.kernel_in_use,
+                       "params": sum(p.numel() for p in model.policy.parameters()),
+                       "last_rollout_s": rollout_s, "last_update_s": update_s,
+                       "steps_per_s": n_envs * n_steps / (rollout_s + update_s)}
+                rows.append(row)
+                print(f"  {core:4s} H {hidden:5d} {dev:7s} {row['kernel']:5s} {vec_env:7s} rollout {rollout_s:7.3f} s"
+                      f"  update {update_s:7.3f} s  {row['steps_per_s']:8.0f} steps/s", flush=True)
+                del model, env
+    finally:
+        torch.set_num_threads(threads_before)
+    add_cpu_ratios(rows)
+    return rows
+
+
+def add_cpu_ratios(rows: List[Dict[str, object]]) -> None:
+    """Give each GPU row ``ratio_vs_cpu``: its steps/s over the CPU row of the same core, width and env stepping."""
     for row in rows:
         if row["device"] != "cpu":
             cpu = next(r for r in rows if r["device"] == "cpu" and r["core"] == row["core"]
                        and r["hidden"] == row["hidden"] and r["vec_env"] == row["vec_env"])
             row["ratio_vs_cpu"] = row["steps_per_s"] / cpu["steps_per_s"]
-    return rows
 
 
 def latency_rows(hidden_sizes: List[int], n: int) -> List[Dict[str, object]]:
@@ -216,8 +228,8 @@ def main() -> None:
                         "per row, the last one timed (default 3)")
     parser.add_argument("--scale-vec-env", default="dummy", help="scale section: how the envs step, dummy (in this "
                         "process, default), subproc (a process each) or dummy,subproc (both, side by side)")
-    parser.add_argument("--scale-cpu-threads", type=int, default=os.cpu_count(), help="scale section: torch threads "
-                        "of the CPU rows (default: all cores)")
+    parser.add_argument("--scale-cpu-threads", type=int, default=len(os.sched_getaffinity(0)),
+                        help="scale section: torch threads of the CPU rows (default: every core this process may use)")
     args = parser.parse_args()
     sections = set(args.sections.split(","))
     if unknown := sections - {"cartpole", "kernels", "minigrid", "latency", "scale"}:
@@ -233,15 +245,16 @@ def main() -> None:
                                ("--scale-cpu-threads", args.scale_cpu_threads, 1)):
         if value < least:
             parser.error(f"{flag} {value}: expected an integer >= {least}")
-    scale_vec_envs = args.scale_vec_env.split(",")
-    if not scale_vec_envs or not set(scale_vec_envs) <= {"dummy", "subproc"}:
+    scale_vec_envs = list(dict.fromkeys(args.scale_vec_env.split(",")))
+    if not set(scale_vec_envs) <= {"dummy", "subproc"}:
         parser.error(f"--scale-vec-env {args.scale_vec_env!r}: expected dummy, subproc or dummy,subproc")
+    hidden_error = f"--scale-hidden-sizes {args.scale_hidden_sizes!r}: expected comma-separated positive integers"
     try:
         scale_hidden = [int(h) for h in args.scale_hidden_sizes.split(",")]
     except ValueError:
-        scale_hidden = [0]
+        parser.error(hidden_error)
     if min(scale_hidden) < 1:
-        parser.error(f"--scale-hidden-sizes {args.scale_hidden_sizes!r}: expected comma-separated positive integers")
+        parser.error(hidden_error)
     torch.set_num_threads(1)
     cartpole_steps = args.cartpole_steps or (4096 if args.quick else 100_000)
     minigrid_steps = args.minigrid_steps or (4096 if args.quick else 30_720)
@@ -250,7 +263,8 @@ def main() -> None:
     table: List[str] = [f"Every contender's policy on `{args.device}`"
                         + (f" ({torch.cuda.get_device_name(args.device)}); the envs step on the CPU." if
                            args.device != "cpu" else ".")
-                        + " One torch thread.", ""]
+                        + " One torch thread" + (" (the scale section's CPU rows: as said there)." if "scale" in
+                                                  sections else "."), ""]
 
     if "cartpole" in sections:
         print(f"== CartPoleNoVel-v1, rl-zoo3 ppo_lstm hyperparameters, {cartpole_steps} steps", flush=True)
@@ -313,9 +327,11 @@ def main() -> None:
         rows = scale_rows(scale_hidden, args.scale_envs, args.scale_iterations, args.device, args.scale_cpu_threads,
                           args.seed, scale_vec_envs)
         versus = args.device != "cpu"
-        table += [f"## MiniGrid-MemoryS7-v0 at scale ({args.scale_envs} envs, n_steps 128, batch "
-                  f"{args.scale_envs * 32}, 4 epochs)", "",
-                  f"Seed {args.seed}; the last of {args.scale_iterations} iterations ({args.scale_envs * 128} steps) "
+        n_steps, batch_size = rows[0]["n_steps"], rows[0]["batch_size"]
+        table += [f"## MiniGrid-MemoryS7-v0 at scale ({args.scale_envs} envs, n_steps {n_steps}, batch "
+                  f"{batch_size}, 4 epochs)", "",
+                  f"Seed {args.seed}; the last of {args.scale_iterations} iterations "
+                  f"({args.scale_envs * n_steps} steps) "
                   "timed; steps/s = its steps / (rollout s + update s)."
                   + f" CPU rows: {args.scale_cpu_threads} torch threads.", "",
                   "| core | hidden | params | envs step in | device (kernel) | rollout s | update s | steps/s |"

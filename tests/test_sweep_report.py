@@ -386,10 +386,11 @@ def test_bench_throughput_scale_rows_time_the_last_iteration(capsys, monkeypatch
     (its steps over rollout + update seconds); its bad flags stop with one line naming the value."""
     bench = _load("bench_throughput")
     threads = torch.get_num_threads()
-    rows = bench.scale_rows([8, 24], n_envs=2, iterations=2, device="cpu", cpu_threads=1, seed=0)
+    rows = bench.scale_rows([8, 24], n_envs=2, iterations=2, device="cpu", cpu_threads=threads + 1, seed=0)
     assert [(r["core"], r["hidden"]) for r in rows] == [("gru", 8), ("lstm", 8), ("gru", 24), ("lstm", 24)]
     for r in rows:
-        assert r["device"] == "cpu" and r["vec_env"] == "dummy" and r["n_envs"] == 2
+        assert r["device"] == "cpu" and r["vec_env"] == "dummy" and r["n_envs"] == 2 and r["steps"] == 2 * 2 * 128
+        assert r["torch_threads"] == threads + 1
         assert r["last_rollout_s"] > 0 and r["last_update_s"] > 0
         assert r["steps_per_s"] == pytest.approx(2 * 128 / (r["last_rollout_s"] + r["last_update_s"]))
         assert "ratio_vs_cpu" not in r
@@ -400,6 +401,11 @@ def test_bench_throughput_scale_rows_time_the_last_iteration(capsys, monkeypatch
     assert [(r["core"], r["vec_env"]) for r in both] == [("gru", "dummy"), ("gru", "subproc"), ("lstm", "dummy"),
                                                           ("lstm", "subproc")]
     assert both[0]["params"] == both[1]["params"] and all(r["last_rollout_s"] > 0 for r in both)
+    # a GPU row's ratio is to the CPU row of its own core, width and env stepping
+    fake = [dict(r, device=d, steps_per_s=v) for r, d, v in ((both[0], "cuda", 300.0), (both[0], "cpu", 100.0),
+                                                             (both[1], "cuda", 500.0), (both[1], "cpu", 125.0))]
+    bench.add_cpu_ratios(fake)
+    assert [r.get("ratio_vs_cpu") for r in fake] == [3.0, None, 4.0, None]
     for flags, named in ((["--sections", "scale,gpu"], "--sections 'scale,gpu'"),
                          (["--scale-envs", "0"], "--scale-envs 0"),
                          (["--scale-hidden-sizes", "64,x"], "--scale-hidden-sizes '64,x'"),

@@ -248,13 +248,12 @@ def main() -> None:
     scale_vec_envs = list(dict.fromkeys(args.scale_vec_env.split(",")))
     if not set(scale_vec_envs) <= {"dummy", "subproc"}:
         parser.error(f"--scale-vec-env {args.scale_vec_env!r}: expected dummy, subproc or dummy,subproc")
-    hidden_error = f"--scale-hidden-sizes {args.scale_hidden_sizes!r}: expected comma-separated positive integers"
     try:
         scale_hidden = [int(h) for h in args.scale_hidden_sizes.split(",")]
+        if min(scale_hidden) < 1:
+            raise ValueError
     except ValueError:
-        parser.error(hidden_error)
-    if min(scale_hidden) < 1:
-        parser.error(hidden_error)
+        parser.error(f"--scale-hidden-sizes {args.scale_hidden_sizes!r}: expected comma-separated positive integers")
     torch.set_num_threads(1)
     cartpole_steps = args.cartpole_steps or (4096 if args.quick else 100_000)
     minigrid_steps = args.minigrid_steps or (4096 if args.quick else 30_720)

@@ -715,7 +715,8 @@ def finish(s: Session, state) -> int:
     step = int(model.num_timesteps)
     # the last update's train/ and perf/ records are still pending: count its time, write them with the final eval
     count_pending_time(logger, state)
-    result = evaluate(model, s.eval_env, cfg.eval_episodes, cfg.eval_deterministic, cfg.success_threshold)
+    final_episodes = cfg.final_eval_episodes if cfg.final_eval_episodes is not None else cfg.eval_episodes
+    result = evaluate(model, s.eval_env, final_episodes, cfg.eval_deterministic, cfg.success_threshold)
     record_eval(logger, result)
 
     _save_or_fail(lambda: model.save(s.run_dir / "model.zip"), s)

@@ -92,6 +92,9 @@ class TrainConfig:
     # ------------------------------------------------------------------ evaluation
     eval_freq: int = _opt(25_000, "env steps between evaluations logged as eval/* (0: only the final one)", min=0)
     eval_episodes: int = _opt(10, "episodes per evaluation", min=1)
+    final_eval_episodes: Optional[int] = _opt(
+        None, "episodes of the evaluation after the last update, the run's final result (null: eval_episodes); more "
+              "episodes give a final figure with less evaluation noise", min=1)
     eval_deterministic: bool = _opt(True, "evaluate with the most likely action instead of sampling")
     success_threshold: Optional[float] = _opt(
         None, "an eval episode succeeds when its return is > this (MiniGrid: 0); null: no success rate")

@@ -406,3 +406,29 @@ def test_lstm_forget_bias_survives_save_and_load(tmp_path):
     policy = load_policy(tmp_path / "model.zip")
     assert policy.core_kwargs["forget_bias"] == 2.5
     assert policy.core_pi.rnn.bias_ih_l0[8] == -7.0 and torch.all(policy.core_pi.rnn.bias_ih_l0[9:16] == 2.5)
+
+
+def test_final_eval_episodes_sets_only_the_last_evaluation(tmp_path, capsys, monkeypatch):
+    """Periodic evals keep eval_episodes; the evaluation after the last update (the run's final figure, in
+    summary.json and at the last eval/ step) plays final_eval_episodes."""
+    import agents.callbacks as callbacks
+
+    evaluate, calls = callbacks.evaluate, []
+
+    def counting_evaluate(model, env, n_episodes, *args, **kwargs):
+        calls.append((int(model.num_timesteps), n_episodes))
+        return evaluate(model, env, n_episodes, *args, **kwargs)
+
+    monkeypatch.setattr(callbacks, "evaluate", counting_evaluate)
+    code, _, err = run_main(["--core", "mlp", "--logdir", str(tmp_path), "--total-timesteps", "384", "--n-envs", "2",
+                             "--no-progress", "--set", *TINY_SET, "final_eval_episodes=5"], capsys)
+    assert code == 0, err
+    summary = json.loads((only_run_dir(tmp_path) / "summary.json").read_text())
+    assert summary["eval_episodes"] == 5 and summary["total_timesteps"] == 384
+    assert calls[-1] == (384, 5) and len(calls) >= 3
+    assert {n for _, n in calls[:-1]} == {2}
+    calls.clear()
+    code, _, err = run_main(["--core", "mlp", "--logdir", str(tmp_path / "default"), "--total-timesteps", "128",
+                             "--n-envs", "2", "--no-progress", "--set", *TINY_SET], capsys)
+    assert code == 0, err
+    assert calls[-1] == (128, 2)  # null: the final evaluation plays eval_episodes

@@ -357,7 +357,7 @@ def analyse(runs: List[Run], thresholds, bounds, reps: int, reference: Optional[
                 "parameters": params[0] if len(params) == 1 else params,
                 "core_parameters": core_params[0] if len(core_params) == 1 else core_params,
                 "final": {"iqm": float(final_p), "lo": float(final_lo), "hi": float(final_hi),
-                          "step": float(steps[-1])},
+                          "step": float(steps[-1]), "per_seed": vals[:, -1].tolist()},
                 "auc": {"iqm": float(auc_p), "lo": float(auc_lo), "hi": float(auc_hi), "per_seed": auc.tolist()},
                 "steps_to_threshold": {"median": med_steps, "reached": reached, "per_seed": cross,
                                        # the steps every run was watched for (its last eval; --max-steps cuts it)

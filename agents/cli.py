@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "(compare cores at equal parameters, not equal hidden size)")
     p.add_argument("--logdir", metavar="DIR", help="parent of the run directory (default results/runs)")
     p.add_argument("--eval-episodes", type=_int_arg("--eval-episodes"), metavar="N",
-                   help="episodes per evaluation (default: the family config's)")
+                   help="episodes per evaluation, the final one too unless final_eval_episodes is set (default: the "
+                        "family config's)")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted run from its latest checkpoint, in the same directory and "
                         "TensorBoard curves (config from RUN_DIR/config.yaml; may change --total-timesteps, "
@@ -441,6 +442,7 @@ def make_envs(cfg: TrainConfig, seed: int, vecnormalize: Optional[Path] = None):
                 signal.signal(s, h)
     else:
         train_env = make_vec_env(train_fn, n_envs=cfg.n_envs, seed=seed, vec_env_cls=DummyVecEnv)
+    # sized by eval_episodes, not final_eval_episodes: a longer final evaluation leaves the periodic ones unchanged
     eval_env = make_vec_env(env_fn, n_envs=min(cfg.n_envs, cfg.eval_episodes), seed=seed + 10_000_019,
                             vec_env_cls=DummyVecEnv)
     if cfg.normalize_reward:

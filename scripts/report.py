@@ -334,6 +334,7 @@ def analyse(runs: List[Run], thresholds, bounds, reps: int, reference: Optional[
             span = steps[-1] - steps[0]
             auc = (_trapezoid(norm, steps, axis=1) / span) if span > 0 else norm[:, 0]
             auc_p, auc_lo, auc_hi = bootstrap_ci(auc, reps=reps)
+            # each run's value at the last step every run reached (interpolated where a run has no eval there)
             final_p, final_lo, final_hi = bootstrap_ci(vals[:, -1], reps=reps)
             cross = [first_crossing(r.scalars[tag][0], r.scalars[tag][1], threshold) if threshold is not None
                      else None for r in g]

@@ -232,7 +232,7 @@ def _fake_run(label, size, seed, values, core=None, steps=(100, 200, 300, 400), 
 
 def test_report_metrics_match_hand_computed_values():
     runs = [_fake_run("gru", "h64", s, [0, 250, 500, 500]) for s in range(3)]
-    runs += [_fake_run("lstm", "h64", s, [0, 0, 0, 250 * s]) for s in range(3)]
+    runs += [_fake_run("lstm", "h64", s, [0, 0, 0, 250 * s]) for s in (2, 0, 1)]  # found out of seed order
     runs += [_fake_run("gru", "pm-lstm64", s, [0, 250, 500, 500]) for s in range(3)]
     result = report.analyse(runs, report.parse_thresholds([]), report.parse_bounds([]), reps=200, reference="lstm")
     groups = {(g["label"], g["size"]): g for g in result["envs"]["CartPole-P-v1"]["groups"]}
@@ -246,7 +246,7 @@ def test_report_metrics_match_hand_computed_values():
     # only seed 2 reaches 475 (at step 400): the median over seeds is "not reached"
     assert lstm["steps_to_threshold"]["median"] is None and lstm["steps_to_threshold"]["reached"] == 1
     assert lstm["final"]["iqm"] == pytest.approx(250.0)  # [0, 250, 500]: n=3, plain mean
-    assert lstm["final"]["per_seed"] == [0.0, 250.0, 500.0]  # each seed's last eval, in the order of "seeds"
+    assert lstm["seeds"] == [0, 1, 2] and lstm["final"]["per_seed"] == [0.0, 250.0, 500.0]  # in the order of "seeds"
     assert gru["rollout_s_per_1k"] == pytest.approx(0.75) and gru["update_fraction"] == pytest.approx(0.25)
     # the parameter-matched group borrows the reference core's plain-size runs
     assert groups[("lstm", "pm-lstm64")]["run_dirs"] == lstm["run_dirs"]

@@ -489,8 +489,7 @@ def _run_name(cfg: TrainConfig) -> str:
 
 def _needed_bytes(model, cfg: TrainConfig) -> int:
     """Free disk space a run needs: the kept checkpoints, a checkpoint being written, the model and the logs."""
-    n_params = sum(p.numel() for p in model.policy.parameters())
-    per_model = 3 * 4 * n_params + (1 << 16)  # weights + Adam's two moments, float32, plus zip overhead
+    per_model = 3 * 4 * param_count(model) + (1 << 16)  # weights + Adam's two moments, float32, plus zip overhead
     return (cfg.keep_checkpoints + 2) * per_model + (32 << 20)
 
 
@@ -610,13 +609,14 @@ def _log_hparams(session: Session) -> None:
     hp = {}
     for k, v in session.cfg.to_dict().items():
         hp[k] = v if isinstance(v, (bool, int, float, str)) else str(v)
-    hp["parameters"] = _param_count(session.model)
+    hp["parameters"] = param_count(session.model)
     metrics = {"eval/mean_reward": 0.0, "rollout/ep_rew_mean": 0.0}
     session.model.logger.record("hparams", HParam(hp, metrics), exclude=("stdout", "log", "json", "csv"))
     session.model.logger.dump(step=0)
 
 
-def _param_count(model) -> int:
+def param_count(model) -> int:
+    """Parameters of a model's whole policy (encoder, cores and heads)."""
     return int(sum(p.numel() for p in model.policy.parameters()))
 
 
@@ -742,7 +742,7 @@ def finish(s: Session, state) -> int:
         "shared_core": cfg.shared_core,
         "match_params": cfg.match_params,
         "kernel": model.policy.core_pi.kernel_in_use,
-        "parameters": _param_count(model),
+        "parameters": param_count(model),
         "core_parameters": _core_param_count(model),
         "total_timesteps": step,
         "requested_timesteps": cfg.total_timesteps,
@@ -783,7 +783,7 @@ def _print_header(s: Session) -> None:
     what = f"resuming from step {s.start_step:,}" if s.resumed_from is not None else \
         f"config {family_for(cfg.env)}.yaml"
     size = f"hidden {cfg.hidden_size}" + (f", {s.matched}" if s.matched else "")
-    print(f"{PROG}: {cfg.env} | core {cfg.core} ({size}, {_param_count(s.model):,} parameters, "
+    print(f"{PROG}: {cfg.env} | core {cfg.core} ({size}, {param_count(s.model):,} parameters, "
           f"{s.model.policy.core_pi.kernel_in_use} kernel) | "
           f"{cfg.n_envs} envs ({cfg.vec_env}) | {s.model.device} | {cfg.total_timesteps:,} steps | {what} | "
           f"run: {s.run_dir}", flush=True)

@@ -41,6 +41,7 @@ from benchlib import device_error, provenance, time_per_call_us, write_results
 
 import envs
 from agents import RecurrentPPO, match_hidden_size
+from agents.cli import param_count
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
@@ -155,7 +156,7 @@ def scale_rows(hidden_sizes: List[int], n_envs: int, iterations: int, device: st
                        "batch_size": batch_size, "vec_env": vec_env, "device": dev,
                        "torch_threads": torch.get_num_threads(), "iterations": iterations,
                        "steps": model.num_timesteps, "kernel": model.policy.core_pi.kernel_in_use,
-                       "params": sum(p.numel() for p in model.policy.parameters()),
+                       "params": param_count(model),
                        "last_rollout_s": rollout_s, "last_update_s": update_s,
                        "steps_per_s": n_envs * n_steps / (rollout_s + update_s)}
                 rows.append(row)

@@ -32,7 +32,8 @@ import yaml
 __all__ = ["ConfigError", "TrainConfig", "FAMILIES", "family_for", "load_family", "load_config_file", "parse_set",
            "resolve_config", "make_schedule", "config_help"]
 
-#: A learning rate or clip range: a positive number, or ``"lin_<x>"`` (linear decay from x to 0, as in rl-zoo3).
+#: A learning rate, clip range or entropy coefficient: a number, or ``"lin_<x>"`` (linear decay from x to 0 over the
+#: run, as in rl-zoo3).
 Schedule = Union[float, str]
 
 _SCHEDULE_RE = re.compile(r"lin_([0-9.]+(?:[eE][-+]?[0-9]+)?)")
@@ -136,7 +137,7 @@ class TrainConfig:
     clip_range: Schedule = _opt(0.2, "PPO clip range: a number or lin_<x>", gt=0)
     clip_range_vf: Optional[float] = _opt(None, "value clip range (null: no value clipping)", gt=0)
     normalize_advantage: bool = _opt(True, "normalize advantages per minibatch")
-    ent_coef: float = _opt(0.0, "entropy bonus coefficient", min=0.0)
+    ent_coef: Schedule = _opt(0.0, "entropy bonus coefficient: a number or lin_<x> (linear decay x -> 0)", min=0.0)
     vf_coef: float = _opt(0.5, "value loss coefficient", min=0.0)
     max_grad_norm: Optional[float] = _opt(0.5, "gradient norm clip (null: no clipping)", gt=0)
     target_kl: Optional[float] = _opt(None, "stop an update's epochs early above this KL (null: never)", gt=0)
@@ -319,7 +320,9 @@ def coerce_value(name: str, value: Any, source: str) -> Any:
 
 
 def _coerce_schedule(name: str, value: Any, meta: Mapping[str, Any], source: str) -> Schedule:
-    expected = "a positive number or lin_<x> with x > 0 (linear decay from x to 0), e.g. 3e-4 or lin_1e-3"
+    zero_ok = meta.get("min") == 0  # ent_coef: 0 (no bonus) is a value; a learning rate or clip range must be > 0
+    number, example = ("a number >= 0", "0.01") if zero_ok else ("a positive number", "3e-4")
+    expected = f"{number} or lin_<x> with x > 0 (linear decay from x to 0), e.g. {example} or lin_1e-3"
     if isinstance(value, str):
         text = value.strip()
         m = _SCHEDULE_RE.fullmatch(text)
@@ -332,7 +335,7 @@ def _coerce_schedule(name: str, value: Any, meta: Mapping[str, Any], source: str
                 raise _fail(name, value, source, expected)
             return f"lin_{m.group(1)}"
     x = _as_number(value)
-    if x is None or not math.isfinite(x) or not x > 0:
+    if x is None or not math.isfinite(x) or not (x >= 0 if zero_ok else x > 0):
         raise _fail(name, value, source, expected)
     return float(x)
 

@@ -18,7 +18,7 @@ import os
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, ClassVar, Dict, Optional, Type
+from typing import Any, Callable, ClassVar, Dict, Optional, Type
 
 import numpy as np
 import torch
@@ -53,6 +53,8 @@ class RecurrentPPO(PPO):
     :param shared_core: share one core between actor and critic (default: a separate critic core)
     :param seq_len: truncated-BPTT length; sequences are cut at episode starts and every ``seq_len`` steps
         (``None``: only at episode starts and rollout boundaries, i.e. up to ``n_steps``)
+    :param ent_coef: entropy bonus coefficient: a number >= 0, or a schedule of the progress remaining (1 -> 0), as
+        ``learning_rate`` and ``clip_range`` take (e.g. ``LinearSchedule(0.05, 0, 1)``); logged as ``train/ent_coef``
     :param env_id: env id stored with the policy (default: read from the env's spec)
     :param use_sde: gSDE exploration for Box actions (see ``RecurrentActorCriticPolicy``); ``sde_sample_freq``: new
         exploration weights every this many rollout steps (-1: once per rollout), as in SB3
@@ -86,7 +88,7 @@ class RecurrentPPO(PPO):
         clip_range=0.2,
         clip_range_vf=None,
         normalize_advantage: bool = True,
-        ent_coef: float = 0.0,
+        ent_coef: float | Callable[[float], float] = 0.0,
         vf_coef: float = 0.5,
         max_grad_norm: Optional[float] = 0.5,
         target_kl: Optional[float] = None,
@@ -164,6 +166,8 @@ class RecurrentPPO(PPO):
             if isinstance(self.clip_range_vf, (float, int)) and self.clip_range_vf <= 0:
                 raise ValueError(f"clip_range_vf={self.clip_range_vf!r}: expected a positive number or None")
             self.clip_range_vf = FloatSchedule(self.clip_range_vf)
+        if not callable(self.ent_coef) and not (np.isfinite(self.ent_coef) and self.ent_coef >= 0):
+            raise ValueError(f"ent_coef={self.ent_coef!r}: expected a number >= 0 or a schedule (progress -> value)")
 
     def _excluded_save_params(self) -> list[str]:
         return super()._excluded_save_params() + ["_last_state"]
@@ -243,6 +247,7 @@ class RecurrentPPO(PPO):
         self._update_learning_rate(self.policy.optimizer)
         clip_range = self.clip_range(self._current_progress_remaining)
         clip_range_vf = self.clip_range_vf(self._current_progress_remaining) if self.clip_range_vf is not None else None
+        ent_coef = float(self.ent_coef(self._current_progress_remaining) if callable(self.ent_coef) else self.ent_coef)
 
         entropy_losses, pg_losses, value_losses, clip_fractions, grad_norms = [], [], [], [], []
         approx_kl_divs: list[float] = []
@@ -274,7 +279,7 @@ class RecurrentPPO(PPO):
                     old_values + torch.clamp(values - old_values, -clip_range_vf, clip_range_vf)
                 value_loss = mmean((batch.returns.reshape(-1) - values_pred) ** 2)
                 entropy_loss = -mmean(entropy) if entropy is not None else mmean(log_prob)
-                loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+                loss = policy_loss + ent_coef * entropy_loss + self.vf_coef * value_loss
 
                 pg_losses.append(policy_loss.item())
                 value_losses.append(value_loss.item())
@@ -324,6 +329,7 @@ class RecurrentPPO(PPO):
             log("train/std", torch.exp(self.policy.log_std).mean().item())
         log("train/n_updates", self._n_updates, exclude="tensorboard")
         log("train/clip_range", clip_range)
+        log("train/ent_coef", ent_coef)
         if clip_range_vf is not None:
             log("train/clip_range_vf", clip_range_vf)
         steps = buf.buffer_size * buf.n_envs

@@ -199,6 +199,9 @@ def run_main(argv, capsys) -> tuple[int, str, str]:
     (["--set", "gamma=1.5"], "gamma=1.5"),
     (["--set", "n_steps"], "expected key=value"),
     (["--set", "learning_rate=fast"], "lin_<x>"),
+    (["--set", "learning_rate=0"], "learning_rate=0 (from --set learning_rate=0): expected a positive number or lin_<x>"),
+    (["--set", "ent_coef=-0.01"], "ent_coef=-0.01 (from --set ent_coef=-0.01): expected a number >= 0 or lin_<x>"),
+    (["--set", "ent_coef=lin_0"], "ent_coef='lin_0' (from --set ent_coef=lin_0): expected a number >= 0 or lin_<x> with x > 0"),
     (["--set", "encoder_sizes=[64, -1]"], "encoder_sizes=[64, -1]"),
     (["--set", "activation=sigmoid"], "activation='sigmoid'"),
     (["--total-timesteps", "0"], "total_timesteps=0"),
@@ -357,9 +360,10 @@ def test_config_precedence_and_rl_zoo_values(tmp_path):
 
 def test_set_values_are_typed():
     values = parse_set(["seq_len=null", "ortho_init=false", "learning_rate=1e-3", "total_timesteps=1e5",
-                        "net_arch_pi=[]", "clip_range=lin_0.1", "success_threshold=0.5"])
+                        "net_arch_pi=[]", "clip_range=lin_0.1", "success_threshold=0.5", "ent_coef=lin_0.05"])
     assert values == {"seq_len": None, "ortho_init": False, "learning_rate": 1e-3, "total_timesteps": 100_000,
-                      "net_arch_pi": [], "clip_range": "lin_0.1", "success_threshold": 0.5}
+                      "net_arch_pi": [], "clip_range": "lin_0.1", "success_threshold": 0.5, "ent_coef": "lin_0.05"}
+    assert parse_set(["ent_coef=0"]) == {"ent_coef": 0.0}  # no bonus is a value; a zero learning rate is not
     with pytest.raises(ConfigError, match="batch_size=1 .*expected an integer >= 2"):
         parse_set(["batch_size=1"])
 
@@ -406,6 +410,24 @@ def test_lstm_forget_bias_survives_save_and_load(tmp_path):
     policy = load_policy(tmp_path / "model.zip")
     assert policy.core_kwargs["forget_bias"] == 2.5
     assert policy.core_pi.rnn.bias_ih_l0[8] == -7.0 and torch.all(policy.core_pi.rnn.bias_ih_l0[9:16] == 2.5)
+
+
+def test_config_schedules_reach_the_model():
+    from agents.cli import build_model, make_envs
+
+    def model(*set_items):
+        cfg = resolve_config(env="CartPole-P-v1", set_items=list(set_items), overrides={"n_envs": 2, "batch_size": 128})
+        train_env, eval_env = make_envs(cfg, seed=0)
+        try:
+            return build_model(cfg, train_env)
+        finally:
+            train_env.close()
+            eval_env.close()
+
+    decaying = model("ent_coef=lin_0.05", "clip_range=lin_0.2")
+    assert decaying.ent_coef(1.0) == pytest.approx(0.05) and decaying.ent_coef(0.5) == pytest.approx(0.025)
+    assert decaying.clip_range(0.5) == pytest.approx(0.1)
+    assert model("ent_coef=0.02").ent_coef == 0.02
 
 
 def test_final_eval_episodes_sets_only_the_last_evaluation(tmp_path, capsys, monkeypatch):

@@ -216,6 +216,30 @@ def test_target_kl_stops_the_epochs_early():
     assert runs == {None: 5, 1e-9: 1}
 
 
+def test_ent_coef_schedule_sets_each_updates_entropy_bonus():
+    seen = []
+
+    def schedule(progress_remaining):
+        seen.append(progress_remaining)
+        return 0.3 * progress_remaining
+
+    model = small_model("gru", ent_coef=schedule)
+    model.learn(96)  # three rollouts of 2 envs x 16 steps: progress 2/3, 1/3 and 0 at the three updates
+    assert seen == pytest.approx([2 / 3, 1 / 3, 0.0])
+    assert model.logger.name_to_value["train/ent_coef"] == 0.0
+
+    def trained(ent_coef):
+        m = small_model("gru", ent_coef=ent_coef)
+        m.learn(64)
+        return torch.cat([p.detach().flatten() for p in m.policy.parameters()])
+
+    constant = trained(0.3)  # a schedule's value is the loss's coefficient: a constant one trains the same weights
+    torch.testing.assert_close(trained(lambda _: 0.3), constant, atol=0, rtol=0)
+    assert not torch.equal(trained(lambda _: 0.0), constant)
+    with pytest.raises(ValueError, match=r"ent_coef=-0.1: expected a number >= 0 or a schedule"):
+        small_model("gru", ent_coef=-0.1)
+
+
 @pytest.mark.parametrize("env_id", ["Pendulum-v1", "Acrobot-v1"])
 def test_learn_box_and_other_discrete(env_id):
     model = small_model("lstm", gym_id=env_id, seq_len=5)

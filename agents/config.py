@@ -320,7 +320,7 @@ def coerce_value(name: str, value: Any, source: str) -> Any:
 
 
 def _coerce_schedule(name: str, value: Any, meta: Mapping[str, Any], source: str) -> Schedule:
-    zero_ok = meta.get("min") == 0  # ent_coef: 0 (no bonus) is a value; a learning rate or clip range must be > 0
+    zero_ok = "gt" not in meta  # a learning rate or clip range must be > 0 (gt=0); ent_coef's 0 is no bonus (min=0)
     number, example = ("a number >= 0", "0.01") if zero_ok else ("a positive number", "3e-4")
     expected = f"{number} or lin_<x> with x > 0 (linear decay from x to 0), e.g. {example} or lin_1e-3"
     if isinstance(value, str):

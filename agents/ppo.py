@@ -166,7 +166,8 @@ class RecurrentPPO(PPO):
             if isinstance(self.clip_range_vf, (float, int)) and self.clip_range_vf <= 0:
                 raise ValueError(f"clip_range_vf={self.clip_range_vf!r}: expected a positive number or None")
             self.clip_range_vf = FloatSchedule(self.clip_range_vf)
-        if not callable(self.ent_coef) and not (np.isfinite(self.ent_coef) and self.ent_coef >= 0):
+        number = isinstance(self.ent_coef, (int, float, np.floating)) and not isinstance(self.ent_coef, bool)
+        if not callable(self.ent_coef) and not (number and np.isfinite(self.ent_coef) and self.ent_coef >= 0):
             raise ValueError(f"ent_coef={self.ent_coef!r}: expected a number >= 0 or a schedule (progress -> value)")
 
     def _excluded_save_params(self) -> list[str]:

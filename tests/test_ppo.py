@@ -10,6 +10,8 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.utils import LinearSchedule
 
 from agents import CORES, RecurrentPPO, load_policy
 from agents.buffer import RecurrentRolloutBuffer
@@ -221,12 +223,21 @@ def test_ent_coef_schedule_sets_each_updates_entropy_bonus():
 
     def schedule(progress_remaining):
         seen.append(progress_remaining)
-        return 0.3 * progress_remaining
+        return 0.1 + 0.3 * progress_remaining
+
+    logged = []
+
+    class Recording(Logger):
+        def record(self, key, value, exclude=None):
+            if key == "train/ent_coef":
+                logged.append(value)
+            super().record(key, value, exclude)
 
     model = small_model("gru", ent_coef=schedule)
+    model.set_logger(Recording(None, []))
     model.learn(96)  # three rollouts of 2 envs x 16 steps: progress 2/3, 1/3 and 0 at the three updates
     assert seen == pytest.approx([2 / 3, 1 / 3, 0.0])
-    assert model.logger.name_to_value["train/ent_coef"] == 0.0
+    assert logged == pytest.approx([0.3, 0.2, 0.1])
 
     def trained(ent_coef):
         m = small_model("gru", ent_coef=ent_coef)
@@ -236,8 +247,9 @@ def test_ent_coef_schedule_sets_each_updates_entropy_bonus():
     constant = trained(0.3)  # a schedule's value is the loss's coefficient: a constant one trains the same weights
     torch.testing.assert_close(trained(lambda _: 0.3), constant, atol=0, rtol=0)
     assert not torch.equal(trained(lambda _: 0.0), constant)
-    with pytest.raises(ValueError, match=r"ent_coef=-0.1: expected a number >= 0 or a schedule"):
-        small_model("gru", ent_coef=-0.1)
+    for bad in (-0.1, "lin_0.05", None):  # the config's "lin_<x>" reaches RecurrentPPO through make_schedule
+        with pytest.raises(ValueError, match=rf"ent_coef={bad!r}: expected a number >= 0 or a schedule"):
+            small_model("gru", ent_coef=bad)
 
 
 @pytest.mark.parametrize("env_id", ["Pendulum-v1", "Acrobot-v1"])
@@ -293,7 +305,7 @@ def test_nan_loss_is_a_clear_error():
 # ----------------------------------------------------------------- save and load
 @pytest.mark.parametrize("name", ALL_CORES)
 def test_save_load_act_round_trip(name, tmp_path):
-    model = small_model(name, env_id="CartPole-P-v1")
+    model = small_model(name, env_id="CartPole-P-v1", ent_coef=LinearSchedule(0.05, 0.0, 1.0))
     model.learn(32)
     path = tmp_path / "run" / "model.zip"
     model.save(path)
@@ -314,6 +326,7 @@ def test_save_load_act_round_trip(name, tmp_path):
     assert rollout(lambda o, st, s: policy.act(o, st, s), policy.initial_state(1)) == reference
     assert load_policy(tmp_path / "run").env_id == "CartPole-P-v1"  # a run directory works too
     loaded = RecurrentPPO.load(path)
+    assert loaded.ent_coef(0.5) == pytest.approx(0.025)  # a schedule travels with the model (checkpoints, --resume)
     assert rollout(lambda o, st, s: loaded.predict(o, st, np.array([s]), deterministic=True),
                    None) == reference
     for p, q in zip(model.policy.parameters(), loaded.policy.parameters()):

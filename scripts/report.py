@@ -565,13 +565,17 @@ def markdown(result: Dict[str, Any], prov: Dict[str, Any], sweep_info: Dict[str,
 
 
 def sweep_info_of(sweep_dir: Path, runs: List[Run]) -> Dict[str, Any]:
-    """The sweep commands (every sweep.json at or below ``sweep_dir``), their machines and the runs' commits."""
+    """The sweep commands that made ``runs`` (from every sweep.json at or below ``sweep_dir``: an invocation is
+    quoted when one of its cells holds a reported run, or when it does not list its cells), their machines and the
+    runs' commits."""
     inv = []
     for path in sorted(Path(sweep_dir).rglob("sweep.json")):
         try:
             inv += json.loads(path.read_text(encoding="utf-8")).get("invocations", [])
         except (OSError, ValueError, AttributeError):
             print(f"{PROG}: warning: {path} cannot be read; its commands are not quoted", file=sys.stderr)
+    cells = {r.run_dir.parent.name for r in runs}
+    inv = [i for i in inv if "cells" not in i or cells.intersection(i["cells"])]
     commands = list(dict.fromkeys(i["command"] for i in inv))
     machines = list(dict.fromkeys(f"{i['machine']['cpu']} ({i['machine']['cores']} cores, host {i.get('host', '?')})"
                                   for i in inv))

@@ -306,6 +306,17 @@ def test_report_writes_plots_and_tables_with_provenance(sweep_dir, tmp_path, cap
     capsys.readouterr()
     assert report.main([str(sweep_dir), "--out", str(only), "--labels", "gru,lstm@L9"]) == 2
     assert "--labels lstm@L9: no finished runs" in capsys.readouterr().err
+    # the Reproduce block quotes the sweep commands that made the reported runs, not every command of the directory
+    shared = tmp_path / "shared"
+    shutil.copytree(sweep_dir, shared)
+    record = json.loads((shared / "sweep.json").read_text())
+    other = "python scripts/sweep.py --cores lstm --envs CartPole-P-v1 --seeds 0 --variant other"
+    record["invocations"].append({**record["invocations"][0], "command": other,
+                                  "cells": ["CartPole-P-v1__lstm@other__hcfg__s0"]})
+    (shared / "sweep.json").write_text(json.dumps(record))
+    assert report.main([str(shared), "--out", str(only), "--reps", "200", "--no-plots"]) == 0
+    md = (only / "comparison.md").read_text()
+    assert "python scripts/sweep.py --cores mlp,gru" in md and other not in md
     # --seeds: the same seeds in every group (an ablation run on fewer seeds than its baseline)
     assert report.main([str(sweep_dir), "--out", str(only), "--reps", "200", "--seeds", "1", "--no-plots"]) == 0
     groups = json.loads((only / "comparison.json").read_text())["envs"]["CartPole-P-v1"]["groups"]

@@ -373,12 +373,14 @@ def analyse(runs: List[Run], thresholds, bounds, reps: int, reference: Optional[
                 "latency_p50_us": float(np.median([s["latency_p50_us"] for s in sm])),
                 "latency_p99_us": float(np.median([s["latency_p99_us"] for s in sm])),
                 "peak_rss_mb": float(np.median(peaks)) if all(p is not None for p in peaks) else None,
+                # per_seed: each run's curve on x (in the order of "seeds"; interpolated where it has no eval there)
                 "curve_steps": {"x": steps.tolist(), "iqm": s_point.tolist(), "lo": s_lo.tolist(),
-                                "hi": s_hi.tolist()},
+                                "hi": s_hi.tolist(), "per_seed": vals.tolist()},
                 "curve_seconds": {"x": secs.tolist(), "iqm": w_point.tolist(), "lo": w_lo.tolist(),
                                   "hi": w_hi.tolist()},
                 "grad_norm": grad,
                 "commits": sorted({str(s.get("git_commit")) for s in sm}),
+                "commit_per_seed": [str(s.get("git_commit")) for s in sm],
                 "run_dirs": [str(r.run_dir) for r in g],
             })
         ratios = []

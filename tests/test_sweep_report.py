@@ -247,6 +247,8 @@ def test_report_metrics_match_hand_computed_values():
     assert lstm["steps_to_threshold"]["median"] is None and lstm["steps_to_threshold"]["reached"] == 1
     assert lstm["final"]["iqm"] == pytest.approx(250.0)  # [0, 250, 500]: n=3, plain mean
     assert lstm["seeds"] == [0, 1, 2] and lstm["final"]["per_seed"] == [0.0, 250.0, 500.0]  # in the order of "seeds"
+    assert lstm["curve_steps"]["per_seed"] == [[0, 0, 0, 0], [0, 0, 0, 250], [0, 0, 0, 500]]  # each run's own curve
+    assert lstm["commit_per_seed"] == ["abc"] * 3
     assert gru["rollout_s_per_1k"] == pytest.approx(0.75) and gru["update_fraction"] == pytest.approx(0.25)
     # the parameter-matched group borrows the reference core's plain-size runs
     assert groups[("lstm", "pm-lstm64")]["run_dirs"] == lstm["run_dirs"]

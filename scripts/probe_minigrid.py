@@ -25,7 +25,9 @@ And per run, what its observation encoder still passes on: every observation the
 goes through the policy's encoder (the layers before the memory core), and the probe reports the share of the
 encoder's output units whose value varies across them (standard deviation >= 0.05: a unit that gives the same value
 for every observation tells the core nothing) and, for a tanh encoder, the share of outputs pinned at +-1
-(|x| >= 0.99, where tanh's gradient is under 2% of its peak).
+(|x| >= 0.99, where tanh's gradient is under 2% of its peak). And how sure the policy is: the mean entropy (nats)
+of its action distribution over the steps of its own episodes (ln 3 = 1.10 for a uniform choice of the three
+movement actions, 0 for a policy that always picks one; the actions played are the deterministic ones either way).
 
     python scripts/probe_minigrid.py                                  # the MiniGrid-MemoryS7 sweep: about 1 min
     python scripts/probe_minigrid.py results/runs/sweep_minigrid9/*/*/ --name probe_minigrid9
@@ -121,6 +123,17 @@ def encoder_activity(policy, observations: np.ndarray) -> Dict[str, object]:
     return {"encoder_units": int(features.shape[-1]), "encoder_varying": varying, "encoder_saturated": saturated}
 
 
+def action_entropy(policy, observations: np.ndarray, starts: np.ndarray, mask: np.ndarray) -> float:
+    """Mean entropy of the policy's action distribution at the steps where ``mask`` is set, the acted observations
+    replayed as one sequence through ``evaluate_actions`` (reset at each ``starts``, so the states are the ones the
+    acting carried: the recurrent contract)."""
+    obs = torch.as_tensor(np.asarray(observations)).unsqueeze(1)
+    starts_t = torch.as_tensor(np.asarray(starts, dtype=np.float32)).unsqueeze(1)
+    with torch.no_grad():  # the entropy does not depend on the action passed
+        _, _, entropy = policy.evaluate_actions(obs, torch.zeros(starts_t.shape), starts_t, policy.initial_state(1))
+    return float(entropy[torch.as_tensor(np.asarray(mask, dtype=bool))].mean())
+
+
 def probe_run(run_dir: Path, episodes: int, seed0: int) -> Dict[str, object]:
     import envs
     from agents import load_policy
@@ -131,16 +144,24 @@ def probe_run(run_dir: Path, episodes: int, seed0: int) -> Dict[str, object]:
     env = envs.make_env(policy.env_id, **kwargs)
     policy_act = stateful(lambda o, s, e: policy.act(o, s, e, deterministic=True), policy.initial_state(1))
     seen: List[np.ndarray] = []
+    starts: List[bool] = []
+    own: List[bool] = []  # a step of the policy's own episode (not of a led-back replay)
+    mode = {"own": True}
 
     def act(obs, start):
         seen.append(np.array(obs))
+        starts.append(bool(start))
+        own.append(mode["own"])
         return policy_act(obs, start)
 
     eps = []
     for seed in range(seed0, seed0 + episodes):
+        mode["own"] = True
         eps.append(probe_episode(env, act, seed))
+        mode["own"] = False
         eps[-1]["led_back_succeeds"] = led_back_succeeds(env, act, seed)
     activity = encoder_activity(policy, np.stack(seen))
+    activity["action_entropy"] = action_entropy(policy, np.stack(seen), np.array(starts), np.array(own))
     parts = run_dir.parent.name.split("__")  # sweep cells are <env>__<label>__<size>__s<seed>
     cell = run_dir.parent.name if len(parts) == 4 else run_dir.name
     return {"run": str(run_dir), "env": policy.env_id, "cell": cell,
@@ -179,7 +200,7 @@ def main(argv=None) -> int:
         print(f"[{i + 1}/{len(runs)}] {r['cell']}: success {_pct(r['success'])}, cue seen {_pct(r['cue_seen'])}, "
               f"looked back {_pct(r['looked_back'])}, hold (median) {r['hold_median_success']}, led back succeeds "
               f"{_pct(r['led_back_succeeds'])}, encoder units varying {_pct(r['encoder_varying'])}, saturated "
-              f"{_pct(r['encoder_saturated'])}", flush=True)
+              f"{_pct(r['encoder_saturated'])}, action entropy {r['action_entropy']:.3f}", flush=True)
 
     table = [f"Deterministic actions, {args.episodes} episodes per run on env seeds {args.seed}.."
              f"{args.seed + args.episodes - 1}, each run's own env options. success: ended on the matching object; "
@@ -191,16 +212,18 @@ def main(argv=None) -> int:
              "to face the start room, then played on by the policy - the share that ended on the matching object. "
              f"encoder units varying: the share of the encoder's outputs whose standard deviation over every "
              f"observation the policy acted on here is >= {VARYING_STD}; saturated: the share of its outputs at "
-             f"|x| >= {SATURATED} (tanh encoders). "
+             f"|x| >= {SATURATED} (tanh encoders); action entropy: the mean entropy (nats) of the policy's action "
+             "distribution over the steps of its own episodes (ln 3 = 1.10: uniform over three actions). "
              "Each run's model.zip is its latest save: the end of training.", "",
              "| run | env options | success | mean steps | cue seen | looked back | hold median (max) | "
-             "led back, succeeds | encoder units varying | encoder saturated |", "|---" * 10 + "|"]
+             "led back, succeeds | encoder units varying | encoder saturated | action entropy |", "|---" * 11 + "|"]
     for r in rows:
         opts = " ".join(f"{k}={v}" for k, v in r["env_kwargs"].items())
         hold = "-" if r["hold_median_success"] is None else f"{r['hold_median_success']:g} ({r['hold_max_success']})"
         table.append(f"| {r['cell']} | {opts} | {_pct(r['success'])} | {r['steps']:.1f} | {_pct(r['cue_seen'])} | "
                      f"{_pct(r['looked_back'])} | {hold} | {_pct(r['led_back_succeeds'])} | "
-                     f"{_pct(r['encoder_varying'])} of {r['encoder_units']} | {_pct(r['encoder_saturated'])} |")
+                     f"{_pct(r['encoder_varying'])} of {r['encoder_units']} | {_pct(r['encoder_saturated'])} | "
+                     f"{r['action_entropy']:.3f} |")
     benchlib.publish(args.name, "probe_minigrid.py", sys.argv[1:] if argv is None else argv, table, args.out_dir,
                      settings={"episodes": args.episodes, "seed": args.seed}, rows=rows)
     return 0

@@ -151,6 +151,30 @@ def test_encoder_activity_tells_a_live_encoder_from_a_pinned_one():
     assert probe.encoder_activity(relu, obs)["encoder_saturated"] is None
 
 
+def test_action_entropy_tells_an_unsure_policy_from_a_sure_one():
+    """A fresh policy (action head initialised near zero) is near uniform over the three actions, ln 3 nats; one whose
+    head always prefers an action by a wide margin has entropy near 0."""
+    import torch
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from agents import RecurrentPPO
+
+    env = make_vec_env(make, n_envs=1, seed=0)
+    obs, starts = [env.reset()[0]], [True]
+    for t in range(15):
+        step_obs, _, done, _ = env.step([FORWARD if t % 3 else LEFT])
+        obs.append(step_obs[0])
+        starts.append(bool(done[0]))
+    obs, starts = np.stack(obs), np.array(starts)
+    policy = RecurrentPPO("MlpPolicy", env, core="lstm", hidden_size=8, n_steps=16, batch_size=32, seed=0).policy
+    every = np.ones(len(obs), bool)
+    assert probe.action_entropy(policy, obs, starts, every) == pytest.approx(np.log(3), abs=0.01)
+    with torch.no_grad():
+        policy.action_net.weight.zero_()
+        policy.action_net.bias.copy_(torch.tensor([30.0, 0.0, 0.0]))
+    assert probe.action_entropy(policy, obs, starts, every) < 1e-6
+
+
 def test_command_writes_the_table_for_a_trained_run(tmp_path):
     logdir = tmp_path / "runs"
     train = subprocess.run(
@@ -168,6 +192,7 @@ def test_command_writes_the_table_for_a_trained_run(tmp_path):
     row = json.loads((out / "probe_t.json").read_text())["rows"][0]
     assert row["episodes"] == 5 and row["env_kwargs"]["view_size"] == 3 and 0.0 <= row["success"] <= 1.0
     assert row["encoder_units"] == 64 and 0.0 <= row["encoder_varying"] <= 1.0 and 0.0 <= row["encoder_saturated"] <= 1
+    assert 0.0 <= row["action_entropy"] <= np.log(3) + 1e-6
     md = (out / "probe_t.md").read_text()
     assert "Reproduce: `python scripts/probe_minigrid.py" in md and f"| {run_dir.name} | view_size=3" in md
     bad = subprocess.run([sys.executable, str(SCRIPTS / "probe_minigrid.py"), str(tmp_path / "nothing"),

@@ -166,7 +166,7 @@ def test_action_entropy_tells_an_unsure_policy_from_a_sure_one():
         obs.append(step_obs[0])
         starts.append(bool(done[0]))
     obs, starts = np.stack(obs), np.array(starts)
-    policy = RecurrentPPO("MlpPolicy", env, core="lstm", hidden_size=8, n_steps=16, batch_size=32, seed=0).policy
+    policy = RecurrentPPO("MlpPolicy", env, core="lstm", hidden_size=8, n_steps=32, batch_size=32, seed=0).policy
     every = np.ones(len(obs), bool)
     assert probe.action_entropy(policy, obs, starts, every) == pytest.approx(np.log(3), abs=0.01)
     with torch.no_grad():

@@ -33,7 +33,7 @@ __all__ = ["ConfigError", "TrainConfig", "FAMILIES", "family_for", "load_family"
            "resolve_config", "make_schedule", "config_help"]
 
 #: A learning rate, clip range or entropy coefficient: a number, or ``"lin_<x>"`` (linear decay from x to 0 over the
-#: run, as in rl-zoo3).
+#: run; rl-zoo3's syntax).
 Schedule = Union[float, str]
 
 _SCHEDULE_RE = re.compile(r"lin_([0-9.]+(?:[eE][-+]?[0-9]+)?)")

@@ -145,23 +145,23 @@ def probe_run(run_dir: Path, episodes: int, seed0: int) -> Dict[str, object]:
     policy_act = stateful(lambda o, s, e: policy.act(o, s, e, deterministic=True), policy.initial_state(1))
     seen: List[np.ndarray] = []
     starts: List[bool] = []
-    own: List[bool] = []  # a step of the policy's own episode (not of a led-back replay)
-    mode = {"own": True}
 
     def act(obs, start):
         seen.append(np.array(obs))
         starts.append(bool(start))
-        own.append(mode["own"])
         return policy_act(obs, start)
 
-    eps = []
+    eps, own = [], []  # own: the steps of the policy's own episodes (not of the led-back replays)
     for seed in range(seed0, seed0 + episodes):
-        mode["own"] = True
+        first = len(seen)
         eps.append(probe_episode(env, act, seed))
-        mode["own"] = False
+        own.extend(range(first, len(seen)))
         eps[-1]["led_back_succeeds"] = led_back_succeeds(env, act, seed)
-    activity = encoder_activity(policy, np.stack(seen))
-    activity["action_entropy"] = action_entropy(policy, np.stack(seen), np.array(starts), np.array(own))
+    observations = np.stack(seen)
+    activity = encoder_activity(policy, observations)
+    own_mask = np.zeros(len(seen), dtype=bool)
+    own_mask[own] = True
+    activity["action_entropy"] = action_entropy(policy, observations, np.array(starts), own_mask)
     parts = run_dir.parent.name.split("__")  # sweep cells are <env>__<label>__<size>__s<seed>
     cell = run_dir.parent.name if len(parts) == 4 else run_dir.name
     return {"run": str(run_dir), "env": policy.env_id, "cell": cell,

@@ -375,13 +375,14 @@ def _setup_torch(cfg: TrainConfig):
 
 def env_factory(cfg: TrainConfig, training: bool = False):
     """A no-argument function building one env as train_agent does for ``cfg`` (view, actions, limit, stacking);
-    ``training=True`` adds the training-only options (``cue_start``)."""
+    ``training=True`` adds the training-only options (``cue_start``, ``lookback_start``)."""
     from envs import make_env
+    from envs.minigrid_obs import START_AIDS
 
     from .config import ENV_OPTIONS
     kwargs = {key: getattr(cfg, key) for key in ENV_OPTIONS}
-    if training and cfg.cue_start:
-        kwargs["cue_start"] = cfg.cue_start
+    if training:
+        kwargs.update({key: getattr(cfg, key) for key in START_AIDS if getattr(cfg, key)})
     return partial(make_env, cfg.env, **kwargs)
 
 

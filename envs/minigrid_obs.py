@@ -50,8 +50,12 @@ __all__ = [
     "validate_view_size",
     "MiniGridMoveActions",
     "ACTION_SETS",
+    "MemoryStartAid",
     "MemoryCueStart",
+    "START_AIDS",
     "validate_cue_start",
+    "validate_start_share",
+    "validate_start_aids",
 ]
 
 #: Number of values each image channel takes: (object types, colors, states) = (11, 6, 3).
@@ -208,49 +212,89 @@ class MiniGridMoveActions(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
         return action
 
 
-_CUE_STREAM = 0xC0E  # MemoryCueStart's generator: SeedSequence([seed, this]), independent of the env's (seed)
+_CUE_STREAM = 0xC0E  # MemoryStartAid's generator: SeedSequence([seed, this]), independent of the env's (seed)
+
+#: The start aids of :class:`MemoryStartAid`, as train_agent and ``make_env`` name them.
+START_AIDS = ("cue_start", "lookback_start")
+
+
+def validate_start_share(value: Any, name: str = "cue_start") -> float:
+    """A start aid's share (``cue_start`` or ``lookback_start``) as a float in [0, 1], or a one-line ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name}={value!r}: expected a number in [0, 1] (the share of resets started "
+                         f"{'beside the cue' if name == 'cue_start' else 'at the hallway end facing back'})")
+    return float(value)
 
 
 def validate_cue_start(cue_start: Any) -> float:
     """``cue_start`` as a float in [0, 1], or a one-line ``ValueError``."""
-    if isinstance(cue_start, bool) or not isinstance(cue_start, (int, float)) or not 0.0 <= float(cue_start) <= 1.0:
-        raise ValueError(f"cue_start={cue_start!r}: expected a number in [0, 1] (the share of resets started "
-                         "beside the cue)")
-    return float(cue_start)
+    return validate_start_share(cue_start, "cue_start")
 
 
-class MemoryCueStart(gym.Wrapper, gym.utils.RecordConstructorArgs):
-    """MiniGrid-Memory only, a training aid: a share ``p`` of resets start the agent beside the cue.
+def validate_start_aids(cue_start: Any = 0.0, lookback_start: Any = 0.0) -> tuple[float, float]:
+    """Both start shares checked, and their sum at most 1 (one draw per reset picks at most one aid)."""
+    cue, lookback = validate_start_share(cue_start or 0.0, "cue_start"), validate_start_share(
+        lookback_start or 0.0, "lookback_start")
+    if cue + lookback > 1.0:
+        raise ValueError(f"cue_start={cue_start!r} and lookback_start={lookback_start!r}: expected shares summing "
+                         "to at most 1 (each reset takes one start)")
+    return cue, lookback
+
+
+class MemoryStartAid(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """MiniGrid-Memory only, a training aid: a share of resets start the agent where the cue is in view.
 
     minigrid's ``MemoryEnv`` starts the agent facing on (east) at a random cell of the start room or hallway, from
     x = 1 to the hallway's end; only at x = 1 is the cue (at x = 1, one row up) in its first view - 1 reset in 4 on
-    MemoryS7 - and from the other cells the agent must turn or walk back to see it. With probability ``p`` this
-    wrapper moves the agent to x = 1, still facing on, after the env's own reset (layout, objects and episode are
-    the env's; only the start cell changes), so a policy meets episodes where the cue is seen at the first step
-    more often. It draws from a generator of its own (seeded by ``reset(seed=...)``, on a stream apart from the
-    env's), so the env's layouts are the same sequence as without it and which episodes it moves does not depend on
-    their layout. Wrap the raw env (it reads and regenerates minigrid's dict observation). Evaluate without it: the
-    task is minigrid's start distribution.
+    MemoryS7 - and from the other cells the agent must turn or walk back to see it. After the env's own reset
+    (layout, objects and episode are the env's; only the start cell and heading change) this wrapper moves
+
+    - a share ``cue_start`` of the agents to x = 1, still facing on, the cue just left of the agent: episodes where
+      the cue is seen at the first step and must be held down the hallway;
+    - a share ``lookback_start`` to the hallway's end (the cell between the two objects), facing back (west): the
+      spot and heading where a policy that looks back for the cue arrives, so that the choice made from there is
+      trained whether or not the policy has found the way to it yet. With minigrid's 7x7 view the cue and both
+      objects are in this first view on MemoryS7 and S9; on longer hallways or smaller views the cue is too far.
+
+    One draw per reset picks at most one of the two (their sum is at most 1). It draws from a generator of its own
+    (seeded by ``reset(seed=...)``, on a stream apart from the env's), so the env's layouts are the same sequence as
+    without it and which episodes it moves does not depend on their layout. Wrap the raw env (it reads and
+    regenerates minigrid's dict observation). Evaluate without it: the task is minigrid's start distribution.
     """
 
-    def __init__(self, env: gym.Env, p: float):
-        gym.utils.RecordConstructorArgs.__init__(self, p=p)
+    def __init__(self, env: gym.Env, cue_start: float = 0.0, lookback_start: float = 0.0):
+        gym.utils.RecordConstructorArgs.__init__(self, cue_start=cue_start, lookback_start=lookback_start)
         gym.Wrapper.__init__(self, env)
         from minigrid.envs.memory import MemoryEnv
 
         if not isinstance(env.unwrapped, MemoryEnv):
             name = getattr(env.unwrapped.spec, "id", None) or type(env.unwrapped).__name__
-            raise ValueError(f"cue_start={p!r} applies only to the MiniGrid-Memory envs, not {name!r}")
-        self.p = validate_cue_start(p)
+            aid = next((f"{k}={v!r}" for k, v in zip(START_AIDS, (cue_start, lookback_start)) if v), "a start aid")
+            raise ValueError(f"{aid} applies only to the MiniGrid-Memory envs, not {name!r}")
+        self.cue_start, self.lookback_start = validate_start_aids(cue_start, lookback_start)
         self._rng = np.random.default_rng()
+
+    @property
+    def p(self) -> float:
+        """The share of resets moved by either aid."""
+        return self.cue_start + self.lookback_start
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         obs, info = self.env.reset(seed=seed, options=options)
         if seed is not None:  # a stream of its own: default_rng(seed) would replay the env's generator, seeded alike
             self._rng = np.random.default_rng([seed, _CUE_STREAM])
-        if self.p > 0 and self._rng.random() < self.p:
+        if self.p > 0:
+            draw = self._rng.random()
             base = self.env.unwrapped
-            base.agent_pos = np.array((1, base.height // 2))
-            base.agent_dir = 0
-            obs = base.gen_obs()
+            if draw < self.cue_start:
+                base.agent_pos, base.agent_dir = np.array((1, base.height // 2)), 0
+                obs = base.gen_obs()
+            elif draw < self.p:
+                # the cell between the two objects: success_pos is one step from it, up or down
+                base.agent_pos, base.agent_dir = np.array((base.success_pos[0], base.height // 2)), 2
+                obs = base.gen_obs()
         return obs, info
+
+
+#: The name of :class:`MemoryStartAid` before it took ``lookback_start``; ``MemoryCueStart(env, p)`` is unchanged.
+MemoryCueStart = MemoryStartAid

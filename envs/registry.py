@@ -13,7 +13,7 @@ from gymnasium.envs.registration import EnvSpec, WrapperSpec
 from gymnasium.error import DependencyNotInstalled
 
 from .masked import MASKED_ENVS, MaskedEnvSpec
-from .minigrid_obs import (ACTION_SETS, MemoryCueStart, MiniGridMoveActions, MiniGridSymbolicObs, validate_cue_start,
+from .minigrid_obs import (ACTION_SETS, MemoryStartAid, MiniGridMoveActions, MiniGridSymbolicObs, validate_start_aids,
                            validate_view_size)
 
 __all__ = [
@@ -174,6 +174,7 @@ def make_env(
     max_episode_steps: int | None = None,
     frame_stack: int | None = None,
     cue_start: float | None = None,
+    lookback_start: float | None = None,
     **unexpected: Any,
 ) -> gym.Env:
     """Build one env exactly as training does (the trainer calls this once per vec-env worker).
@@ -190,7 +191,10 @@ def make_env(
             first observation) - the frame-stacking control, a memoryless policy given a short window of history.
             ``None`` or 1: no stacking.
         cue_start: MiniGrid-Memory only, a training aid: the share of resets that start the agent beside the cue
-            (:class:`envs.minigrid_obs.MemoryCueStart`). ``None`` or 0: minigrid's own start.
+            (:class:`envs.minigrid_obs.MemoryStartAid`). ``None`` or 0: minigrid's own start.
+        lookback_start: MiniGrid-Memory only, a training aid: the share of resets that start the agent at the
+            hallway's end facing back, where a policy that looks back for the cue arrives (same wrapper; the two
+            shares sum to at most 1). ``None`` or 0: minigrid's own start.
 
     Returns:
         ``gymnasium.make(id)`` for masked and passthrough ids; ``MiniGridSymbolicObs(gymnasium.make(id))``
@@ -209,21 +213,25 @@ def make_env(
         if isinstance(frame_stack, bool) or not isinstance(frame_stack, int) or frame_stack < 1:
             raise ValueError(f"frame_stack must be None or a positive int, got {frame_stack!r}")
         env = make_env(canonical, view_size=view_size, action_set=action_set, render_mode=render_mode,
-                       max_episode_steps=max_episode_steps, cue_start=cue_start, **unexpected)
+                       max_episode_steps=max_episode_steps, cue_start=cue_start,
+                       lookback_start=lookback_start, **unexpected)
         return stack_frames(env, frame_stack)
 
     if unexpected:
-        expected = _COMMON_KWARGS + (", view_size, action_set, cue_start (MiniGrid-Memory ids only)" if minigrid_env
-                                     else " (view_size, action_set: MiniGrid-* ids only; cue_start: MiniGrid-Memory)")
+        expected = _COMMON_KWARGS + (", view_size, action_set, cue_start, lookback_start (MiniGrid-Memory ids only)"
+                                     if minigrid_env else " (view_size, action_set: MiniGrid-* ids only; cue_start, "
+                                     "lookback_start: MiniGrid-Memory)")
         raise ValueError(
             f"make_env({env_id!r}) got unknown keyword argument(s) {', '.join(sorted(unexpected))}; "
             f"expected: {expected}"
         )
     if view_size is not None and not minigrid_env:
         raise ValueError(f"view_size={view_size!r} applies only to MiniGrid-* ids, not {canonical!r}")
-    if cue_start is not None:
-        if validate_cue_start(cue_start) and not canonical.startswith("MiniGrid-Memory"):
-            raise ValueError(f"cue_start={cue_start!r} applies only to the MiniGrid-Memory ids, not {canonical!r}")
+    if cue_start is not None or lookback_start is not None:
+        shares = validate_start_aids(cue_start, lookback_start)
+        if any(shares) and not canonical.startswith("MiniGrid-Memory"):
+            name, value = ("cue_start", cue_start) if shares[0] else ("lookback_start", lookback_start)
+            raise ValueError(f"{name}={value!r} applies only to the MiniGrid-Memory ids, not {canonical!r}")
     if action_set is not None:
         if action_set not in ACTION_SETS:
             raise ValueError(f"action_set must be one of {', '.join(ACTION_SETS)} (or None), got {action_set!r}")
@@ -267,8 +275,8 @@ def make_env(
             raise ValueError(
                 f"{canonical} does not accept these arguments {make_kwargs}: {_first_line(e)}"
             ) from e
-        if cue_start:
-            env = MemoryCueStart(env, cue_start)
+        if cue_start or lookback_start:
+            env = MemoryStartAid(env, cue_start or 0.0, lookback_start or 0.0)
         env = MiniGridSymbolicObs(env)
         return MiniGridMoveActions(env) if action_set == "move" else env
 

@@ -218,6 +218,9 @@ def run_main(argv, capsys) -> tuple[int, str, str]:
     (["--set", "lstm_forget_bias=big"], "lstm_forget_bias='big'"),
     (["--set", "cue_start=1.5"], "cue_start=1.5"),
     (["--env", "CartPole-P-v1", "--set", "cue_start=0.5"], "cue_start=0.5 applies only to the MiniGrid-Memory ids"),
+    (["--set", "lookback_start=-0.25"], "lookback_start=-0.25"),
+    (["--env", "CartPole-P-v1", "--set", "lookback_start=0.25"], "lookback_start=0.25 applies only to the MiniGrid"),
+    (["--set", "cue_start=0.5", "--set", "lookback_start=0.75"], "expected shares summing to at most 1"),
     (["--config", "/nonexistent/cfg.yaml"], "does not exist"),
     (["--resume", "/nonexistent/run"], "no such directory"),
     (["--resume", "/tmp", "--core", "lstm"], "--core cannot be combined"),
@@ -376,7 +379,7 @@ def test_lstm_forget_bias_reaches_lstm_cores_only():
     assert core_kwargs(resolve_config(env="MiniGrid-Memory", overrides={"core": "lstm"})) == {"kernel": "auto"}
 
 
-def test_cue_start_wraps_the_training_envs_only():
+def test_start_aids_wrap_the_training_envs_only():
     from agents.cli import make_envs
     from envs.minigrid_obs import MemoryCueStart
 
@@ -385,6 +388,13 @@ def test_cue_start_wraps_the_training_envs_only():
     assert train_env.env_is_wrapped(MemoryCueStart) == [True, True]
     assert not any(eval_env.env_is_wrapped(MemoryCueStart))
     assert train_env.get_attr("p") == [0.5, 0.5]
+    for env in (train_env, eval_env):
+        env.close()
+    cfg = resolve_config(env="MiniGrid-Memory", set_items=["lookback_start=0.25", "cue_start=0.125"],
+                         overrides={"n_envs": 2})
+    train_env, eval_env = make_envs(cfg, seed=0)
+    assert train_env.get_attr("lookback_start") == [0.25, 0.25] and train_env.get_attr("cue_start") == [0.125] * 2
+    assert not any(eval_env.env_is_wrapped(MemoryCueStart))
     for env in (train_env, eval_env):
         env.close()
     train_env, eval_env = make_envs(resolve_config(env="MiniGrid-Memory", overrides={"n_envs": 2}), seed=0)

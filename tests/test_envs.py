@@ -340,6 +340,67 @@ def test_cue_start_starts_a_share_of_episodes_beside_the_cue():
         MemoryCueStart(EmptyEnv(), 0.5)
 
 
+def test_lookback_start_starts_a_share_of_episodes_at_the_hallway_end_facing_back():
+    from envs.minigrid_obs import MemoryStartAid
+
+    V = 7
+    for env_id in ("MiniGrid-Memory", "MiniGrid-MemoryS9-v0", "MiniGrid-MemoryS13Random-v0"):
+        plain = make_env(env_id, action_set="move")
+        back = make_env(env_id, action_set="move", lookback_start=1.0)
+        plain.reset(seed=5)
+        obs, _ = back.reset(seed=5)
+        for episode in range(12):
+            if episode:
+                obs, _ = back.reset()
+                plain.reset()
+            base = back.unwrapped
+            mid = base.height // 2
+            assert np.array_equal(base.grid.encode(), plain.unwrapped.grid.encode())  # the env's own layouts
+            x = int(base.agent_pos[0])
+            # between the two objects (one row above and below are the success and failure cells), facing back
+            assert base.agent_dir == 2 and int(base.agent_pos[1]) == mid
+            assert {tuple(base.success_pos), tuple(base.failure_pos)} == {(x, mid - 1), (x, mid + 1)}
+            assert base.grid.get(x - 1, mid) is None  # the hallway, walked back along
+            assert np.array_equal(obs, back.env.observation(base.gen_obs()))
+            if env_id != "MiniGrid-MemoryS13Random-v0":  # S7, S9: the cue is in the 7x7 view, 1 column left
+                image = obs[:-1].reshape(V, V, 3)
+                cue = base.grid.get(1, mid - 1).type
+                assert OBJECT_TO_IDX[cue] in image[:, :, 0]
+            # the choice from here: turn towards the matching object (right = north), one step on
+            up = base.success_pos[1] < mid
+            _, r1, term1, _, _ = back.step(1 if up else 0)
+            _, r2, term2, _, _ = back.step(2)
+            assert not term1 and term2 and r2 > 0
+    # with both aids, one draw per reset: about a quarter each, the rest minigrid's starts (x = 1 in 1 of 4 on S7)
+    env = make_env("MiniGrid-Memory", cue_start=0.25, lookback_start=0.25)
+    starts = []
+    for i in range(400):
+        env.reset(seed=1 if i == 0 else None)
+        starts.append((int(env.unwrapped.agent_pos[0]), env.unwrapped.agent_dir))
+    assert 0.18 < np.mean([s == (5, 2) for s in starts]) < 0.32
+    assert 0.30 < np.mean([s == (1, 0) for s in starts]) < 0.45  # 0.25 + 0.5 * 0.25
+    assert not any(d == 2 and x != 5 for x, d in starts)
+    # cue_start alone draws as before: the same starts whether or not lookback_start is given as 0
+    def cue_starts(**aids):
+        env, out = make_env("MiniGrid-Memory", **aids), []
+        for i in range(50):
+            env.reset(seed=7 if i == 0 else None)
+            out.append(int(env.unwrapped.agent_pos[0]))
+        return out
+    assert cue_starts(cue_start=0.5) == cue_starts(cue_start=0.5, lookback_start=0.0)
+    for bad in (1.5, -0.1, "0.5", True):
+        with pytest.raises(ValueError, match="lookback_start") as info:
+            make_env("MiniGrid-Memory", lookback_start=bad)
+        assert repr(bad) in str(info.value) and "[0, 1]" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ValueError, match=r"cue_start=0.5 and lookback_start=0.75: expected shares summing to at most"):
+        make_env("MiniGrid-Memory", cue_start=0.5, lookback_start=0.75)
+    with pytest.raises(ValueError, match="lookback_start=0.5 applies only to the MiniGrid-Memory ids, not 'CartPole-P"):
+        make_env("CartPole-P-v1", lookback_start=0.5)
+    with pytest.raises(ValueError, match="lookback_start=0.5 applies only to the MiniGrid-Memory envs, not 'EmptyEnv'"):
+        from minigrid.envs import EmptyEnv
+        MemoryStartAid(EmptyEnv(), lookback_start=0.5)
+
+
 def test_unknown_kwargs_and_bad_values():
     with pytest.raises(ValueError, match="colour") as info:
         make_env("CartPole-P-v1", colour="red")

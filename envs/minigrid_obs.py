@@ -233,8 +233,8 @@ def validate_cue_start(cue_start: Any) -> float:
 
 def validate_start_aids(cue_start: Any = 0.0, lookback_start: Any = 0.0) -> tuple[float, float]:
     """Both start shares checked, and their sum at most 1 (one draw per reset picks at most one aid)."""
-    cue, lookback = validate_start_share(cue_start or 0.0, "cue_start"), validate_start_share(
-        lookback_start or 0.0, "lookback_start")
+    cue = validate_start_share(0.0 if cue_start is None else cue_start, "cue_start")
+    lookback = validate_start_share(0.0 if lookback_start is None else lookback_start, "lookback_start")
     if cue + lookback > 1.0:
         raise ValueError(f"cue_start={cue_start!r} and lookback_start={lookback_start!r}: expected shares summing "
                          "to at most 1 (each reset takes one start)")
@@ -251,10 +251,12 @@ class MemoryStartAid(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     - a share ``cue_start`` of the agents to x = 1, still facing on, the cue just left of the agent: episodes where
       the cue is seen at the first step and must be held down the hallway;
-    - a share ``lookback_start`` to the hallway's end (the cell between the two objects), facing back (west): the
-      spot and heading where a policy that looks back for the cue arrives, so that the choice made from there is
-      trained whether or not the policy has found the way to it yet. With minigrid's 7x7 view the cue and both
-      objects are in this first view on MemoryS7 and S9; on longer hallways or smaller views the cue is too far.
+    - a share ``lookback_start`` to the junction past the hallway's end (the cell between the two objects, one past
+      minigrid's last start cell), facing back (west): the spot and heading where a policy that looks back for the
+      cue arrives, so that the choice made from there is trained whether or not the policy has found the way to it
+      yet. With minigrid's 7x7 view the cue and both objects are in this first view on MemoryS7 and S9 (and on the
+      Random ids when their hallway is as short); on longer hallways, with a 5x5 view beyond S7, or with a 3x3 view
+      the cue is out of sight from there.
 
     One draw per reset picks at most one of the two (their sum is at most 1). It draws from a generator of its own
     (seeded by ``reset(seed=...)``, on a stream apart from the env's), so the env's layouts are the same sequence as
@@ -285,16 +287,16 @@ class MemoryStartAid(gym.Wrapper, gym.utils.RecordConstructorArgs):
             self._rng = np.random.default_rng([seed, _CUE_STREAM])
         if self.p > 0:
             draw = self._rng.random()
-            base = self.env.unwrapped
-            if draw < self.cue_start:
-                base.agent_pos, base.agent_dir = np.array((1, base.height // 2)), 0
-                obs = base.gen_obs()
-            elif draw < self.p:
-                # the cell between the two objects: success_pos is one step from it, up or down
-                base.agent_pos, base.agent_dir = np.array((base.success_pos[0], base.height // 2)), 2
+            if draw < self.p:
+                base = self.env.unwrapped
+                if draw < self.cue_start:  # beside the cue, facing on (east)
+                    base.agent_pos, base.agent_dir = np.array((1, base.height // 2)), 0
+                else:  # the junction between the two objects (success_pos is one step up or down), facing west
+                    base.agent_pos, base.agent_dir = np.array((base.success_pos[0], base.height // 2)), 2
                 obs = base.gen_obs()
         return obs, info
 
 
-#: The name of :class:`MemoryStartAid` before it took ``lookback_start``; ``MemoryCueStart(env, p)`` is unchanged.
+#: The name of :class:`MemoryStartAid` before it took ``lookback_start``; ``MemoryCueStart(env, p)`` with ``p``
+#: positional is unchanged (the keyword is now ``cue_start``).
 MemoryCueStart = MemoryStartAid

@@ -227,11 +227,10 @@ def make_env(
         )
     if view_size is not None and not minigrid_env:
         raise ValueError(f"view_size={view_size!r} applies only to MiniGrid-* ids, not {canonical!r}")
-    if cue_start is not None or lookback_start is not None:
-        shares = validate_start_aids(cue_start, lookback_start)
-        if any(shares) and not canonical.startswith("MiniGrid-Memory"):
-            name, value = ("cue_start", cue_start) if shares[0] else ("lookback_start", lookback_start)
-            raise ValueError(f"{name}={value!r} applies only to the MiniGrid-Memory ids, not {canonical!r}")
+    start_shares = validate_start_aids(cue_start, lookback_start)  # (0.0, 0.0) when neither is given
+    if any(start_shares) and not canonical.startswith("MiniGrid-Memory"):
+        name, value = ("cue_start", cue_start) if start_shares[0] else ("lookback_start", lookback_start)
+        raise ValueError(f"{name}={value!r} applies only to the MiniGrid-Memory ids, not {canonical!r}")
     if action_set is not None:
         if action_set not in ACTION_SETS:
             raise ValueError(f"action_set must be one of {', '.join(ACTION_SETS)} (or None), got {action_set!r}")
@@ -275,8 +274,8 @@ def make_env(
             raise ValueError(
                 f"{canonical} does not accept these arguments {make_kwargs}: {_first_line(e)}"
             ) from e
-        if cue_start or lookback_start:
-            env = MemoryStartAid(env, cue_start or 0.0, lookback_start or 0.0)
+        if any(start_shares):
+            env = MemoryStartAid(env, *start_shares)
         env = MiniGridSymbolicObs(env)
         return MiniGridMoveActions(env) if action_set == "move" else env
 

@@ -327,7 +327,7 @@ def test_cue_start_starts_a_share_of_episodes_beside_the_cue():
     for off in (None, 0, 0.0):  # no wrapper
         assert not is_wrapped(make_env("MiniGrid-Memory", cue_start=off), MemoryCueStart)
     assert make_env("MiniGrid-Memory", cue_start=0.3, frame_stack=2).observation_space.shape == (2 * (3 * V * V + 1),)
-    for bad in (1.5, -0.1, "0.5", True):
+    for bad in (1.5, -0.1, "0.5", True, False, ""):
         with pytest.raises(ValueError, match="cue_start") as info:
             make_env("MiniGrid-Memory", cue_start=bad)
         assert repr(bad) in str(info.value) and "[0, 1]" in str(info.value) and "\n" not in str(info.value)
@@ -362,10 +362,11 @@ def test_lookback_start_starts_a_share_of_episodes_at_the_hallway_end_facing_bac
             assert {tuple(base.success_pos), tuple(base.failure_pos)} == {(x, mid - 1), (x, mid + 1)}
             assert base.grid.get(x - 1, mid) is None  # the hallway, walked back along
             assert np.array_equal(obs, back.env.observation(base.gen_obs()))
-            if env_id != "MiniGrid-MemoryS13Random-v0":  # S7, S9: the cue is in the 7x7 view, 1 column left
-                image = obs[:-1].reshape(V, V, 3)
-                cue = base.grid.get(1, mid - 1).type
-                assert OBJECT_TO_IDX[cue] in image[:, :, 0]
+            # S7, S9: the cue is in the 7x7 view, one row up = one column right of the agent facing west, x - 1
+            # cells ahead (the two end objects, one key and one ball, are in view everywhere)
+            image = obs[:-1].reshape(V, V, 3)
+            cue_in_view = x - 1 < V and image[V // 2 + 1, V - x, 0] == OBJECT_TO_IDX[base.grid.get(1, mid - 1).type]
+            assert cue_in_view == base.agent_sees(1, mid - 1) == (x - 1 < V), (env_id, x)
             # the choice from here: turn towards the matching object (right = north), one step on
             up = base.success_pos[1] < mid
             _, r1, term1, _, _ = back.step(1 if up else 0)
@@ -380,15 +381,17 @@ def test_lookback_start_starts_a_share_of_episodes_at_the_hallway_end_facing_bac
     assert 0.18 < np.mean([s == (5, 2) for s in starts]) < 0.32
     assert 0.30 < np.mean([s == (1, 0) for s in starts]) < 0.45  # 0.25 + 0.5 * 0.25
     assert not any(d == 2 and x != 5 for x, d in starts)
-    # cue_start alone draws as before: the same starts whether or not lookback_start is given as 0
-    def cue_starts(**aids):
-        env, out = make_env("MiniGrid-Memory", **aids), []
+    # cue_start alone draws as it did before lookback_start existed: one draw per reset from the wrapper's own
+    # stream, a move to x = 1 when it is below cue_start (and with lookback_start at 0 nothing else moves)
+    for aids in ({"cue_start": 0.5}, {"cue_start": 0.5, "lookback_start": 0.0}):
+        env, rng = make_env("MiniGrid-Memory", **aids), np.random.default_rng([7, 0xC0E])
         for i in range(50):
             env.reset(seed=7 if i == 0 else None)
-            out.append(int(env.unwrapped.agent_pos[0]))
-        return out
-    assert cue_starts(cue_start=0.5) == cue_starts(cue_start=0.5, lookback_start=0.0)
-    for bad in (1.5, -0.1, "0.5", True):
+            if rng.random() < 0.5:
+                assert tuple(env.unwrapped.agent_pos) == (1, 3) and env.unwrapped.agent_dir == 0
+            else:
+                assert env.unwrapped.agent_dir == 0 and env.unwrapped.agent_pos[0] in (1, 2, 3, 4)
+    for bad in (1.5, -0.1, "0.5", True, False, ""):
         with pytest.raises(ValueError, match="lookback_start") as info:
             make_env("MiniGrid-Memory", lookback_start=bad)
         assert repr(bad) in str(info.value) and "[0, 1]" in str(info.value) and "\n" not in str(info.value)

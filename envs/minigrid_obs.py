@@ -221,8 +221,8 @@ START_AIDS = ("cue_start", "lookback_start")
 def validate_start_share(value: Any, name: str = "cue_start") -> float:
     """A start aid's share (``cue_start`` or ``lookback_start``) as a float in [0, 1], or a one-line ``ValueError``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name}={value!r}: expected a number in [0, 1] (the share of resets started "
-                         f"{'beside the cue' if name == 'cue_start' else 'at the hallway end facing back'})")
+        where = "beside the cue" if name == "cue_start" else "at the junction past the hallway, facing back"
+        raise ValueError(f"{name}={value!r}: expected a number in [0, 1] (the share of resets started {where})")
     return float(value)
 
 

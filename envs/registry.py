@@ -192,9 +192,9 @@ def make_env(
             ``None`` or 1: no stacking.
         cue_start: MiniGrid-Memory only, a training aid: the share of resets that start the agent beside the cue
             (:class:`envs.minigrid_obs.MemoryStartAid`). ``None`` or 0: minigrid's own start.
-        lookback_start: MiniGrid-Memory only, a training aid: the share of resets that start the agent at the
-            hallway's end facing back, where a policy that looks back for the cue arrives (same wrapper; the two
-            shares sum to at most 1). ``None`` or 0: minigrid's own start.
+        lookback_start: MiniGrid-Memory only, a training aid: the share of resets that start the agent on the
+            junction between the two end objects, facing back, where a policy that looks back for the cue arrives
+            (same wrapper; the two shares sum to at most 1). ``None`` or 0: minigrid's own start.
 
     Returns:
         ``gymnasium.make(id)`` for masked and passthrough ids; ``MiniGridSymbolicObs(gymnasium.make(id))``

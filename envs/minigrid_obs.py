@@ -53,9 +53,8 @@ __all__ = [
     "MemoryStartAid",
     "MemoryCueStart",
     "START_AIDS",
-    "validate_cue_start",
-    "validate_start_share",
     "validate_start_aids",
+    "start_aid_text",
 ]
 
 #: Number of values each image channel takes: (object types, colors, states) = (11, 6, 3).
@@ -218,7 +217,7 @@ _CUE_STREAM = 0xC0E  # MemoryStartAid's generator: SeedSequence([seed, this]), i
 START_AIDS = ("cue_start", "lookback_start")
 
 
-def validate_start_share(value: Any, name: str = "cue_start") -> float:
+def _validate_share(value: Any, name: str) -> float:
     """A start aid's share (``cue_start`` or ``lookback_start``) as a float in [0, 1], or a one-line ``ValueError``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
         where = "beside the cue" if name == "cue_start" else "at the junction past the hallway, facing back"
@@ -226,19 +225,19 @@ def validate_start_share(value: Any, name: str = "cue_start") -> float:
     return float(value)
 
 
-def validate_cue_start(cue_start: Any) -> float:
-    """``cue_start`` as a float in [0, 1], or a one-line ``ValueError``."""
-    return validate_start_share(cue_start, "cue_start")
-
-
 def validate_start_aids(cue_start: Any = 0.0, lookback_start: Any = 0.0) -> tuple[float, float]:
     """Both start shares checked, and their sum at most 1 (one draw per reset picks at most one aid)."""
-    cue = validate_start_share(0.0 if cue_start is None else cue_start, "cue_start")
-    lookback = validate_start_share(0.0 if lookback_start is None else lookback_start, "lookback_start")
+    cue = _validate_share(0.0 if cue_start is None else cue_start, "cue_start")
+    lookback = _validate_share(0.0 if lookback_start is None else lookback_start, "lookback_start")
     if cue + lookback > 1.0:
         raise ValueError(f"cue_start={cue_start!r} and lookback_start={lookback_start!r}: expected shares summing "
                          "to at most 1 (each reset takes one start)")
     return cue, lookback
+
+
+def start_aid_text(cue_start: Any, lookback_start: Any) -> str:
+    """The first start aid that is set, as ``name=value`` for an error message (``"a start aid"`` if none is)."""
+    return next((f"{k}={v!r}" for k, v in zip(START_AIDS, (cue_start, lookback_start)) if v), "a start aid")
 
 
 class MemoryStartAid(gym.Wrapper, gym.utils.RecordConstructorArgs):
@@ -271,8 +270,8 @@ class MemoryStartAid(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
         if not isinstance(env.unwrapped, MemoryEnv):
             name = getattr(env.unwrapped.spec, "id", None) or type(env.unwrapped).__name__
-            aid = next((f"{k}={v!r}" for k, v in zip(START_AIDS, (cue_start, lookback_start)) if v), "a start aid")
-            raise ValueError(f"{aid} applies only to the MiniGrid-Memory envs, not {name!r}")
+            raise ValueError(f"{start_aid_text(cue_start, lookback_start)} applies only to the MiniGrid-Memory envs, "
+                             f"not {name!r}")
         self.cue_start, self.lookback_start = validate_start_aids(cue_start, lookback_start)
         self._rng = np.random.default_rng()
 

@@ -13,8 +13,8 @@ from gymnasium.envs.registration import EnvSpec, WrapperSpec
 from gymnasium.error import DependencyNotInstalled
 
 from .masked import MASKED_ENVS, MaskedEnvSpec
-from .minigrid_obs import (ACTION_SETS, MemoryStartAid, MiniGridMoveActions, MiniGridSymbolicObs, validate_start_aids,
-                           validate_view_size)
+from .minigrid_obs import (ACTION_SETS, MemoryStartAid, MiniGridMoveActions, MiniGridSymbolicObs, start_aid_text,
+                           validate_start_aids, validate_view_size)
 
 __all__ = [
     "ENV_IDS",
@@ -229,8 +229,8 @@ def make_env(
         raise ValueError(f"view_size={view_size!r} applies only to MiniGrid-* ids, not {canonical!r}")
     start_shares = validate_start_aids(cue_start, lookback_start)  # (0.0, 0.0) when neither is given
     if any(start_shares) and not canonical.startswith("MiniGrid-Memory"):
-        name, value = ("cue_start", cue_start) if start_shares[0] else ("lookback_start", lookback_start)
-        raise ValueError(f"{name}={value!r} applies only to the MiniGrid-Memory ids, not {canonical!r}")
+        raise ValueError(f"{start_aid_text(cue_start, lookback_start)} applies only to the MiniGrid-Memory ids, "
+                         f"not {canonical!r}")
     if action_set is not None:
         if action_set not in ACTION_SETS:
             raise ValueError(f"action_set must be one of {', '.join(ACTION_SETS)} (or None), got {action_set!r}")

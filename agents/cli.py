@@ -375,7 +375,7 @@ def _setup_torch(cfg: TrainConfig):
 
 def env_factory(cfg: TrainConfig, training: bool = False):
     """A no-argument function building one env as train_agent does for ``cfg`` (view, actions, limit, stacking);
-    ``training=True`` adds the training-only options (``cue_start``, ``lookback_start``)."""
+    ``training=True`` adds the training-only options (the start aids, ``envs.minigrid_obs.START_AIDS``)."""
     from envs import make_env
     from envs.minigrid_obs import START_AIDS
 

@@ -89,7 +89,11 @@ class TrainConfig:
     lookback_start: float = _opt(0.0, "MiniGrid-Memory only, training envs only: the share of resets that start the "
                                       "agent on the junction between the two end objects, facing back, where a "
                                       "policy looking back for the cue arrives (envs.minigrid_obs.MemoryStartAid; "
-                                      "cue_start + lookback_start <= 1); evaluation keeps minigrid's start",
+                                      "cue_start + lookback_start + faceback_start <= 1); evaluation keeps "
+                                      "minigrid's start", min=0.0, max=1.0)
+    faceback_start: float = _opt(0.0, "MiniGrid-Memory only, training envs only: the share of resets that keep "
+                                      "minigrid's start cell but face the agent back (west), towards the cue "
+                                      "(envs.minigrid_obs.MemoryStartAid); evaluation keeps minigrid's start",
                                  min=0.0, max=1.0)
     normalize_obs: bool = _opt(False, "normalize observations by running mean/std kept inside the policy (saved "
                                       "with the model; flat encoder only, not MiniGrid's symbolic codes)")

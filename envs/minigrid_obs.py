@@ -214,30 +214,34 @@ class MiniGridMoveActions(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
 _CUE_STREAM = 0xC0E  # MemoryStartAid's generator: SeedSequence([seed, this]), independent of the env's (seed)
 
 #: The start aids of :class:`MemoryStartAid`, as train_agent and ``make_env`` name them.
-START_AIDS = ("cue_start", "lookback_start")
+START_AIDS = ("cue_start", "lookback_start", "faceback_start")
+_AID_WHERE = {"cue_start": "beside the cue", "lookback_start": "at the junction past the hallway, facing back",
+              "faceback_start": "on minigrid's start cell, facing back"}
 
 
 def _validate_share(value: Any, name: str) -> float:
-    """A start aid's share (``cue_start`` or ``lookback_start``) as a float in [0, 1], or a one-line ``ValueError``."""
+    """A start aid's share (one of :data:`START_AIDS`) as a float in [0, 1], or a one-line ``ValueError``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-        where = "beside the cue" if name == "cue_start" else "at the junction past the hallway, facing back"
-        raise ValueError(f"{name}={value!r}: expected a number in [0, 1] (the share of resets started {where})")
+        raise ValueError(f"{name}={value!r}: expected a number in [0, 1] (the share of resets started "
+                         f"{_AID_WHERE[name]})")
     return float(value)
 
 
-def validate_start_aids(cue_start: Any = 0.0, lookback_start: Any = 0.0) -> tuple[float, float]:
-    """Both start shares checked, and their sum at most 1 (one draw per reset picks at most one aid)."""
-    cue = _validate_share(0.0 if cue_start is None else cue_start, "cue_start")
-    lookback = _validate_share(0.0 if lookback_start is None else lookback_start, "lookback_start")
-    if cue + lookback > 1.0:
-        raise ValueError(f"cue_start={cue_start!r} and lookback_start={lookback_start!r}: expected shares summing "
-                         "to at most 1 (each reset takes one start)")
-    return cue, lookback
+def validate_start_aids(cue_start: Any = 0.0, lookback_start: Any = 0.0,
+                        faceback_start: Any = 0.0) -> tuple[float, float, float]:
+    """The start shares checked, and their sum at most 1 (one draw per reset picks at most one aid)."""
+    given = (cue_start, lookback_start, faceback_start)
+    shares = tuple(_validate_share(0.0 if v is None else v, k) for k, v in zip(START_AIDS, given))
+    if sum(shares) > 1.0:
+        named = " and ".join(f"{k}={v!r}" for k, v in zip(START_AIDS, given) if v)
+        raise ValueError(f"{named}: expected shares summing to at most 1 (each reset takes one start)")
+    return shares
 
 
-def start_aid_text(cue_start: Any, lookback_start: Any) -> str:
+def start_aid_text(cue_start: Any, lookback_start: Any, faceback_start: Any = None) -> str:
     """The first start aid that is set, as ``name=value`` for an error message (``"a start aid"`` if none is)."""
-    return next((f"{k}={v!r}" for k, v in zip(START_AIDS, (cue_start, lookback_start)) if v), "a start aid")
+    given = (cue_start, lookback_start, faceback_start)
+    return next((f"{k}={v!r}" for k, v in zip(START_AIDS, given) if v), "a start aid")
 
 
 class MemoryStartAid(gym.Wrapper, gym.utils.RecordConstructorArgs):
@@ -255,30 +259,36 @@ class MemoryStartAid(gym.Wrapper, gym.utils.RecordConstructorArgs):
       cue arrives, so that the choice made from there is trained whether or not the policy has found the way to it
       yet. With minigrid's 7x7 view the cue and both objects are in this first view on MemoryS7 and S9 (and on the
       Random ids when their hallway is as short); on longer hallways, with a 5x5 view beyond S7, or with a 3x3 view
-      the cue is out of sight from there.
+      the cue is out of sight from there;
+    - a share ``faceback_start`` stay on minigrid's own start cell but face back (west), towards the cue: with a 3x3
+      view the cue is in sight facing west from x = 1 to 3 (the start room) and a few steps ahead from the hallway,
+      so these episodes reward walking back to the cue, turning and holding it down the hallway - the search minigrid's
+      east-facing starts ask for, less its first two turns.
 
-    One draw per reset picks at most one of the two (their sum is at most 1). It draws from a generator of its own
+    One draw per reset picks at most one of the three (their sum is at most 1). It draws from a generator of its own
     (seeded by ``reset(seed=...)``, on a stream apart from the env's), so the env's layouts are the same sequence as
     without it and which episodes it moves does not depend on their layout. Wrap the raw env (it reads and
     regenerates minigrid's dict observation). Evaluate without it: the task is minigrid's start distribution.
     """
 
-    def __init__(self, env: gym.Env, cue_start: float = 0.0, lookback_start: float = 0.0):
-        gym.utils.RecordConstructorArgs.__init__(self, cue_start=cue_start, lookback_start=lookback_start)
+    def __init__(self, env: gym.Env, cue_start: float = 0.0, lookback_start: float = 0.0, faceback_start: float = 0.0):
+        gym.utils.RecordConstructorArgs.__init__(self, cue_start=cue_start, lookback_start=lookback_start,
+                                                 faceback_start=faceback_start)
         gym.Wrapper.__init__(self, env)
         from minigrid.envs.memory import MemoryEnv
 
         if not isinstance(env.unwrapped, MemoryEnv):
             name = getattr(env.unwrapped.spec, "id", None) or type(env.unwrapped).__name__
-            raise ValueError(f"{start_aid_text(cue_start, lookback_start)} applies only to the MiniGrid-Memory envs, "
-                             f"not {name!r}")
-        self.cue_start, self.lookback_start = validate_start_aids(cue_start, lookback_start)
+            raise ValueError(f"{start_aid_text(cue_start, lookback_start, faceback_start)} applies only to the "
+                             f"MiniGrid-Memory envs, not {name!r}")
+        self.cue_start, self.lookback_start, self.faceback_start = validate_start_aids(cue_start, lookback_start,
+                                                                                       faceback_start)
         self._rng = np.random.default_rng()
 
     @property
     def p(self) -> float:
-        """The share of resets moved by either aid."""
-        return self.cue_start + self.lookback_start
+        """The share of resets moved by any aid."""
+        return self.cue_start + self.lookback_start + self.faceback_start
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         obs, info = self.env.reset(seed=seed, options=options)
@@ -290,8 +300,10 @@ class MemoryStartAid(gym.Wrapper, gym.utils.RecordConstructorArgs):
                 base = self.env.unwrapped
                 if draw < self.cue_start:  # beside the cue, facing on (east)
                     base.agent_pos, base.agent_dir = np.array((1, base.height // 2)), 0
-                else:  # the junction between the two objects (success_pos is one step up or down), facing west
-                    base.agent_pos, base.agent_dir = np.array((base.success_pos[0], base.height // 2)), 2
+                elif draw < self.cue_start + self.lookback_start:  # the junction between the two objects
+                    base.agent_pos, base.agent_dir = np.array((base.success_pos[0], base.height // 2)), 2  # west
+                else:  # minigrid's own start cell, facing west (back towards the cue)
+                    base.agent_dir = 2
                 obs = base.gen_obs()
         return obs, info
 

@@ -13,8 +13,8 @@ from gymnasium.envs.registration import EnvSpec, WrapperSpec
 from gymnasium.error import DependencyNotInstalled
 
 from .masked import MASKED_ENVS, MaskedEnvSpec
-from .minigrid_obs import (ACTION_SETS, MemoryStartAid, MiniGridMoveActions, MiniGridSymbolicObs, start_aid_text,
-                           validate_start_aids, validate_view_size)
+from .minigrid_obs import (ACTION_SETS, START_AIDS, MemoryStartAid, MiniGridMoveActions, MiniGridSymbolicObs,
+                           start_aid_text, validate_start_aids, validate_view_size)
 
 __all__ = [
     "ENV_IDS",
@@ -175,6 +175,7 @@ def make_env(
     frame_stack: int | None = None,
     cue_start: float | None = None,
     lookback_start: float | None = None,
+    faceback_start: float | None = None,
     **unexpected: Any,
 ) -> gym.Env:
     """Build one env exactly as training does (the trainer calls this once per vec-env worker).
@@ -194,7 +195,9 @@ def make_env(
             (:class:`envs.minigrid_obs.MemoryStartAid`). ``None`` or 0: minigrid's own start.
         lookback_start: MiniGrid-Memory only, a training aid: the share of resets that start the agent on the
             junction between the two end objects, facing back, where a policy that looks back for the cue arrives
-            (same wrapper; the two shares sum to at most 1). ``None`` or 0: minigrid's own start.
+            (same wrapper; the shares sum to at most 1). ``None`` or 0: minigrid's own start.
+        faceback_start: MiniGrid-Memory only, a training aid: the share of resets that keep minigrid's start cell
+            but face the agent back (west), towards the cue (same wrapper). ``None`` or 0: minigrid's own heading.
 
     Returns:
         ``gymnasium.make(id)`` for masked and passthrough ids; ``MiniGridSymbolicObs(gymnasium.make(id))``
@@ -214,23 +217,24 @@ def make_env(
             raise ValueError(f"frame_stack must be None or a positive int, got {frame_stack!r}")
         env = make_env(canonical, view_size=view_size, action_set=action_set, render_mode=render_mode,
                        max_episode_steps=max_episode_steps, cue_start=cue_start,
-                       lookback_start=lookback_start, **unexpected)
+                       lookback_start=lookback_start, faceback_start=faceback_start, **unexpected)
         return stack_frames(env, frame_stack)
 
     if unexpected:
-        expected = _COMMON_KWARGS + (", view_size, action_set, cue_start, lookback_start (MiniGrid-Memory ids only)"
-                                     if minigrid_env else " (view_size, action_set: MiniGrid-* ids only; cue_start, "
-                                     "lookback_start: MiniGrid-Memory)")
+        aids = ", ".join(START_AIDS)
+        expected = _COMMON_KWARGS + (f", view_size, action_set, {aids} (MiniGrid-Memory ids only)"
+                                     if minigrid_env else f" (view_size, action_set: MiniGrid-* ids only; {aids}: "
+                                     "MiniGrid-Memory)")
         raise ValueError(
             f"make_env({env_id!r}) got unknown keyword argument(s) {', '.join(sorted(unexpected))}; "
             f"expected: {expected}"
         )
     if view_size is not None and not minigrid_env:
         raise ValueError(f"view_size={view_size!r} applies only to MiniGrid-* ids, not {canonical!r}")
-    start_shares = validate_start_aids(cue_start, lookback_start)  # (0.0, 0.0) when neither is given
+    start_shares = validate_start_aids(cue_start, lookback_start, faceback_start)  # all 0.0 when none is given
     if any(start_shares) and not canonical.startswith("MiniGrid-Memory"):
-        raise ValueError(f"{start_aid_text(cue_start, lookback_start)} applies only to the MiniGrid-Memory ids, "
-                         f"not {canonical!r}")
+        raise ValueError(f"{start_aid_text(cue_start, lookback_start, faceback_start)} applies only to the "
+                         f"MiniGrid-Memory ids, not {canonical!r}")
     if action_set is not None:
         if action_set not in ACTION_SETS:
             raise ValueError(f"action_set must be one of {', '.join(ACTION_SETS)} (or None), got {action_set!r}")

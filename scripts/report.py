@@ -208,9 +208,9 @@ def load_runs(sweep_dir: Path) -> List[Run]:
             except (OSError, ValueError):
                 cell = {}
         fs = int(config.get("frame_stack") or 1)
-        cue, back = (float(config.get(key) or 0.0) for key in ("cue_start", "lookback_start"))
-        label = cell.get("label") or (summary["core"] + (f"+fs{fs}" if fs > 1 else "")
-                                      + (f"+cue{cue:g}" if cue else "") + (f"+back{back:g}" if back else ""))
+        tags = (("cue_start", "cue"), ("lookback_start", "back"), ("faceback_start", "face"))
+        aids = "".join(f"+{tag}{float(config[key]):g}" for key, tag in tags if config.get(key))
+        label = cell.get("label") or (summary["core"] + (f"+fs{fs}" if fs > 1 else "") + aids)
         size = cell.get("size") if cell.get("size") not in (None, "hcfg") else _size_tag(summary)
         runs.append(Run(run_dir, summary, config, cell, summary["env"], label, size, int(summary.get("seed", 0)),
                         read_scalars(run_dir)))

@@ -221,6 +221,9 @@ def run_main(argv, capsys) -> tuple[int, str, str]:
     (["--set", "lookback_start=-0.25"], "lookback_start=-0.25"),
     (["--env", "CartPole-P-v1", "--set", "lookback_start=0.25"], "lookback_start=0.25 applies only to the MiniGrid"),
     (["--set", "cue_start=0.5", "--set", "lookback_start=0.75"], "expected shares summing to at most 1"),
+    (["--set", "faceback_start=2"], "faceback_start=2"),
+    (["--env", "CartPole-P-v1", "--set", "faceback_start=0.5"], "faceback_start=0.5 applies only to the MiniGrid"),
+    (["--set", "lookback_start=0.5", "faceback_start=0.75"], "lookback_start=0.5 and faceback_start=0.75: expected"),
     (["--config", "/nonexistent/cfg.yaml"], "does not exist"),
     (["--resume", "/nonexistent/run"], "no such directory"),
     (["--resume", "/tmp", "--core", "lstm"], "--core cannot be combined"),
@@ -390,10 +393,11 @@ def test_start_aids_wrap_the_training_envs_only():
     assert train_env.get_attr("p") == [0.5, 0.5]
     for env in (train_env, eval_env):
         env.close()
-    cfg = resolve_config(env="MiniGrid-Memory", set_items=["lookback_start=0.25", "cue_start=0.125"],
-                         overrides={"n_envs": 2})
+    cfg = resolve_config(env="MiniGrid-Memory", set_items=["lookback_start=0.25", "cue_start=0.125",
+                                                           "faceback_start=0.5"], overrides={"n_envs": 2})
     train_env, eval_env = make_envs(cfg, seed=0)
     assert train_env.get_attr("lookback_start") == [0.25, 0.25] and train_env.get_attr("cue_start") == [0.125] * 2
+    assert train_env.get_attr("faceback_start") == [0.5, 0.5] and train_env.get_attr("p") == [0.875, 0.875]
     assert not any(eval_env.env_is_wrapped(MemoryCueStart))
     for env in (train_env, eval_env):
         env.close()

@@ -404,6 +404,76 @@ def test_lookback_start_starts_a_share_of_episodes_at_the_hallway_end_facing_bac
         MemoryStartAid(EmptyEnv(), lookback_start=0.5)
 
 
+def test_faceback_start_keeps_minigrids_start_cell_and_faces_back():
+    from envs.minigrid_obs import MemoryStartAid
+
+    V = 3  # the memory test's view: facing west the cue (one row up at x = 1) is in sight from x <= 3 only
+    plain = make_env("MiniGrid-MemoryS9-v0", view_size=V, action_set="move")
+    face = make_env("MiniGrid-MemoryS9-v0", view_size=V, action_set="move", faceback_start=1.0)
+    plain.reset(seed=4)
+    obs, _ = face.reset(seed=4)
+    seen = set()
+    for episode in range(40):
+        if episode:
+            obs, _ = face.reset()
+            plain.reset()
+        base, mid = face.unwrapped, face.unwrapped.height // 2
+        assert np.array_equal(base.grid.encode(), plain.unwrapped.grid.encode())  # the env's own layouts
+        assert np.array_equal(base.agent_pos, plain.unwrapped.agent_pos)  # ... and its own start cell
+        assert plain.unwrapped.agent_dir == 0 and base.agent_dir == 2  # only the heading turned back
+        assert np.array_equal(obs, face.env.observation(base.gen_obs()))
+        x = int(base.agent_pos[0])
+        seen.add(x)
+        cue_type = OBJECT_TO_IDX[base.grid.get(1, mid - 1).type]
+        # the cue one row up = one column right of the agent facing west, x - 1 cells ahead, in view iff x <= 3
+        image = obs[:-1].reshape(V, V, 3)
+        assert (x <= 3) == base.agent_sees(1, mid - 1) == (x - 1 < V and image[V // 2 + 1, V - x, 0] == cue_type)
+        # walking on (west) brings it into view: at x = 3 it is two cells ahead, on the right
+        for _ in range(max(x - 3, 0)):
+            obs, *_ = face.step(2)
+        assert face.unwrapped.agent_dir == 2 and int(face.unwrapped.agent_pos[0]) == min(x, 3)
+        assert face.unwrapped.agent_sees(1, mid - 1)
+    assert seen == set(range(1, 7))  # every start cell of minigrid's S9 (x = 1 to the hallway's end)
+    # three aids, one draw per reset: about a third each on S7 (cue: (1, east); junction: (5, west); face back:
+    # minigrid's cells 1-4 facing west), and cue_start's and lookback_start's draws as without faceback_start
+    env = make_env("MiniGrid-Memory", cue_start=0.3, lookback_start=0.3, faceback_start=0.4)
+    ref, rng = make_env("MiniGrid-Memory", cue_start=0.3, lookback_start=0.3), np.random.default_rng([2, 0xC0E])
+    starts = []
+    for i in range(300):
+        env.reset(seed=2 if i == 0 else None)
+        ref.reset(seed=2 if i == 0 else None)
+        pos, d = tuple(int(v) for v in env.unwrapped.agent_pos), env.unwrapped.agent_dir
+        starts.append((pos, d))
+        u = rng.random()
+        if u < 0.6:
+            assert (pos, d) == (tuple(int(v) for v in ref.unwrapped.agent_pos), ref.unwrapped.agent_dir)
+            assert (pos, d) == (((1, 3), 0) if u < 0.3 else ((5, 3), 2))
+        else:
+            assert d == 2 and pos[0] in (1, 2, 3, 4) and pos[1] == 3
+    assert 0.3 < np.mean([d == 2 and p[0] != 5 for p, d in starts]) < 0.5
+    for bad in (1.5, -0.1, "0.5", True, False, ""):
+        with pytest.raises(ValueError, match="faceback_start") as info:
+            make_env("MiniGrid-Memory", faceback_start=bad)
+        assert repr(bad) in str(info.value) and "[0, 1]" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ValueError, match=r"^cue_start=0.5 and faceback_start=0.75: expected shares summing to at most"):
+        make_env("MiniGrid-Memory", cue_start=0.5, lookback_start=0, faceback_start=0.75)
+    with pytest.raises(ValueError, match="faceback_start=0.5 applies only to the MiniGrid-Memory ids, not 'CartPole"):
+        make_env("CartPole-P-v1", faceback_start=0.5)
+    with pytest.raises(ValueError, match="faceback_start=0.5 applies only to the MiniGrid-Memory envs, not 'EmptyEnv'"):
+        from minigrid.envs import EmptyEnv
+        MemoryStartAid(EmptyEnv(), faceback_start=0.5)
+    stacked = make_env("MiniGrid-Memory", faceback_start=0.5, frame_stack=2)  # passed through the stacking
+    assert any(isinstance(e, MemoryStartAid) and e.faceback_start == 0.5 for e in _wrappers(stacked))
+
+
+def _wrappers(env):
+    while True:
+        yield env
+        if not hasattr(env, "env"):
+            return
+        env = env.env
+
+
 def test_unknown_kwargs_and_bad_values():
     with pytest.raises(ValueError, match="colour") as info:
         make_env("CartPole-P-v1", colour="red")

@@ -232,7 +232,7 @@ def validate_start_aids(cue_start: Any = 0.0, lookback_start: Any = 0.0,
     """The start shares checked, and their sum at most 1 (one draw per reset picks at most one aid)."""
     given = (cue_start, lookback_start, faceback_start)
     shares = tuple(_validate_share(0.0 if v is None else v, k) for k, v in zip(START_AIDS, given))
-    if sum(shares) > 1.0:
+    if sum(shares) > 1.0 + 1e-9:  # 0.1 + 0.2 + 0.7 is 1.0000000000000002 in floats
         named = " and ".join(f"{k}={v!r}" for k, v in zip(START_AIDS, given) if v)
         raise ValueError(f"{named}: expected shares summing to at most 1 (each reset takes one start)")
     return shares

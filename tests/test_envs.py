@@ -405,7 +405,7 @@ def test_lookback_start_starts_a_share_of_episodes_at_the_hallway_end_facing_bac
 
 
 def test_faceback_start_keeps_minigrids_start_cell_and_faces_back():
-    from envs.minigrid_obs import MemoryStartAid
+    from envs.minigrid_obs import MemoryStartAid, validate_start_aids
 
     V = 3  # the memory test's view: facing west the cue (one row up at x = 1) is in sight from x <= 3 only
     plain = make_env("MiniGrid-MemoryS9-v0", view_size=V, action_set="move")
@@ -455,6 +455,7 @@ def test_faceback_start_keeps_minigrids_start_cell_and_faces_back():
         with pytest.raises(ValueError, match="faceback_start") as info:
             make_env("MiniGrid-Memory", faceback_start=bad)
         assert repr(bad) in str(info.value) and "[0, 1]" in str(info.value) and "\n" not in str(info.value)
+    assert validate_start_aids(0.1, 0.2, 0.7) == (0.1, 0.2, 0.7)  # sums to 1 but for the floats' rounding
     with pytest.raises(ValueError, match=r"^cue_start=0.5 and faceback_start=0.75: expected shares summing to at most"):
         make_env("MiniGrid-Memory", cue_start=0.5, lookback_start=0, faceback_start=0.75)
     with pytest.raises(ValueError, match="faceback_start=0.5 applies only to the MiniGrid-Memory ids, not 'CartPole"):

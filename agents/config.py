@@ -93,7 +93,8 @@ class TrainConfig:
                                       "minigrid's start", min=0.0, max=1.0)
     faceback_start: float = _opt(0.0, "MiniGrid-Memory only, training envs only: the share of resets that keep "
                                       "minigrid's start cell but face the agent back (west), towards the cue "
-                                      "(envs.minigrid_obs.MemoryStartAid); evaluation keeps minigrid's start",
+                                      "(envs.minigrid_obs.MemoryStartAid; the three start shares sum to <= 1); "
+                                      "evaluation keeps minigrid's start",
                                  min=0.0, max=1.0)
     normalize_obs: bool = _opt(False, "normalize observations by running mean/std kept inside the policy (saved "
                                       "with the model; flat encoder only, not MiniGrid's symbolic codes)")

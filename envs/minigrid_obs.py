@@ -227,30 +227,35 @@ def _validate_share(value: Any, name: str) -> float:
     return float(value)
 
 
+def _set_aids(given: tuple) -> list[str]:
+    """``name=value`` of each start aid that is set, in :data:`START_AIDS` order (``given`` in that order too)."""
+    return [f"{k}={v!r}" for k, v in zip(START_AIDS, given) if v]
+
+
 def validate_start_aids(cue_start: Any = 0.0, lookback_start: Any = 0.0,
                         faceback_start: Any = 0.0) -> tuple[float, float, float]:
     """The start shares checked, and their sum at most 1 (one draw per reset picks at most one aid)."""
     given = (cue_start, lookback_start, faceback_start)
     shares = tuple(_validate_share(0.0 if v is None else v, k) for k, v in zip(START_AIDS, given))
     if sum(shares) > 1.0 + 1e-9:  # 0.1 + 0.2 + 0.7 is 1.0000000000000002 in floats
-        named = " and ".join(f"{k}={v!r}" for k, v in zip(START_AIDS, given) if v)
-        raise ValueError(f"{named}: expected shares summing to at most 1 (each reset takes one start)")
+        raise ValueError(f"{' and '.join(_set_aids(given))}: expected shares summing to at most 1 (each reset takes "
+                         "one start)")
     return shares
 
 
-def start_aid_text(cue_start: Any, lookback_start: Any, faceback_start: Any = None) -> str:
+def start_aid_text(cue_start: Any = None, lookback_start: Any = None, faceback_start: Any = None) -> str:
     """The first start aid that is set, as ``name=value`` for an error message (``"a start aid"`` if none is)."""
-    given = (cue_start, lookback_start, faceback_start)
-    return next((f"{k}={v!r}" for k, v in zip(START_AIDS, given) if v), "a start aid")
+    return next(iter(_set_aids((cue_start, lookback_start, faceback_start))), "a start aid")
 
 
 class MemoryStartAid(gym.Wrapper, gym.utils.RecordConstructorArgs):
-    """MiniGrid-Memory only, a training aid: a share of resets start the agent where the cue is in view.
+    """MiniGrid-Memory only, a training aid: a share of resets start the agent on a cell or heading that puts the cue
+    in view, or brings it there by walking on.
 
     minigrid's ``MemoryEnv`` starts the agent facing on (east) at a random cell of the start room or hallway, from
     x = 1 to the hallway's end; only at x = 1 is the cue (at x = 1, one row up) in its first view - 1 reset in 4 on
     MemoryS7 - and from the other cells the agent must turn or walk back to see it. After the env's own reset
-    (layout, objects and episode are the env's; only the start cell and heading change) this wrapper moves
+    (layout, objects and episode are the env's; only the start cell and heading change) this wrapper moves or turns
 
     - a share ``cue_start`` of the agents to x = 1, still facing on, the cue just left of the agent: episodes where
       the cue is seen at the first step and must be held down the hallway;
@@ -260,10 +265,11 @@ class MemoryStartAid(gym.Wrapper, gym.utils.RecordConstructorArgs):
       yet. With minigrid's 7x7 view the cue and both objects are in this first view on MemoryS7 and S9 (and on the
       Random ids when their hallway is as short); on longer hallways, with a 5x5 view beyond S7, or with a 3x3 view
       the cue is out of sight from there;
-    - a share ``faceback_start`` stay on minigrid's own start cell but face back (west), towards the cue: with a 3x3
-      view the cue is in sight facing west from x = 1 to 3 (the start room) and a few steps ahead from the hallway,
-      so these episodes reward walking back to the cue, turning and holding it down the hallway - the search minigrid's
-      east-facing starts ask for, less its first two turns.
+    - a share ``faceback_start`` on minigrid's own start cell, turned to face back (west), towards the cue: with a
+      3x3 view the cue is in sight facing west from x = 1 to 3 (the start room) and x - 3 steps ahead from a hallway
+      cell x, so these episodes reward walking back to the cue, turning and holding it down the hallway - the search
+      minigrid's east-facing starts ask for, less its first two turns. (With the 7x7 view the cue is in the first view
+      facing west from every start cell of MemoryS7 and S9, so there this is one more "cue in view" start.)
 
     One draw per reset picks at most one of the three (their sum is at most 1). It draws from a generator of its own
     (seeded by ``reset(seed=...)``, on a stream apart from the env's), so the env's layouts are the same sequence as
@@ -287,7 +293,7 @@ class MemoryStartAid(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     @property
     def p(self) -> float:
-        """The share of resets moved by any aid."""
+        """The share of resets moved or turned by any aid."""
         return self.cue_start + self.lookback_start + self.faceback_start
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):

@@ -364,9 +364,7 @@ def test_lookback_start_starts_a_share_of_episodes_at_the_hallway_end_facing_bac
             assert np.array_equal(obs, back.env.observation(base.gen_obs()))
             # S7, S9: the cue is in the 7x7 view, one row up = one column right of the agent facing west, x - 1
             # cells ahead (the two end objects, one key and one ball, are in view everywhere)
-            image = obs[:-1].reshape(V, V, 3)
-            cue_in_view = x - 1 < V and image[V // 2 + 1, V - x, 0] == OBJECT_TO_IDX[base.grid.get(1, mid - 1).type]
-            assert cue_in_view == base.agent_sees(1, mid - 1) == (x - 1 < V), (env_id, x)
+            assert _cue_in_west_view(obs, V, base) == base.agent_sees(1, mid - 1) == (x - 1 < V), (env_id, x)
             # the choice from here: turn towards the matching object (right = north), one step on
             up = base.success_pos[1] < mid
             _, r1, term1, _, _ = back.step(1 if up else 0)
@@ -424,33 +422,31 @@ def test_faceback_start_keeps_minigrids_start_cell_and_faces_back():
         assert np.array_equal(obs, face.env.observation(base.gen_obs()))
         x = int(base.agent_pos[0])
         seen.add(x)
-        cue_type = OBJECT_TO_IDX[base.grid.get(1, mid - 1).type]
-        # the cue one row up = one column right of the agent facing west, x - 1 cells ahead, in view iff x <= 3
-        image = obs[:-1].reshape(V, V, 3)
-        assert (x <= 3) == base.agent_sees(1, mid - 1) == (x - 1 < V and image[V // 2 + 1, V - x, 0] == cue_type)
+        assert (x <= 3) == base.agent_sees(1, mid - 1) == _cue_in_west_view(obs, V, base)  # in view iff x <= 3
         # walking on (west) brings it into view: at x = 3 it is two cells ahead, on the right
         for _ in range(max(x - 3, 0)):
             obs, *_ = face.step(2)
         assert face.unwrapped.agent_dir == 2 and int(face.unwrapped.agent_pos[0]) == min(x, 3)
         assert face.unwrapped.agent_sees(1, mid - 1)
     assert seen == set(range(1, 7))  # every start cell of minigrid's S9 (x = 1 to the hallway's end)
-    # three aids, one draw per reset: about a third each on S7 (cue: (1, east); junction: (5, west); face back:
-    # minigrid's cells 1-4 facing west), and cue_start's and lookback_start's draws as without faceback_start
-    env = make_env("MiniGrid-Memory", cue_start=0.3, lookback_start=0.3, faceback_start=0.4)
-    ref, rng = make_env("MiniGrid-Memory", cue_start=0.3, lookback_start=0.3), np.random.default_rng([2, 0xC0E])
-    starts = []
+    # three aids, one draw per reset (S7): the cue cell facing east below 0.2, the junction (5, 3) facing west below
+    # 0.4 - as without faceback_start - then minigrid's own cell turned west below 0.7, and above it no aid at all
+    env = make_env("MiniGrid-Memory", cue_start=0.2, lookback_start=0.2, faceback_start=0.3)
+    ref, rng = make_env("MiniGrid-Memory", cue_start=0.2, lookback_start=0.2), np.random.default_rng([2, 0xC0E])
+    kinds = set()
     for i in range(300):
         env.reset(seed=2 if i == 0 else None)
         ref.reset(seed=2 if i == 0 else None)
         pos, d = tuple(int(v) for v in env.unwrapped.agent_pos), env.unwrapped.agent_dir
-        starts.append((pos, d))
+        ref_pos, ref_d = tuple(int(v) for v in ref.unwrapped.agent_pos), ref.unwrapped.agent_dir
         u = rng.random()
-        if u < 0.6:
-            assert (pos, d) == (tuple(int(v) for v in ref.unwrapped.agent_pos), ref.unwrapped.agent_dir)
-            assert (pos, d) == (((1, 3), 0) if u < 0.3 else ((5, 3), 2))
-        else:
-            assert d == 2 and pos[0] in (1, 2, 3, 4) and pos[1] == 3
-    assert 0.3 < np.mean([d == 2 and p[0] != 5 for p, d in starts]) < 0.5
+        assert pos == ref_pos  # ref moves the agent on the same draws, and only ref's aids move it
+        if u < 0.4:
+            assert (pos, d) == (((1, 3), 0) if u < 0.2 else ((5, 3), 2)) and d == ref_d
+        else:  # ref leaves these at minigrid's start, facing east
+            assert ref_d == 0 and d == (2 if u < 0.7 else 0) and pos[0] in (1, 2, 3, 4)
+        kinds.add(0 if u < 0.2 else 1 if u < 0.4 else 2 if u < 0.7 else 3)
+    assert kinds == {0, 1, 2, 3}
     for bad in (1.5, -0.1, "0.5", True, False, ""):
         with pytest.raises(ValueError, match="faceback_start") as info:
             make_env("MiniGrid-Memory", faceback_start=bad)
@@ -465,6 +461,13 @@ def test_faceback_start_keeps_minigrids_start_cell_and_faces_back():
         MemoryStartAid(EmptyEnv(), faceback_start=0.5)
     stacked = make_env("MiniGrid-Memory", faceback_start=0.5, frame_stack=2)  # passed through the stacking
     assert any(isinstance(e, MemoryStartAid) and e.faceback_start == 0.5 for e in _wrappers(stacked))
+
+
+def _cue_in_west_view(obs, V, base):
+    """Whether the cue (x = 1, one row up) is in the agent's view facing west: one column right, x - 1 cells ahead."""
+    x, mid = int(base.agent_pos[0]), base.height // 2
+    image = obs[:-1].reshape(V, V, 3)
+    return bool(x - 1 < V and image[V // 2 + 1, V - x, 0] == OBJECT_TO_IDX[base.grid.get(1, mid - 1).type])
 
 
 def _wrappers(env):

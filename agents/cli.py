@@ -456,10 +456,13 @@ def make_envs(cfg: TrainConfig, seed: int, vecnormalize: Optional[Path] = None):
 
 
 def core_kwargs(cfg: TrainConfig) -> dict:
-    """The core options a TrainConfig sets (``lstm_forget_bias`` reaches LSTM cores only)."""
+    """The core options a TrainConfig sets (``lstm_forget_bias`` reaches LSTM cores only, ``gru_update_bias`` GRU
+    cores only)."""
     kwargs = {"kernel": cfg.kernel}
     if cfg.core == "lstm" and cfg.lstm_forget_bias is not None:
         kwargs["forget_bias"] = cfg.lstm_forget_bias
+    if cfg.core == "gru" and cfg.gru_update_bias is not None:
+        kwargs["update_bias"] = cfg.gru_update_bias
     return kwargs
 
 

@@ -121,6 +121,9 @@ class TrainConfig:
     lstm_forget_bias: Optional[float] = _opt(
         None, "LSTM only: initial forget-gate bias (1.0: Jozefowicz et al. 2015, Keras' default; null: torch's uniform "
               "init); other cores ignore it")
+    gru_update_bias: Optional[float] = _opt(
+        None, "GRU only: initial update-gate bias (2.0: a unit keeps about 0.88 of its state per step at the start; "
+              "null: torch's uniform init, about half); other cores ignore it")
     shared_core: bool = _opt(False, "one core for actor and critic (false: a separate critic core)")
     seq_len: Optional[int] = _opt(None, "truncated-BPTT length in steps (null: whole rollout segments)", min=1)
     encoder: str = _opt("auto", "observation encoder: auto (from the obs space), flat, minigrid",

@@ -216,6 +216,7 @@ def run_main(argv, capsys) -> tuple[int, str, str]:
     (["--set", "normalize_obs=true"], "normalize_obs=true"),
     (["--env", "CartPole-P-v1", "--set", "encoder_norm=true", "encoder_sizes=[]"], "encoder_norm=true"),
     (["--set", "lstm_forget_bias=big"], "lstm_forget_bias='big'"),
+    (["--set", "gru_update_bias=nan"], "gru_update_bias=nan"),
     (["--set", "cue_start=1.5"], "cue_start=1.5"),
     (["--env", "CartPole-P-v1", "--set", "cue_start=0.5"], "cue_start=0.5 applies only to the MiniGrid-Memory ids"),
     (["--set", "lookback_start=-0.25"], "lookback_start=-0.25"),
@@ -374,12 +375,13 @@ def test_set_values_are_typed():
         parse_set(["batch_size=1"])
 
 
-def test_lstm_forget_bias_reaches_lstm_cores_only():
-    for core, expected in (("lstm", {"kernel": "auto", "forget_bias": 1.0}), ("gru", {"kernel": "auto"}),
-                           ("mlp", {"kernel": "auto"})):
-        cfg = resolve_config(env="MiniGrid-Memory", overrides={"core": core}, set_items=["lstm_forget_bias=1.0"])
+def test_gate_biases_reach_their_own_core_only():
+    both = ["lstm_forget_bias=1.0", "gru_update_bias=2.0"]
+    for core, expected in (("lstm", {"kernel": "auto", "forget_bias": 1.0}),
+                           ("gru", {"kernel": "auto", "update_bias": 2.0}), ("mlp", {"kernel": "auto"})):
+        cfg = resolve_config(env="MiniGrid-Memory", overrides={"core": core}, set_items=both)
         assert core_kwargs(cfg) == expected, core
-    assert core_kwargs(resolve_config(env="MiniGrid-Memory", overrides={"core": "lstm"})) == {"kernel": "auto"}
+        assert core_kwargs(resolve_config(env="MiniGrid-Memory", overrides={"core": core})) == {"kernel": "auto"}
 
 
 def test_start_aids_wrap_the_training_envs_only():
@@ -407,11 +409,13 @@ def test_start_aids_wrap_the_training_envs_only():
         env.close()
 
 
-def test_lstm_forget_bias_survives_save_and_load(tmp_path):
+@pytest.mark.parametrize("core, option, kwarg", [("lstm", "lstm_forget_bias", "forget_bias"),
+                                                  ("gru", "gru_update_bias", "update_bias")])
+def test_gate_bias_survives_save_and_load(tmp_path, core, option, kwarg):
     from agents.cli import build_model, make_envs
 
-    cfg = resolve_config(env="CartPole-P-v1", set_items=["lstm_forget_bias=2.5"],
-                         overrides={"core": "lstm", "hidden_size": 8, "n_envs": 2, "batch_size": 128})
+    cfg = resolve_config(env="CartPole-P-v1", set_items=[f"{option}=2.5"],
+                         overrides={"core": core, "hidden_size": 8, "n_envs": 2, "batch_size": 128})
     train_env, eval_env = make_envs(cfg, seed=0)
     model = build_model(cfg, train_env)
     for core in (model.policy.core_pi, model.policy.core_vf):
@@ -422,7 +426,7 @@ def test_lstm_forget_bias_survives_save_and_load(tmp_path):
     train_env.close()
     eval_env.close()
     policy = load_policy(tmp_path / "model.zip")
-    assert policy.core_kwargs["forget_bias"] == 2.5
+    assert policy.core_kwargs[kwarg] == 2.5
     assert policy.core_pi.rnn.bias_ih_l0[8] == -7.0 and torch.all(policy.core_pi.rnn.bias_ih_l0[9:16] == 2.5)
 
 

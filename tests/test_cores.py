@@ -187,6 +187,38 @@ def test_lstm_forget_bias_sets_the_forget_gate(kernel, num_layers):
     torch.testing.assert_close(seq_after[:, L:], state[:, L:], atol=1e-6, rtol=0)
 
 
-def test_lstm_forget_bias_must_be_finite():
-    with pytest.raises(ValueError, match=r"forget_bias=nan: expected a finite number"):
-        make_core("lstm", 4, 6, forget_bias=float("nan"))
+@pytest.mark.parametrize("kernel", ["stock", FUSED])
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_gru_update_bias_sets_the_update_gate(kernel, num_layers):
+    H = 6
+    torch.manual_seed(0)
+    core = make_core("gru", 4, H, num_layers, kernel=kernel, update_bias=30.0)
+    bound = H ** -0.5  # torch's uniform init range, kept for the reset gate and the candidate
+    for k in range(num_layers):
+        b_ih, b_hh = getattr(core.rnn, f"bias_ih_l{k}"), getattr(core.rnn, f"bias_hh_l{k}")
+        assert torch.all(b_ih[H:2 * H] == 30.0) and torch.all(b_hh[H:2 * H] == 0.0)
+        assert b_ih[:H].abs().max() <= bound and b_ih[2 * H:].abs().max() <= bound
+    # z = sigmoid(30 + ...) rounds to 1: every layer keeps its state exactly, whatever the input
+    state = torch.randn(3, *core.state_shape)
+    x = 10 * torch.randn(10, 3, 4)
+    no_starts = torch.zeros(10, 3)
+    _, after = _stepwise(core, x, state, no_starts)
+    torch.testing.assert_close(after, state, atol=1e-6, rtol=0)
+    _, seq_after = core.forward_sequence(x, state, no_starts)
+    torch.testing.assert_close(seq_after, state, atol=1e-6, rtol=0)
+    # at the other extreme z rounds to 0 and the new state is the candidate n alone (torch's gate order r, z, n)
+    core = make_core("gru", 4, H, 1, kernel=kernel, update_bias=-30.0)
+    h, x0 = state[:, 0], x[0] / 10
+    w_ih, w_hh, b_ih, b_hh = core.rnn.weight_ih_l0, core.rnn.weight_hh_l0, core.rnn.bias_ih_l0, core.rnn.bias_hh_l0
+    gi, gh = x0 @ w_ih.T + b_ih, h @ w_hh.T + b_hh
+    r = torch.sigmoid(gi[:, :H] + gh[:, :H])
+    n = torch.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
+    _, after = core.forward_sequence(x0[None], state[:, :1], no_starts[:1])
+    torch.testing.assert_close(after[:, 0], n, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("core, option", [("lstm", "forget_bias"), ("gru", "update_bias")])
+def test_gate_bias_must_be_finite(core, option):
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=rf"^{option}={bad!r}: expected a finite number$"):
+            make_core(core, 4, 6, **{option: bad})

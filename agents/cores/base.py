@@ -15,6 +15,7 @@ Shapes::
 
 from __future__ import annotations
 
+import math
 from typing import Tuple
 
 import torch
@@ -25,6 +26,20 @@ def _check_positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name}={value!r}: expected a positive integer")
     return value
+
+
+def init_gate_bias(rnn: nn.RNNBase, block: int, value: float, name: str) -> None:
+    """Start gate block ``block`` of every layer of ``rnn`` (an ``nn.GRU`` / ``nn.LSTM``) at bias ``value``:
+    ``bias_ih`` gets ``value`` and ``bias_hh`` 0 in that block, the other blocks keep torch's init. ``name`` is the
+    option's name in the error for a value that is not a finite number."""
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name}={value!r}: expected a finite number")
+    H = rnn.hidden_size
+    with torch.no_grad():
+        for k in range(rnn.num_layers):
+            getattr(rnn, f"bias_ih_l{k}")[block * H:(block + 1) * H].fill_(value)
+            getattr(rnn, f"bias_hh_l{k}")[block * H:(block + 1) * H].zero_()
 
 
 class MemoryCore(nn.Module):

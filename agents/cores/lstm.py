@@ -14,14 +14,13 @@ C++ call with the ``episode_start`` resets inside the loop, and single steps in 
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
 from ..kernels import fused
-from .base import MemoryCore
+from .base import MemoryCore, init_gate_bias
 
 
 class LSTMCore(fused.FusedKernelMixin, MemoryCore):
@@ -34,7 +33,7 @@ class LSTMCore(fused.FusedKernelMixin, MemoryCore):
         super().__init__(input_size, hidden_size, num_layers)
         self.rnn = nn.LSTM(input_size, hidden_size, num_layers=num_layers)
         if forget_bias is not None:
-            self.init_forget_bias(float(forget_bias))
+            self.init_forget_bias(forget_bias)
         self._init_kernel(kernel)
 
     def init_forget_bias(self, value: float) -> None:
@@ -42,13 +41,7 @@ class LSTMCore(fused.FusedKernelMixin, MemoryCore):
         default): ``bias_ih`` gets ``value`` and ``bias_hh`` 0 in the forget block (torch's gate order i, f, g, o), so
         at initialisation the cell keeps about sigmoid(value) of its content per step. ``None`` (the default) keeps
         torch's uniform init, under which it keeps about half."""
-        if not math.isfinite(value):
-            raise ValueError(f"forget_bias={value!r}: expected a finite number")
-        H = self.hidden_size
-        with torch.no_grad():
-            for k in range(self.num_layers):
-                getattr(self.rnn, f"bias_ih_l{k}")[H:2 * H].fill_(value)
-                getattr(self.rnn, f"bias_hh_l{k}")[H:2 * H].zero_()
+        init_gate_bias(self.rnn, 1, value, "forget_bias")
 
     @property
     def state_shape(self) -> Tuple[int, ...]:

@@ -375,14 +375,14 @@ def _setup_torch(cfg: TrainConfig):
 
 def env_factory(cfg: TrainConfig, training: bool = False):
     """A no-argument function building one env as train_agent does for ``cfg`` (view, actions, limit, stacking);
-    ``training=True`` adds the training-only options (the start aids, ``envs.minigrid_obs.START_AIDS``)."""
+    ``training=True`` adds the training-only options (the aids, ``envs.minigrid_obs.TRAINING_AIDS``)."""
     from envs import make_env
-    from envs.minigrid_obs import START_AIDS
+    from envs.minigrid_obs import TRAINING_AIDS
 
     from .config import ENV_OPTIONS
     kwargs = {key: getattr(cfg, key) for key in ENV_OPTIONS}
     if training:
-        kwargs.update({key: getattr(cfg, key) for key in START_AIDS if getattr(cfg, key)})
+        kwargs.update({key: getattr(cfg, key) for key in TRAINING_AIDS if getattr(cfg, key)})
     return partial(make_env, cfg.env, **kwargs)
 
 

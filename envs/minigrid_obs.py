@@ -53,8 +53,10 @@ __all__ = [
     "MemoryStartAid",
     "MemoryCueStart",
     "START_AIDS",
+    "TRAINING_AIDS",
     "validate_start_aids",
     "start_aid_text",
+    "validate_ordered_ends",
 ]
 
 #: Number of values each image channel takes: (object types, colors, states) = (11, 6, 3).
@@ -212,24 +214,28 @@ class MiniGridMoveActions(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
 
 
 _CUE_STREAM = 0xC0E  # MemoryStartAid's generator: SeedSequence([seed, this]), independent of the env's (seed)
+_ORDER_STREAM = 0x0DE  # its generator for ordered_ends, so that the start draws are the same with or without it
 
 #: The start aids of :class:`MemoryStartAid`, as train_agent and ``make_env`` name them.
 START_AIDS = ("cue_start", "lookback_start", "faceback_start")
-_AID_WHERE = {"cue_start": "beside the cue", "lookback_start": "at the junction past the hallway, facing back",
-              "faceback_start": "on minigrid's start cell, facing back"}
+#: Every training aid of :class:`MemoryStartAid`: the start aids, then the layout aid ``ordered_ends``.
+TRAINING_AIDS = START_AIDS + ("ordered_ends",)
+_AID_SHARE_OF = {"cue_start": "resets started beside the cue",
+                 "lookback_start": "resets started at the junction past the hallway, facing back",
+                 "faceback_start": "resets started on minigrid's start cell, facing back",
+                 "ordered_ends": "resets with the key at the upper end and the ball at the lower"}
 
 
 def _validate_share(value: Any, name: str) -> float:
-    """A start aid's share (one of :data:`START_AIDS`) as a float in [0, 1], or a one-line ``ValueError``."""
+    """A training aid's share (one of :data:`TRAINING_AIDS`) as a float in [0, 1], or a one-line ``ValueError``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name}={value!r}: expected a number in [0, 1] (the share of resets started "
-                         f"{_AID_WHERE[name]})")
+        raise ValueError(f"{name}={value!r}: expected a number in [0, 1] (the share of {_AID_SHARE_OF[name]})")
     return float(value)
 
 
 def _set_aids(given: tuple) -> list[str]:
-    """``name=value`` of each start aid that is set, in :data:`START_AIDS` order (``given`` in that order too)."""
-    return [f"{k}={v!r}" for k, v in zip(START_AIDS, given) if v]
+    """``name=value`` of each aid that is set, in :data:`TRAINING_AIDS` order (``given`` in that order too)."""
+    return [f"{k}={v!r}" for k, v in zip(TRAINING_AIDS, given) if v]
 
 
 def validate_start_aids(cue_start: Any = 0.0, lookback_start: Any = 0.0,
@@ -243,14 +249,22 @@ def validate_start_aids(cue_start: Any = 0.0, lookback_start: Any = 0.0,
     return shares
 
 
-def start_aid_text(cue_start: Any = None, lookback_start: Any = None, faceback_start: Any = None) -> str:
-    """The first start aid that is set, as ``name=value`` for an error message (``"a start aid"`` if none is)."""
-    return next(iter(_set_aids((cue_start, lookback_start, faceback_start))), "a start aid")
+def validate_ordered_ends(ordered_ends: Any = 0.0) -> float:
+    """``ordered_ends`` checked (``None`` is 0): a share of its own, not part of the start shares' sum."""
+    return _validate_share(0.0 if ordered_ends is None else ordered_ends, "ordered_ends")
+
+
+def start_aid_text(cue_start: Any = None, lookback_start: Any = None, faceback_start: Any = None,
+                   ordered_ends: Any = None) -> str:
+    """The first training aid that is set, as ``name=value`` for an error message (``"a training aid"`` if none
+    is)."""
+    return next(iter(_set_aids((cue_start, lookback_start, faceback_start, ordered_ends))), "a training aid")
 
 
 class MemoryStartAid(gym.Wrapper, gym.utils.RecordConstructorArgs):
-    """MiniGrid-Memory only, a training aid: a share of resets start the agent on a cell or heading that puts the cue
-    in view, or brings it there by walking on.
+    """MiniGrid-Memory only, training aids: a share of resets start the agent on a cell or heading that puts the cue
+    in view, or brings it there by walking on (the start aids), and a share put the end objects in one fixed order
+    (``ordered_ends``, below).
 
     minigrid's ``MemoryEnv`` starts the agent facing on (east) at a random cell of the start room or hallway, from
     x = 1 to the hallway's end; only at x = 1 is the cue (at x = 1, one row up) in its first view - 1 reset in 4 on
@@ -273,23 +287,35 @@ class MemoryStartAid(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     One draw per reset picks at most one of the three (their sum is at most 1). It draws from a generator of its own
     (seeded by ``reset(seed=...)``, on a stream apart from the env's), so the env's layouts are the same sequence as
-    without it and which episodes it moves does not depend on their layout. Wrap the raw env (it reads and
-    regenerates minigrid's dict observation). Evaluate without it: the task is minigrid's start distribution.
+    without it and which episodes it moves does not depend on their layout.
+
+    A layout aid, ``ordered_ends``, acts on its own draw (from a second stream, so the start draws are the same with
+    or without it): that share of resets put the two end objects in one fixed order, the key at the upper end and the
+    ball at the lower (minigrid draws the order at random; where it drew the ball up, the two objects and the success
+    and failure cells swap). In those episodes the cue alone tells the side - key: up, ball: down - so holding it
+    pays without comparing it with the end object in view; in minigrid's episodes the side is the cue compared with
+    that object, which holding the cue alone does not predict. Everything else is the env's own episode.
+
+    Wrap the raw env (it reads and regenerates minigrid's dict observation). Evaluate without it: the task is
+    minigrid's start and layout distribution.
     """
 
-    def __init__(self, env: gym.Env, cue_start: float = 0.0, lookback_start: float = 0.0, faceback_start: float = 0.0):
+    def __init__(self, env: gym.Env, cue_start: float = 0.0, lookback_start: float = 0.0, faceback_start: float = 0.0,
+                 ordered_ends: float = 0.0):
         gym.utils.RecordConstructorArgs.__init__(self, cue_start=cue_start, lookback_start=lookback_start,
-                                                 faceback_start=faceback_start)
+                                                 faceback_start=faceback_start, ordered_ends=ordered_ends)
         gym.Wrapper.__init__(self, env)
         from minigrid.envs.memory import MemoryEnv
 
         if not isinstance(env.unwrapped, MemoryEnv):
             name = getattr(env.unwrapped.spec, "id", None) or type(env.unwrapped).__name__
-            raise ValueError(f"{start_aid_text(cue_start, lookback_start, faceback_start)} applies only to the "
-                             f"MiniGrid-Memory envs, not {name!r}")
+            raise ValueError(f"{start_aid_text(cue_start, lookback_start, faceback_start, ordered_ends)} applies "
+                             f"only to the MiniGrid-Memory envs, not {name!r}")
         self.cue_start, self.lookback_start, self.faceback_start = validate_start_aids(cue_start, lookback_start,
                                                                                        faceback_start)
+        self.ordered_ends = validate_ordered_ends(ordered_ends)
         self._rng = np.random.default_rng()
+        self._order_rng = np.random.default_rng()
 
     @property
     def p(self) -> float:
@@ -300,16 +326,25 @@ class MemoryStartAid(gym.Wrapper, gym.utils.RecordConstructorArgs):
         obs, info = self.env.reset(seed=seed, options=options)
         if seed is not None:  # a stream of its own: default_rng(seed) would replay the env's generator, seeded alike
             self._rng = np.random.default_rng([seed, _CUE_STREAM])
+            self._order_rng = np.random.default_rng([seed, _ORDER_STREAM])
+        base = self.env.unwrapped
         if self.p > 0:
             draw = self._rng.random()
             if draw < self.p:
-                base = self.env.unwrapped
                 if draw < self.cue_start:  # beside the cue, facing on (east)
                     base.agent_pos, base.agent_dir = np.array((1, base.height // 2)), 0
                 elif draw < self.cue_start + self.lookback_start:  # the junction between the two objects
                     base.agent_pos, base.agent_dir = np.array((base.success_pos[0], base.height // 2)), 2  # west
                 else:  # minigrid's own start cell, facing west (back towards the cue)
                     base.agent_dir = 2
+                obs = base.gen_obs()
+        if self.ordered_ends > 0 and self._order_rng.random() < self.ordered_ends:
+            x, mid = base.success_pos[0], base.height // 2
+            up, down = base.grid.get(x, mid - 2), base.grid.get(x, mid + 2)  # the objects, beyond the two end cells
+            if up.type != "key":
+                base.grid.set(x, mid - 2, down)
+                base.grid.set(x, mid + 2, up)
+                base.success_pos, base.failure_pos = base.failure_pos, base.success_pos
                 obs = base.gen_obs()
         return obs, info
 

@@ -13,8 +13,8 @@ from gymnasium.envs.registration import EnvSpec, WrapperSpec
 from gymnasium.error import DependencyNotInstalled
 
 from .masked import MASKED_ENVS, MaskedEnvSpec
-from .minigrid_obs import (ACTION_SETS, START_AIDS, MemoryStartAid, MiniGridMoveActions, MiniGridSymbolicObs,
-                           start_aid_text, validate_start_aids, validate_view_size)
+from .minigrid_obs import (ACTION_SETS, TRAINING_AIDS, MemoryStartAid, MiniGridMoveActions, MiniGridSymbolicObs,
+                           start_aid_text, validate_ordered_ends, validate_start_aids, validate_view_size)
 
 __all__ = [
     "ENV_IDS",
@@ -176,6 +176,7 @@ def make_env(
     cue_start: float | None = None,
     lookback_start: float | None = None,
     faceback_start: float | None = None,
+    ordered_ends: float | None = None,
     **unexpected: Any,
 ) -> gym.Env:
     """Build one env exactly as training does (the trainer calls this once per vec-env worker).
@@ -198,6 +199,9 @@ def make_env(
             (same wrapper; the shares sum to at most 1). ``None`` or 0: minigrid's own start.
         faceback_start: MiniGrid-Memory only, a training aid: the share of resets that keep minigrid's start cell
             but face the agent back (west), towards the cue (same wrapper). ``None`` or 0: minigrid's own heading.
+        ordered_ends: MiniGrid-Memory only, a training aid: the share of resets that put the key at the upper end
+            and the ball at the lower, so that the cue alone tells the side (same wrapper, a draw of its own; not part
+            of the start shares' sum). ``None`` or 0: minigrid's random order.
 
     Returns:
         ``gymnasium.make(id)`` for masked and passthrough ids; ``MiniGridSymbolicObs(gymnasium.make(id))``
@@ -217,11 +221,12 @@ def make_env(
             raise ValueError(f"frame_stack must be None or a positive int, got {frame_stack!r}")
         env = make_env(canonical, view_size=view_size, action_set=action_set, render_mode=render_mode,
                        max_episode_steps=max_episode_steps, cue_start=cue_start,
-                       lookback_start=lookback_start, faceback_start=faceback_start, **unexpected)
+                       lookback_start=lookback_start, faceback_start=faceback_start, ordered_ends=ordered_ends,
+                       **unexpected)
         return stack_frames(env, frame_stack)
 
     if unexpected:
-        aids = ", ".join(START_AIDS)
+        aids = ", ".join(TRAINING_AIDS)
         expected = _COMMON_KWARGS + (f", view_size, action_set, {aids} (MiniGrid-Memory ids only)"
                                      if minigrid_env else f" (view_size, action_set: MiniGrid-* ids only; {aids}: "
                                      "MiniGrid-Memory)")
@@ -232,9 +237,10 @@ def make_env(
     if view_size is not None and not minigrid_env:
         raise ValueError(f"view_size={view_size!r} applies only to MiniGrid-* ids, not {canonical!r}")
     start_shares = validate_start_aids(cue_start, lookback_start, faceback_start)  # all 0.0 when none is given
-    if any(start_shares) and not canonical.startswith("MiniGrid-Memory"):
-        raise ValueError(f"{start_aid_text(cue_start, lookback_start, faceback_start)} applies only to the "
-                         f"MiniGrid-Memory ids, not {canonical!r}")
+    order_share = validate_ordered_ends(ordered_ends)
+    if (any(start_shares) or order_share) and not canonical.startswith("MiniGrid-Memory"):
+        raise ValueError(f"{start_aid_text(cue_start, lookback_start, faceback_start, ordered_ends)} applies only "
+                         f"to the MiniGrid-Memory ids, not {canonical!r}")
     if action_set is not None:
         if action_set not in ACTION_SETS:
             raise ValueError(f"action_set must be one of {', '.join(ACTION_SETS)} (or None), got {action_set!r}")
@@ -278,8 +284,8 @@ def make_env(
             raise ValueError(
                 f"{canonical} does not accept these arguments {make_kwargs}: {_first_line(e)}"
             ) from e
-        if any(start_shares):
-            env = MemoryStartAid(env, *start_shares)
+        if any(start_shares) or order_share:
+            env = MemoryStartAid(env, *start_shares, ordered_ends=order_share)
         env = MiniGridSymbolicObs(env)
         return MiniGridMoveActions(env) if action_set == "move" else env
 

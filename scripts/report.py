@@ -208,7 +208,7 @@ def load_runs(sweep_dir: Path) -> List[Run]:
             except (OSError, ValueError):
                 cell = {}
         fs = int(config.get("frame_stack") or 1)
-        tags = (("cue_start", "cue"), ("lookback_start", "back"), ("faceback_start", "face"))
+        tags = (("cue_start", "cue"), ("lookback_start", "back"), ("faceback_start", "face"), ("ordered_ends", "ord"))
         aids = "".join(f"+{tag}{float(config[key]):g}" for key, tag in tags if config.get(key))
         label = cell.get("label") or (summary["core"] + (f"+fs{fs}" if fs > 1 else "") + aids)
         size = cell.get("size") if cell.get("size") not in (None, "hcfg") else _size_tag(summary)

@@ -225,6 +225,8 @@ def run_main(argv, capsys) -> tuple[int, str, str]:
     (["--set", "faceback_start=2"], "faceback_start=2"),
     (["--env", "CartPole-P-v1", "--set", "faceback_start=0.5"], "faceback_start=0.5 applies only to the MiniGrid"),
     (["--set", "lookback_start=0.5", "faceback_start=0.75"], "lookback_start=0.5 and faceback_start=0.75: expected"),
+    (["--set", "ordered_ends=-1"], "ordered_ends=-1"),
+    (["--env", "CartPole-P-v1", "--set", "ordered_ends=0.5"], "ordered_ends=0.5 applies only to the MiniGrid-Memory"),
     (["--config", "/nonexistent/cfg.yaml"], "does not exist"),
     (["--resume", "/nonexistent/run"], "no such directory"),
     (["--resume", "/tmp", "--core", "lstm"], "--core cannot be combined"),
@@ -400,6 +402,12 @@ def test_start_aids_wrap_the_training_envs_only():
     train_env, eval_env = make_envs(cfg, seed=0)
     assert train_env.get_attr("lookback_start") == [0.25, 0.25] and train_env.get_attr("cue_start") == [0.125] * 2
     assert train_env.get_attr("faceback_start") == [0.5, 0.5] and train_env.get_attr("p") == [0.875, 0.875]
+    assert not any(eval_env.env_is_wrapped(MemoryCueStart))
+    for env in (train_env, eval_env):
+        env.close()
+    cfg = resolve_config(env="MiniGrid-Memory", set_items=["ordered_ends=0.5"], overrides={"n_envs": 2})
+    train_env, eval_env = make_envs(cfg, seed=0)  # the layout aid alone wraps too, training envs only
+    assert train_env.get_attr("ordered_ends") == [0.5, 0.5] and train_env.get_attr("p") == [0.0, 0.0]
     assert not any(eval_env.env_is_wrapped(MemoryCueStart))
     for env in (train_env, eval_env):
         env.close()

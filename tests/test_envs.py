@@ -465,6 +465,73 @@ def test_faceback_start_keeps_minigrids_start_cell_and_faces_back():
     assert unwrap_wrapper(stacked, MemoryStartAid).faceback_start == 0.5
 
 
+def test_ordered_ends_puts_the_key_up_in_a_share_of_episodes():
+    from stable_baselines3.common.env_util import unwrap_wrapper
+
+    from envs.minigrid_obs import MemoryStartAid
+
+    for env_id in ("MiniGrid-MemoryS9-v0", "MiniGrid-MemoryS13Random-v0"):
+        plain = make_env(env_id, view_size=3, action_set="move")
+        ordered = make_env(env_id, view_size=3, action_set="move", ordered_ends=1.0)
+        plain.reset(seed=3)
+        obs, _ = ordered.reset(seed=3)
+        swapped = 0
+        for episode in range(40):
+            if episode:
+                obs, _ = ordered.reset()
+                plain.reset()
+            base, ref, mid = ordered.unwrapped, plain.unwrapped, ordered.unwrapped.height // 2
+            x = base.success_pos[0]
+            assert np.array_equal(base.agent_pos, ref.agent_pos) and base.agent_dir == ref.agent_dir
+            assert base.grid.get(x, mid - 2).type == "key" and base.grid.get(x, mid + 2).type == "ball"
+            cue = base.grid.get(1, mid - 1).type
+            assert cue == ref.grid.get(1, mid - 1).type  # the env's own cue
+            # the success cell is next to the object matching the cue: the cue alone tells the side
+            assert tuple(base.success_pos) == ((x, mid - 1) if cue == "key" else (x, mid + 1))
+            assert {tuple(base.success_pos), tuple(base.failure_pos)} == {(x, mid - 1), (x, mid + 1)}
+            changed = np.argwhere((base.grid.encode() != ref.grid.encode()).any(axis=-1))
+            if ref.grid.get(x, mid - 2).type == "key":  # minigrid's order already: nothing changes
+                assert len(changed) == 0 and base.success_pos == ref.success_pos
+            else:  # only the two objects trade places, and with them the success and failure cells
+                swapped += 1
+                assert sorted(map(tuple, changed)) == [(x, mid - 2), (x, mid + 2)]
+                assert base.success_pos == ref.failure_pos and base.failure_pos == ref.success_pos
+            assert np.array_equal(obs, ordered.env.observation(base.gen_obs()))
+            # minigrid's own step pays the new success cell: from the junction, turn to it and step on
+            base.agent_pos, base.agent_dir = np.array((x, mid)), 0
+            _, _, term1, _, _ = ordered.step(0 if cue == "key" else 1)  # left = north, right = south
+            _, r, term2, _, _ = ordered.step(2)
+            assert not term1 and term2 and r > 0
+        assert 10 <= swapped <= 30  # minigrid drew the ball up in about half of them
+    # a draw of its own: with start aids, the starts are those without it, and the order follows its own stream
+    env = make_env("MiniGrid-Memory", cue_start=0.25, faceback_start=0.5, ordered_ends=0.5)
+    ref = make_env("MiniGrid-Memory", cue_start=0.25, faceback_start=0.5)
+    plain, rng = make_env("MiniGrid-Memory"), np.random.default_rng([8, 0x0DE])
+    kinds = set()
+    for i in range(200):
+        for e in (env, ref, plain):
+            e.reset(seed=8 if i == 0 else None)
+        base, mid = env.unwrapped, env.unwrapped.height // 2
+        assert np.array_equal(base.agent_pos, ref.unwrapped.agent_pos) and base.agent_dir == ref.unwrapped.agent_dir
+        key_up = plain.unwrapped.grid.get(5, mid - 2).type == "key"
+        forced = rng.random() < 0.5
+        assert (base.grid.get(5, mid - 2).type == "key") == (forced or key_up)
+        kinds.add((forced, key_up))
+    assert kinds == {(False, False), (False, True), (True, False), (True, True)}
+    for bad in (1.5, -0.1, "0.5", True):
+        with pytest.raises(ValueError, match="ordered_ends") as info:
+            make_env("MiniGrid-Memory", ordered_ends=bad)
+        assert repr(bad) in str(info.value) and "[0, 1]" in str(info.value) and "\n" not in str(info.value)
+    assert make_env("MiniGrid-Memory", cue_start=0.5, faceback_start=0.5, ordered_ends=1.0)  # not in the starts' sum
+    with pytest.raises(ValueError, match="^ordered_ends=0.5 applies only to the MiniGrid-Memory ids, not 'CartPole"):
+        make_env("CartPole-P-v1", ordered_ends=0.5)
+    with pytest.raises(ValueError, match="^ordered_ends=0.5 applies only to the MiniGrid-Memory envs, not 'EmptyEnv'"):
+        from minigrid.envs import EmptyEnv
+        MemoryStartAid(EmptyEnv(), ordered_ends=0.5)
+    stacked = make_env("MiniGrid-Memory", ordered_ends=0.5, frame_stack=2)  # passed through the stacking
+    assert unwrap_wrapper(stacked, MemoryStartAid).ordered_ends == 0.5
+
+
 def _cue_in_west_view(obs, V, base):
     """Whether the cue (x = 1, one row up) is in the agent's view facing west: one column right, x - 1 cells ahead."""
     x, mid = int(base.agent_pos[0]), base.height // 2

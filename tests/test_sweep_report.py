@@ -114,16 +114,18 @@ def test_runs_outside_a_sweep_are_labelled_by_their_env_aids(sweep_dir, tmp_path
     """A folder of train_agent runs (no cell.json): frame stacking and start-aid runs are not pooled with plain ones."""
     src = sweep.run_dirs(sweep_dir / "CartPole-P-v1__mlp__hcfg__s0")[0]
     for name, line in (("plain", ""), ("fs", "frame_stack: 4\n"), ("cue", "cue_start: 0.5\n"),
-                       ("back", "lookback_start: 0.25\n"), ("face", "faceback_start: 0.5\n")):
+                       ("back", "lookback_start: 0.25\n"), ("face", "faceback_start: 0.5\n"),
+                       ("ord", "faceback_start: 0.5\nordered_ends: 0.25\n")):
         dst = tmp_path / "runs" / name
         shutil.copytree(src, dst)
         config = dst / "config.yaml"
         text = "".join(x for x in config.read_text(encoding="utf-8").splitlines(True)
-                       if not x.startswith(("frame_stack:", "cue_start:", "lookback_start:", "faceback_start:")))
+                       if not x.startswith(("frame_stack:", "cue_start:", "lookback_start:", "faceback_start:",
+                                            "ordered_ends:")))
         config.write_text(text + line, encoding="utf-8")
     labels = {run.run_dir.name: run.label for run in report.load_runs(tmp_path / "runs")}
     assert labels == {"plain": "mlp", "fs": "mlp+fs4", "cue": "mlp+cue0.5", "back": "mlp+back0.25",
-                      "face": "mlp+face0.5"}
+                      "face": "mlp+face0.5", "ord": "mlp+face0.5+ord0.25"}
 
 
 def test_interrupted_cell_is_resumed_and_unresumable_one_restarted(sweep_dir, tmp_path, capsys):

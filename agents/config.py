@@ -96,8 +96,9 @@ class TrainConfig:
                                       "(envs.minigrid_obs.MemoryStartAid; the three start shares sum to <= 1); "
                                       "evaluation keeps minigrid's start",
                                  min=0.0, max=1.0)
-    ordered_ends: float = _opt(0.0, "MiniGrid-Memory only, training envs only: the share of resets that put the key "
-                                    "at the upper end and the ball at the lower, so that the cue alone tells the side "
+    ordered_ends: float = _opt(0.0, "MiniGrid-Memory only, training envs only: the share of resets forced to the key "
+                                    "at the upper end and the ball at the lower (minigrid's random order has it in "
+                                    "half of the others), so that there the cue alone tells the side "
                                     "(envs.minigrid_obs.MemoryStartAid; a draw of its own, apart from the start "
                                     "shares); evaluation keeps minigrid's random order", min=0.0, max=1.0)
     normalize_obs: bool = _opt(False, "normalize observations by running mean/std kept inside the policy (saved "

@@ -223,11 +223,14 @@ TRAINING_AIDS = START_AIDS + ("ordered_ends",)
 _AID_SHARE_OF = {"cue_start": "resets started beside the cue",
                  "lookback_start": "resets started at the junction past the hallway, facing back",
                  "faceback_start": "resets started on minigrid's start cell, facing back",
-                 "ordered_ends": "resets with the key at the upper end and the ball at the lower"}
+                 "ordered_ends": "resets forced to the key at the upper end and the ball at the lower"}
 
 
 def _validate_share(value: Any, name: str) -> float:
-    """A training aid's share (one of :data:`TRAINING_AIDS`) as a float in [0, 1], or a one-line ``ValueError``."""
+    """A training aid's share (one of :data:`TRAINING_AIDS`) as a float in [0, 1] (``None``: 0), or a one-line
+    ``ValueError``."""
+    if value is None:
+        return 0.0
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"{name}={value!r}: expected a number in [0, 1] (the share of {_AID_SHARE_OF[name]})")
     return float(value)
@@ -242,7 +245,7 @@ def validate_start_aids(cue_start: Any = 0.0, lookback_start: Any = 0.0,
                         faceback_start: Any = 0.0) -> tuple[float, float, float]:
     """The start shares checked, and their sum at most 1 (one draw per reset picks at most one aid)."""
     given = (cue_start, lookback_start, faceback_start)
-    shares = tuple(_validate_share(0.0 if v is None else v, k) for k, v in zip(START_AIDS, given))
+    shares = tuple(_validate_share(v, k) for k, v in zip(START_AIDS, given))
     if sum(shares) > 1.0 + 1e-9:  # 0.1 + 0.2 + 0.7 is 1.0000000000000002 in floats
         raise ValueError(f"{' and '.join(_set_aids(given))}: expected shares summing to at most 1 (each reset takes "
                          "one start)")
@@ -251,7 +254,7 @@ def validate_start_aids(cue_start: Any = 0.0, lookback_start: Any = 0.0,
 
 def validate_ordered_ends(ordered_ends: Any = 0.0) -> float:
     """``ordered_ends`` checked (``None`` is 0): a share of its own, not part of the start shares' sum."""
-    return _validate_share(0.0 if ordered_ends is None else ordered_ends, "ordered_ends")
+    return _validate_share(ordered_ends, "ordered_ends")
 
 
 def start_aid_text(cue_start: Any = None, lookback_start: Any = None, faceback_start: Any = None,
@@ -290,11 +293,12 @@ class MemoryStartAid(gym.Wrapper, gym.utils.RecordConstructorArgs):
     without it and which episodes it moves does not depend on their layout.
 
     A layout aid, ``ordered_ends``, acts on its own draw (from a second stream, so the start draws are the same with
-    or without it): that share of resets put the two end objects in one fixed order, the key at the upper end and the
-    ball at the lower (minigrid draws the order at random; where it drew the ball up, the two objects and the success
-    and failure cells swap). In those episodes the cue alone tells the side - key: up, ball: down - so holding it
-    pays without comparing it with the end object in view; in minigrid's episodes the side is the cue compared with
-    that object, which holding the cue alone does not predict. Everything else is the env's own episode.
+    or without it): that share of resets are forced to one order of the two end objects, the key at the upper end and
+    the ball at the lower (minigrid draws the order at random, so it is already so in half of the others; where it
+    drew the ball up, the two objects and the success and failure cells swap). In those episodes the cue alone tells
+    the side - key: up, ball: down - so holding it pays without looking at the end objects; in minigrid's episodes
+    the side is the cue XOR which object is up, which the cue alone does not predict. Everything else is the env's
+    own episode.
 
     Wrap the raw env (it reads and regenerates minigrid's dict observation). Evaluate without it: the task is
     minigrid's start and layout distribution.

@@ -426,8 +426,8 @@ def test_gate_bias_survives_save_and_load(tmp_path, core, option, kwarg):
                          overrides={"core": core, "hidden_size": 8, "n_envs": 2, "batch_size": 128})
     train_env, eval_env = make_envs(cfg, seed=0)
     model = build_model(cfg, train_env)
-    for core in (model.policy.core_pi, model.policy.core_vf):
-        assert torch.all(core.rnn.bias_ih_l0[8:16] == 2.5) and torch.all(core.rnn.bias_hh_l0[8:16] == 0.0)
+    for built in (model.policy.core_pi, model.policy.core_vf):
+        assert torch.all(built.rnn.bias_ih_l0[8:16] == 2.5) and torch.all(built.rnn.bias_hh_l0[8:16] == 0.0)
     with torch.no_grad():  # a trained value: what reloads must be the saved weight, not the init
         model.policy.core_pi.rnn.bias_ih_l0[8] = -7.0
     model.save(tmp_path / "model.zip")

@@ -16,6 +16,7 @@ Shapes::
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Tuple
 
 import torch
@@ -32,9 +33,9 @@ def init_gate_bias(rnn: nn.RNNBase, block: int, value: float, name: str) -> None
     """Start gate block ``block`` of every layer of ``rnn`` (an ``nn.GRU`` / ``nn.LSTM``) at bias ``value``:
     ``bias_ih`` gets ``value`` and ``bias_hh`` 0 in that block, the other blocks keep torch's init. ``name`` is the
     option's name in the error for a value that is not a finite number."""
-    value = float(value)
-    if not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{name}={value!r}: expected a finite number")
+    value = float(value)
     H = rnn.hidden_size
     with torch.no_grad():
         for k in range(rnn.num_layers):

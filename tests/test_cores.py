@@ -163,17 +163,27 @@ FUSED = pytest.param("fused", marks=pytest.mark.skipif(os.environ.get(kernels.EN
                                                        reason=f"{kernels.ENV_KERNEL}=stock"))
 
 
+def _core_with_gate_bias(name, kernel, num_layers, H, **bias):
+    """A core built with one gate bias option; checks that gate block 1 of every layer holds it (``bias_hh`` 0 there)
+    and the other blocks keep torch's uniform init."""
+    torch.manual_seed(0)
+    core = make_core(name, 4, H, num_layers, kernel=kernel, **bias)
+    (value,) = bias.values()
+    bound = H ** -0.5  # torch's uniform init range
+    for k in range(num_layers):
+        b_ih, b_hh = getattr(core.rnn, f"bias_ih_l{k}"), getattr(core.rnn, f"bias_hh_l{k}")
+        assert torch.all(b_ih[H:2 * H] == value) and torch.all(b_hh[H:2 * H] == 0.0)
+        assert b_ih[:H].abs().max() <= bound and b_ih[2 * H:].abs().max() <= bound
+    return core
+
+
 @pytest.mark.parametrize("kernel", ["stock", FUSED])
 @pytest.mark.parametrize("num_layers", [1, 2])
 def test_lstm_forget_bias_sets_the_forget_gate(kernel, num_layers):
     H = 6
-    torch.manual_seed(0)
-    core = make_core("lstm", 4, H, num_layers, kernel=kernel, forget_bias=30.0)
-    bound = H ** -0.5  # torch's uniform init range, kept for the other gates
+    core = _core_with_gate_bias("lstm", kernel, num_layers, H, forget_bias=30.0)
     for k in range(num_layers):
         b_ih, b_hh = getattr(core.rnn, f"bias_ih_l{k}"), getattr(core.rnn, f"bias_hh_l{k}")
-        assert torch.all(b_ih[H:2 * H] == 30.0) and torch.all(b_hh[H:2 * H] == 0.0)
-        assert b_ih[:H].abs().max() <= bound and b_ih[2 * H:].abs().max() <= bound
         with torch.no_grad():  # input gate shut: with the forget gate open the cell must keep its content exactly
             b_ih[:H].fill_(-30.0)
             b_hh[:H].zero_()
@@ -191,13 +201,7 @@ def test_lstm_forget_bias_sets_the_forget_gate(kernel, num_layers):
 @pytest.mark.parametrize("num_layers", [1, 2])
 def test_gru_update_bias_sets_the_update_gate(kernel, num_layers):
     H = 6
-    torch.manual_seed(0)
-    core = make_core("gru", 4, H, num_layers, kernel=kernel, update_bias=30.0)
-    bound = H ** -0.5  # torch's uniform init range, kept for the reset gate and the candidate
-    for k in range(num_layers):
-        b_ih, b_hh = getattr(core.rnn, f"bias_ih_l{k}"), getattr(core.rnn, f"bias_hh_l{k}")
-        assert torch.all(b_ih[H:2 * H] == 30.0) and torch.all(b_hh[H:2 * H] == 0.0)
-        assert b_ih[:H].abs().max() <= bound and b_ih[2 * H:].abs().max() <= bound
+    core = _core_with_gate_bias("gru", kernel, num_layers, H, update_bias=30.0)
     # z = sigmoid(30 + ...) rounds to 1: every layer keeps its state exactly, whatever the input
     state = torch.randn(3, *core.state_shape)
     x = 10 * torch.randn(10, 3, 4)

@@ -403,9 +403,7 @@ def test_lookback_start_starts_a_share_of_episodes_at_the_hallway_end_facing_bac
 
 
 def test_faceback_start_keeps_minigrids_start_cell_and_faces_back():
-    from stable_baselines3.common.env_util import unwrap_wrapper
-
-    from envs.minigrid_obs import MemoryStartAid, validate_start_aids
+    from envs.minigrid_obs import validate_start_aids
 
     V = 3  # the memory test's view: facing west the cue (one row up at x = 1) is in sight from x <= 3 only
     plain = make_env("MiniGrid-MemoryS9-v0", view_size=V, action_set="move")
@@ -449,27 +447,33 @@ def test_faceback_start_keeps_minigrids_start_cell_and_faces_back():
             assert ref_d == 0 and d == (2 if u < 0.7 else 0) and pos[0] in (1, 2, 3, 4)
         kinds.add(0 if u < 0.2 else 1 if u < 0.4 else 2 if u < 0.7 else 3)
     assert kinds == {0, 1, 2, 3}
-    for bad in (1.5, -0.1, "0.5", True, False, ""):
-        with pytest.raises(ValueError, match="faceback_start") as info:
-            make_env("MiniGrid-Memory", faceback_start=bad)
-        assert repr(bad) in str(info.value) and "[0, 1]" in str(info.value) and "\n" not in str(info.value)
     assert validate_start_aids(0.1, 0.2, 0.7) == (0.1, 0.2, 0.7)  # sums to 1 but for the floats' rounding
     with pytest.raises(ValueError, match=r"^cue_start=0.5 and faceback_start=0.75: expected shares summing to at most"):
         make_env("MiniGrid-Memory", cue_start=0.5, lookback_start=0, faceback_start=0.75)
-    with pytest.raises(ValueError, match="faceback_start=0.5 applies only to the MiniGrid-Memory ids, not 'CartPole"):
-        make_env("CartPole-P-v1", faceback_start=0.5)
-    with pytest.raises(ValueError, match="faceback_start=0.5 applies only to the MiniGrid-Memory envs, not 'EmptyEnv'"):
-        from minigrid.envs import EmptyEnv
-        MemoryStartAid(EmptyEnv(), faceback_start=0.5)
-    stacked = make_env("MiniGrid-Memory", faceback_start=0.5, frame_stack=2)  # passed through the stacking
-    assert unwrap_wrapper(stacked, MemoryStartAid).faceback_start == 0.5
+    _check_aid_option("faceback_start")
 
 
-def test_ordered_ends_puts_the_key_up_in_a_share_of_episodes():
+def _check_aid_option(name):
+    """A training aid's option: bad shares are one clear line, non-Memory ids and envs are refused, and the option
+    passes through frame stacking to the wrapper."""
     from stable_baselines3.common.env_util import unwrap_wrapper
 
     from envs.minigrid_obs import MemoryStartAid
 
+    for bad in (1.5, -0.1, "0.5", True, False, ""):
+        with pytest.raises(ValueError, match=name) as info:
+            make_env("MiniGrid-Memory", **{name: bad})
+        assert repr(bad) in str(info.value) and "[0, 1]" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ValueError, match=f"^{name}=0.5 applies only to the MiniGrid-Memory ids, not 'CartPole"):
+        make_env("CartPole-P-v1", **{name: 0.5})
+    with pytest.raises(ValueError, match=f"^{name}=0.5 applies only to the MiniGrid-Memory envs, not 'EmptyEnv'"):
+        from minigrid.envs import EmptyEnv
+        MemoryStartAid(EmptyEnv(), **{name: 0.5})
+    stacked = make_env("MiniGrid-Memory", frame_stack=2, **{name: 0.5})  # passed through the stacking
+    assert getattr(unwrap_wrapper(stacked, MemoryStartAid), name) == 0.5
+
+
+def test_ordered_ends_puts_the_key_up_in_a_share_of_episodes():
     # S9's 7x7 view has both end objects in the first view (so a swap must show in it); S13Random's hallway varies
     for env_id, V in (("MiniGrid-MemoryS9-v0", 7), ("MiniGrid-MemoryS13Random-v0", 3)):
         plain = make_env(env_id, view_size=V, action_set="move")
@@ -519,18 +523,8 @@ def test_ordered_ends_puts_the_key_up_in_a_share_of_episodes():
         assert (base.grid.get(5, mid - 2).type == "key") == (forced or key_up)
         kinds.add((forced, key_up))
     assert kinds == {(False, False), (False, True), (True, False), (True, True)}
-    for bad in (1.5, -0.1, "0.5", True):
-        with pytest.raises(ValueError, match="ordered_ends") as info:
-            make_env("MiniGrid-Memory", ordered_ends=bad)
-        assert repr(bad) in str(info.value) and "[0, 1]" in str(info.value) and "\n" not in str(info.value)
     assert make_env("MiniGrid-Memory", cue_start=0.5, faceback_start=0.5, ordered_ends=1.0)  # not in the starts' sum
-    with pytest.raises(ValueError, match="^ordered_ends=0.5 applies only to the MiniGrid-Memory ids, not 'CartPole"):
-        make_env("CartPole-P-v1", ordered_ends=0.5)
-    with pytest.raises(ValueError, match="^ordered_ends=0.5 applies only to the MiniGrid-Memory envs, not 'EmptyEnv'"):
-        from minigrid.envs import EmptyEnv
-        MemoryStartAid(EmptyEnv(), ordered_ends=0.5)
-    stacked = make_env("MiniGrid-Memory", ordered_ends=0.5, frame_stack=2)  # passed through the stacking
-    assert unwrap_wrapper(stacked, MemoryStartAid).ordered_ends == 0.5
+    _check_aid_option("ordered_ends")
 
 
 def _cue_in_west_view(obs, V, base):

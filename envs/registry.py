@@ -200,8 +200,8 @@ def make_env(
         faceback_start: MiniGrid-Memory only, a training aid: the share of resets that keep minigrid's start cell
             but face the agent back (west), towards the cue (same wrapper). ``None`` or 0: minigrid's own heading.
         ordered_ends: MiniGrid-Memory only, a training aid: the share of resets forced to the key at the upper end
-            and the ball at the lower, so that there the cue alone tells the side (same wrapper, a draw of its own; not part
-            of the start shares' sum). ``None`` or 0: minigrid's random order.
+            and the ball at the lower, so that there the cue alone tells the side (same wrapper, a draw of its own;
+            not part of the start shares' sum). ``None`` or 0: minigrid's random order.
 
     Returns:
         ``gymnasium.make(id)`` for masked and passthrough ids; ``MiniGridSymbolicObs(gymnasium.make(id))``

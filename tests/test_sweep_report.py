@@ -111,7 +111,8 @@ def test_a_recipe_key_added_since_counts_as_its_default(sweep_dir, tmp_path, cap
 
 
 def test_runs_outside_a_sweep_are_labelled_by_their_env_aids(sweep_dir, tmp_path):
-    """A folder of train_agent runs (no cell.json): frame stacking and training-aid runs are not pooled with plain ones."""
+    """A folder of train_agent runs (no cell.json): frame stacking and training-aid runs are not pooled with plain
+    ones."""
     src = sweep.run_dirs(sweep_dir / "CartPole-P-v1__mlp__hcfg__s0")[0]
     for name, line in (("plain", ""), ("fs", "frame_stack: 4\n"), ("cue", "cue_start: 0.5\n"),
                        ("back", "lookback_start: 0.25\n"), ("face", "faceback_start: 0.5\n"),

@@ -161,19 +161,19 @@ def evaluate(model, eval_env: VecEnv, n_episodes: int, deterministic: bool = Tru
     return result
 
 
-def record_eval(logger: Logger, result: Dict[str, float]) -> None:
+def record_eval(logger: Logger, result: Dict[str, float], prefix: str = "eval") -> None:
     for key in ("mean_reward", "std_reward", "mean_ep_length", "success_rate"):
         if key in result:
-            logger.record(f"eval/{key}", result[key])
+            logger.record(f"{prefix}/{key}", result[key])
 
 
 class EvalCallback(BaseCallback):
     """Evaluate every ``eval_freq`` env steps (at the first rollout start at or past each multiple), log eval/*."""
 
     def __init__(self, eval_env: VecEnv, state: RunState, eval_freq: int, n_episodes: int, deterministic: bool,
-                 success_threshold: Optional[float]) -> None:
+                 success_threshold: Optional[float], pool_env: Optional[VecEnv] = None) -> None:
         super().__init__()
-        self.eval_env, self.state, self.eval_freq = eval_env, state, eval_freq
+        self.eval_env, self.state, self.eval_freq, self.pool_env = eval_env, state, eval_freq, pool_env
         self.n_episodes, self.deterministic, self.success_threshold = n_episodes, deterministic, success_threshold
         self.next_eval: Optional[int] = None
 
@@ -188,6 +188,9 @@ class EvalCallback(BaseCallback):
         result = evaluate(self.model, self.eval_env, self.n_episodes, self.deterministic, self.success_threshold)
         self.state.last_eval = result
         record_eval(self.logger, result)
+        if self.pool_env is not None:  # the training levels, beside the unseen ones above
+            pool = evaluate(self.model, self.pool_env, self.n_episodes, self.deterministic, self.success_threshold)
+            record_eval(self.logger, pool, prefix="eval_pool")
         self.logger.dump(step=self.num_timesteps)
 
     def _on_step(self) -> bool:

@@ -176,12 +176,14 @@ class Session:
     start_step: int = 0
     input_size: int = 0
     matched: Optional[str] = None
+    #: evaluation on the training level pool (``train_levels``), beside ``eval_env``'s unseen levels; else None
+    pool_env: Optional[Any] = None
     #: the commit of the code this session runs, read when it starts (the tree may move on while it trains)
     git_commit: Optional[str] = field(default_factory=lambda: _git_commit())
 
     def close(self) -> None:
         release_lock(self.run_dir)
-        for env in (self.train_env, self.eval_env):
+        for env in (self.train_env, self.eval_env, self.pool_env):
             try:
                 if env is not None:
                     env.close()
@@ -258,7 +260,8 @@ def new_session(args: argparse.Namespace) -> Session:
         if isinstance(exc, _setup_errors()):
             raise CLIError(_one_line(exc)) from None
         raise
-    session = Session(cfg, run_dir, model, train_env, eval_env, input_size=input_size, matched=matched)
+    session = Session(cfg, run_dir, model, train_env, eval_env, input_size=input_size, matched=matched,
+                      pool_env=make_pool_env(cfg, seed=cfg.seed))
     try:
         acquire_lock(run_dir)
         write_config(run_dir, cfg)
@@ -326,7 +329,7 @@ def resume_session(args: argparse.Namespace) -> Session:
         raise
     restore_rng(ckpt)
     session = Session(cfg, run_dir, model, train_env, eval_env, resumed_from=ckpt, start_step=ckpt.step,
-                      input_size=model.policy.encoder.output_size)
+                      input_size=model.policy.encoder.output_size, pool_env=make_pool_env(cfg, cfg.seed + ckpt.step))
     try:
         write_config(run_dir, cfg)
         # events the interrupted session logged after this checkpoint are purged, so the curves never step back
@@ -373,9 +376,10 @@ def _setup_torch(cfg: TrainConfig):
     return get_device(cfg.device)
 
 
-def env_factory(cfg: TrainConfig, training: bool = False):
+def env_factory(cfg: TrainConfig, training: bool = False, pool: bool = False):
     """A no-argument function building one env as train_agent does for ``cfg`` (view, actions, limit, stacking);
-    ``training=True`` adds the training-only options (the aids, ``envs.minigrid_obs.TRAINING_AIDS``)."""
+    ``training=True`` adds the training-only options (the aids, ``envs.minigrid_obs.TRAINING_AIDS``, and the level
+    pool); ``pool=True`` only the level pool (``train_levels``: evaluation on the training levels)."""
     from envs import make_env
     from envs.minigrid_obs import TRAINING_AIDS
 
@@ -383,6 +387,8 @@ def env_factory(cfg: TrainConfig, training: bool = False):
     kwargs = {key: getattr(cfg, key) for key in ENV_OPTIONS}
     if training:
         kwargs.update({key: getattr(cfg, key) for key in TRAINING_AIDS if getattr(cfg, key)})
+    if training or pool:
+        kwargs["n_levels"] = cfg.train_levels
     return partial(make_env, cfg.env, **kwargs)
 
 
@@ -455,6 +461,17 @@ def make_envs(cfg: TrainConfig, seed: int, vecnormalize: Optional[Path] = None):
     return train_env, eval_env
 
 
+def make_pool_env(cfg: TrainConfig, seed: int):
+    """A DummyVecEnv evaluating on the training level pool (``train_levels``), or None without a pool."""
+    if cfg.train_levels is None:
+        return None
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    return make_vec_env(env_factory(cfg, pool=True), n_envs=min(cfg.n_envs, cfg.eval_episodes),
+                        seed=seed + 20_000_003, vec_env_cls=DummyVecEnv)
+
+
 def core_kwargs(cfg: TrainConfig) -> dict:
     """The core options a TrainConfig sets (``lstm_forget_bias`` reaches LSTM cores only, ``gru_update_bias`` GRU
     cores only)."""
@@ -473,7 +490,7 @@ def build_model(cfg: TrainConfig, train_env, device="cpu"):
 
     return RecurrentPPO(
         "MlpPolicy", train_env, core=cfg.core, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
-        shared_core=cfg.shared_core, seq_len=cfg.seq_len, env_id=cfg.env,
+        shared_core=cfg.shared_core, seq_len=cfg.seq_len, carry_state=cfg.carry_state, env_id=cfg.env,
         learning_rate=make_schedule(cfg.learning_rate), n_steps=cfg.n_steps, batch_size=cfg.batch_size,
         n_epochs=cfg.n_epochs, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, clip_range=make_schedule(cfg.clip_range),
         clip_range_vf=cfg.clip_range_vf, normalize_advantage=cfg.normalize_advantage,
@@ -647,7 +664,7 @@ def train(s: Session, progress: bool = True) -> int:
         StopOnRequestCallback(state),
         BoundaryLogCallback(state),
         EvalCallback(s.eval_env, state, cfg.eval_freq, cfg.eval_episodes, cfg.eval_deterministic,
-                     cfg.success_threshold),
+                     cfg.success_threshold, pool_env=s.pool_env),
         CheckpointCallback(s.run_dir, state, cfg.checkpoint_freq, cfg.keep_checkpoints,
                            on_save=lambda c: last_ckpt.update(ckpt=c)),
         bar,
@@ -724,6 +741,10 @@ def finish(s: Session, state) -> int:
     final_episodes = cfg.final_eval_episodes if cfg.final_eval_episodes is not None else cfg.eval_episodes
     result = evaluate(model, s.eval_env, final_episodes, cfg.eval_deterministic, cfg.success_threshold)
     record_eval(logger, result)
+    pool = None
+    if s.pool_env is not None:
+        pool = evaluate(model, s.pool_env, final_episodes, cfg.eval_deterministic, cfg.success_threshold)
+        record_eval(logger, pool, prefix="eval_pool")
 
     _save_or_fail(lambda: model.save(s.run_dir / "model.zip"), s)
 
@@ -756,6 +777,9 @@ def finish(s: Session, state) -> int:
         "eval_mean_length": result["mean_ep_length"],
         "eval_episodes": result["episodes"],
         "eval_success_rate": result.get("success_rate"),
+        "train_levels": cfg.train_levels,
+        "eval_pool_mean_return": pool["mean_reward"] if pool else None,
+        "eval_pool_success_rate": pool.get("success_rate") if pool else None,
         "steps_per_s": steps_per_s,
         "wall_s": state.wall_s,
         "rollout_s": state.rollout_s,

@@ -53,7 +53,7 @@ def _opt(default: Any, doc: str, **rules: Any) -> Any:
 
 #: The TrainConfig keys that are ``envs.make_env`` options (how train_agent builds each env; export manifests
 #: record them so an exported policy's env can be rebuilt).
-ENV_OPTIONS = ("view_size", "action_set", "max_episode_steps", "frame_stack")
+ENV_OPTIONS = ("view_size", "action_set", "obs_mode", "tile_size", "max_episode_steps", "frame_stack")
 
 
 @dataclass
@@ -80,9 +80,17 @@ class TrainConfig:
                                     min=3, odd=True)
     action_set: str = _opt("all", "MiniGrid only: all (minigrid's 7 actions) or move (turn left, turn right, "
                                   "forward)", choices=("all", "move"))
+    obs_mode: Optional[str] = _opt(None, "MiniGrid only: symbolic (cell codes and heading) or rgb (the partial view "
+                                         "as an image, read by a CNN encoder); null: symbolic",
+                                   choices=("symbolic", "rgb"))
+    tile_size: Optional[int] = _opt(None, "MiniGrid obs_mode=rgb only: pixels per grid cell (null: 8)", min=1)
     max_episode_steps: Optional[int] = _opt(None, "episode step limit (null: the env's own)", min=1)
     frame_stack: int = _opt(1, "observations stacked into one (the frame-stacking control: a memoryless core "
                                "given the last k observations); 1: no stacking", min=1)
+    train_levels: Optional[int] = _opt(None, "training envs draw every episode's level (env seed) from a fixed pool of "
+                                             "this many (procgen's num_levels); evaluation reports both unseen "
+                                             "levels (eval/) and the pool (eval_pool/); null: a new level every "
+                                             "episode", min=1)
     cue_start: float = _opt(0.0, "MiniGrid-Memory only, training envs only: the share of resets that start the agent "
                                  "beside the cue (envs.minigrid_obs.MemoryStartAid); evaluation keeps minigrid's "
                                  "start", min=0.0, max=1.0)
@@ -131,8 +139,10 @@ class TrainConfig:
               "null: torch's uniform init, about half); other cores ignore it")
     shared_core: bool = _opt(False, "one core for actor and critic (false: a separate critic core)")
     seq_len: Optional[int] = _opt(None, "truncated-BPTT length in steps (null: whole rollout segments)", min=1)
-    encoder: str = _opt("auto", "observation encoder: auto (from the obs space), flat, minigrid",
-                        choices=("auto", "flat", "minigrid"))
+    carry_state: bool = _opt(False, "training keeps each env's memory across episode boundaries instead of zeroing it "
+                                    "at every episode start (evaluation and inference still start from zero)")
+    encoder: str = _opt("auto", "observation encoder: auto (from the obs space), flat, minigrid, cnn (images)",
+                        choices=("auto", "flat", "minigrid", "cnn"))
     encoder_sizes: List[int] = _opt([64], "encoder hidden layers before the core ([]: the core sees the raw obs)",
                                     min=1)
     encoder_norm: bool = _opt(False, "LayerNorm on each encoder layer's pre-activations (keeps tanh units off their "

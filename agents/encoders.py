@@ -136,7 +136,51 @@ class MiniGridEncoder(nn.Module):
         return self.net(self.embed(codes).flatten(-2))
 
 
-ENCODERS = {"flat": FlatEncoder, "minigrid": MiniGridEncoder}
+class CnnEncoder(nn.Module):
+    """An image ``[..., H, W, C]`` (uint8, channels last, as gymnasium's image spaces) -> convolutions -> MLP.
+
+    Pixels are scaled to [0, 1]. Images of at least 36 pixels a side get the Nature-DQN convolutions (Mnih et al.
+    2015: 32 8x8/4, 64 4x4/2, 64 3x3/1, ReLU; what SB3's ``NatureCNN`` and the reference recurrent-PPO setups for
+    MiniGrid use); smaller ones three padded 3x3 convolutions (16/1, 32/2, 32/2, ReLU). Then ``sizes`` layers of
+    ``activation`` (Nature's single 512-unit layer is ``sizes=[512]`` with ReLU).
+    """
+
+    def __init__(self, observation_space: spaces.Box, sizes: Sequence[int], activation: Type[nn.Module],
+                 normalize: bool = False, layer_norm: bool = False) -> None:
+        super().__init__()
+        self.norm = None  # pixels are scaled to [0, 1], not normalised by running statistics
+        if not looks_like_image(observation_space):
+            raise ValueError(f"observation shape {observation_space.shape} ({observation_space.dtype}) is not an "
+                             "image: expected uint8 (H, W, C) with C in 1, 3, 4 and H, W >= 8")
+        h, w, c = observation_space.shape
+        if min(h, w) >= 36:
+            convs = [nn.Conv2d(c, 32, 8, stride=4), nn.ReLU(), nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+                     nn.Conv2d(64, 64, 3, stride=1), nn.ReLU()]
+        else:
+            convs = [nn.Conv2d(c, 16, 3, stride=1, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2, padding=1),
+                     nn.ReLU(), nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU()]
+        self.convs = nn.Sequential(*convs, nn.Flatten())
+        with torch.no_grad():
+            n_flat = int(self.convs(torch.zeros(1, c, h, w)).shape[1])
+        self.image_shape = (h, w, c)
+        self.net, self.output_size = build_mlp(n_flat, sizes, activation, layer_norm=layer_norm)
+        if not sizes:
+            self.output_size = n_flat
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        lead = obs.shape[: obs.dim() - 3]
+        x = obs.reshape(-1, *self.image_shape).permute(0, 3, 1, 2).float() / 255.0
+        return run_mlp(self.net, self.convs(x)).reshape(*lead, -1)
+
+
+ENCODERS = {"flat": FlatEncoder, "minigrid": MiniGridEncoder, "cnn": CnnEncoder}
+
+
+def looks_like_image(observation_space: spaces.Box) -> bool:
+    """True for an image space: uint8 ``(H, W, C)``, ``C`` in 1, 3, 4, ``H, W >= 8`` (channels last)."""
+    shape = observation_space.shape
+    return (observation_space.dtype == np.uint8 and len(shape) == 3 and shape[2] in (1, 3, 4)
+            and min(shape[:2]) >= 8)
 
 
 def looks_like_minigrid(observation_space: spaces.Box) -> bool:
@@ -154,9 +198,12 @@ def looks_like_minigrid(observation_space: spaces.Box) -> bool:
 
 
 def resolve_encoder(name: str, observation_space: spaces.Box) -> str:
-    """``"auto"`` -> ``"minigrid"`` for MiniGrid's symbolic view, ``"flat"`` otherwise; other names are checked."""
+    """``"auto"`` -> ``"minigrid"`` for MiniGrid's symbolic view, ``"cnn"`` for an image, ``"flat"`` otherwise;
+    other names are checked."""
     if name == "auto":
-        return "minigrid" if looks_like_minigrid(observation_space) else "flat"
+        if looks_like_minigrid(observation_space):
+            return "minigrid"
+        return "cnn" if looks_like_image(observation_space) else "flat"
     if name not in ENCODERS:
         raise ValueError(f"encoder {name!r} is unknown: expected 'auto' or one of {', '.join(ENCODERS)}")
     return name

@@ -26,7 +26,11 @@ from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.utils import FloatSchedule, explained_variance, obs_as_tensor
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.env_util import is_wrapped
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.preprocessing import check_for_nested_spaces
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+from stable_baselines3.common.vec_env.patch_gym import _patch_env
 
 from .buffer import RecurrentRolloutBuffer
 from .cores import get_core_class
@@ -56,6 +60,9 @@ class RecurrentPPO(PPO):
     :param ent_coef: entropy bonus coefficient: a number >= 0, or a schedule of the progress remaining (1 -> 0), as
         ``learning_rate`` and ``clip_range`` take (e.g. ``LinearSchedule(0.05, 0, 1)``); logged as ``train/ent_coef``
     :param env_id: env id stored with the policy (default: read from the env's spec)
+    :param carry_state: keep each env's memory across episode boundaries during training (the rollout and the
+        update never reset the core; GAE still stops at episode ends). ``False`` (default): the state is zeroed at
+        every episode start. Inference (``predict``, ``policy.act``, evaluation) still resets where it is told to.
     :param use_sde: gSDE exploration for Box actions (see ``RecurrentActorCriticPolicy``); ``sde_sample_freq``: new
         exploration weights every this many rollout steps (-1: once per rollout), as in SB3
 
@@ -79,6 +86,7 @@ class RecurrentPPO(PPO):
         num_layers: int = 1,
         shared_core: bool = False,
         seq_len: Optional[int] = None,
+        carry_state: bool = False,
         learning_rate=3e-4,
         n_steps: int = 128,
         batch_size: int = 256,
@@ -119,6 +127,9 @@ class RecurrentPPO(PPO):
                 if not 0.0 <= float(value) <= 1.0:
                     raise ValueError(f"{name}={value!r}: expected a number in [0, 1]")
         self.seq_len = _positive_int("seq_len", seq_len, allow_none=True)
+        if not isinstance(carry_state, (bool, np.bool_)):
+            raise ValueError(f"carry_state={carry_state!r}: expected True or False")
+        self.carry_state = bool(carry_state)
         super().__init__(
             policy, env, learning_rate=learning_rate, n_steps=n_steps, batch_size=batch_size, n_epochs=n_epochs,
             gamma=gamma, gae_lambda=gae_lambda, clip_range=clip_range, clip_range_vf=clip_range_vf,
@@ -136,6 +147,19 @@ class RecurrentPPO(PPO):
             self._setup_model()
 
     # ------------------------------------------------------------------ setup
+    @staticmethod
+    def _wrap_env(env, verbose: int = 0, monitor_wrapper: bool = True) -> VecEnv:
+        """SB3's wrapping (``Monitor``, ``DummyVecEnv``) without its ``VecTransposeImage``: the policy's CNN encoder
+        takes images channels-last, as the env gives them, so a trained policy acts on ``make_env``'s observations
+        unchanged (in ``predict``, ``load_policy`` and evaluation alike)."""
+        if not isinstance(env, VecEnv):
+            env = _patch_env(env)
+            if monitor_wrapper and not is_wrapped(env, Monitor):
+                env = Monitor(env)
+            env = DummyVecEnv([lambda: env])
+        check_for_nested_spaces(env.observation_space)
+        return env
+
     def _detect_env_id(self) -> Optional[str]:
         try:
             spec = self.env.get_attr("spec", indices=[0])[0] if self.env is not None else None
@@ -196,6 +220,8 @@ class RecurrentPPO(PPO):
             with torch.no_grad():
                 obs_tensor = obs_as_tensor(self._last_obs, self.device)
                 starts = torch.as_tensor(self._last_episode_starts, dtype=torch.float32, device=self.device)
+                if self.carry_state:
+                    starts = torch.zeros_like(starts)
                 actions, values, log_probs, new_state = self.policy(obs_tensor, state, starts)
             actions = actions.cpu().numpy()
             clipped_actions = actions
@@ -233,6 +259,8 @@ class RecurrentPPO(PPO):
         self._last_state = state
         with torch.no_grad():
             starts = torch.as_tensor(dones, dtype=torch.float32, device=self.device)
+            if self.carry_state:
+                starts = torch.zeros_like(starts)
             values = self.policy.predict_values(obs_as_tensor(new_obs, self.device), state, starts)
         rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
         callback.update_locals(locals())
@@ -263,8 +291,9 @@ class RecurrentPPO(PPO):
                 def mmean(x: torch.Tensor) -> torch.Tensor:
                     return (x * mask).sum() / n_valid
 
+                starts = torch.zeros_like(batch.episode_starts) if self.carry_state else batch.episode_starts
                 values, log_prob, entropy = self.policy.evaluate_actions(
-                    batch.observations, batch.actions, batch.episode_starts, batch.states)
+                    batch.observations, batch.actions, starts, batch.states)
                 advantages = batch.advantages.reshape(-1)
                 old_log_prob = batch.old_log_prob.reshape(-1)
                 if self.normalize_advantage and n_valid > 1:

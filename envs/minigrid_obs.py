@@ -190,6 +190,25 @@ class MiniGridSymbolicObs(gym.ObservationWrapper, gym.utils.RecordConstructorArg
 MiniGridObsWrapper = MiniGridSymbolicObs
 
 
+#: MiniGrid observation modes: ``symbolic`` = :class:`MiniGridSymbolicObs` (cell codes and direction); ``rgb`` =
+#: the partial view rendered as an image, ``(V * tile_size, V * tile_size, 3)`` uint8 (minigrid's
+#: ``RGBImgPartialObsWrapper``; the agent sits at the bottom centre facing up, so the image carries no heading).
+OBS_MODES = ("symbolic", "rgb")
+
+
+def validate_tile_size(tile_size: Any) -> int:
+    if isinstance(tile_size, bool) or not isinstance(tile_size, (int, np.integer)) or tile_size < 1:
+        raise ValueError(f"tile_size={tile_size!r}: expected a positive integer (pixels per grid cell)")
+    return int(tile_size)
+
+
+def rgb_view(env: gym.Env, tile_size: int = 8) -> gym.Env:
+    """MiniGrid's partial view as an RGB image: ``Box(0, 255, (V * tile_size, V * tile_size, 3), uint8)``."""
+    from minigrid.wrappers import ImgObsWrapper, RGBImgPartialObsWrapper
+
+    return ImgObsWrapper(RGBImgPartialObsWrapper(env, tile_size=validate_tile_size(tile_size)))
+
+
 #: MiniGrid action sets: ``all`` = minigrid's 7 actions; ``move`` = its first three, turn left, turn right and
 #: forward (pickup, drop, toggle and done do nothing in the navigation and memory tasks).
 ACTION_SETS = ("all", "move")

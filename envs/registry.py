@@ -13,8 +13,10 @@ from gymnasium.envs.registration import EnvSpec, WrapperSpec
 from gymnasium.error import DependencyNotInstalled
 
 from .masked import MASKED_ENVS, MaskedEnvSpec
-from .minigrid_obs import (ACTION_SETS, TRAINING_AIDS, MemoryStartAid, MiniGridMoveActions, MiniGridSymbolicObs,
-                           start_aid_text, validate_ordered_ends, validate_start_aids, validate_view_size)
+from .levels import LevelPool, validate_n_levels
+from .minigrid_obs import (ACTION_SETS, OBS_MODES, TRAINING_AIDS, MemoryStartAid, MiniGridMoveActions,
+                           MiniGridSymbolicObs, rgb_view, start_aid_text, validate_ordered_ends, validate_start_aids,
+                           validate_tile_size, validate_view_size)
 
 __all__ = [
     "ENV_IDS",
@@ -162,7 +164,7 @@ def _box2d_available() -> bool:
     return importlib.util.find_spec("Box2D") is not None
 
 
-_COMMON_KWARGS = "render_mode, max_episode_steps, frame_stack"
+_COMMON_KWARGS = "render_mode, max_episode_steps, frame_stack, n_levels"
 
 
 def make_env(
@@ -170,9 +172,12 @@ def make_env(
     *,
     view_size: int | None = None,
     action_set: str | None = None,
+    obs_mode: str | None = None,
+    tile_size: int | None = None,
     render_mode: str | None = None,
     max_episode_steps: int | None = None,
     frame_stack: int | None = None,
+    n_levels: int | None = None,
     cue_start: float | None = None,
     lookback_start: float | None = None,
     faceback_start: float | None = None,
@@ -187,11 +192,16 @@ def make_env(
         view_size: MiniGrid only: the agent's view size (odd int >= 3; minigrid's default is 7).
         action_set: MiniGrid only: ``"all"`` (minigrid's 7 actions, the default) or ``"move"`` (turn left, turn
             right, forward: ``Discrete(3)``, the action numbers unchanged).
+        obs_mode: MiniGrid only: ``"symbolic"`` (cell codes and direction, the default) or ``"rgb"`` (the partial
+            view rendered as an image, ``tile_size`` pixels per cell; the policy picks a CNN encoder for it).
+        tile_size: MiniGrid ``obs_mode="rgb"`` only: pixels per grid cell (default 8).
         render_mode: passed to the env (``None`` or e.g. ``"rgb_array"``).
         max_episode_steps: override the episode limit (positive int).
         frame_stack: stack the last k observations into one flat vector (oldest first, zeros before the episode's
             first observation) - the frame-stacking control, a memoryless policy given a short window of history.
             ``None`` or 1: no stacking.
+        n_levels: every reset draws its level (env seed) from ``range(n_levels)`` - a fixed pool of training
+            layouts (:class:`envs.levels.LevelPool`, procgen's ``num_levels``). ``None``: a new layout every reset.
         cue_start: MiniGrid-Memory only, a training aid: the share of resets that start the agent beside the cue
             (:class:`envs.minigrid_obs.MemoryStartAid`). ``None`` or 0: minigrid's own start.
         lookback_start: MiniGrid-Memory only, a training aid: the share of resets that start the agent on the
@@ -219,7 +229,8 @@ def make_env(
     if frame_stack is not None and frame_stack != 1:
         if isinstance(frame_stack, bool) or not isinstance(frame_stack, int) or frame_stack < 1:
             raise ValueError(f"frame_stack must be None or a positive int, got {frame_stack!r}")
-        env = make_env(canonical, view_size=view_size, action_set=action_set, render_mode=render_mode,
+        env = make_env(canonical, view_size=view_size, action_set=action_set, obs_mode=obs_mode,
+                       tile_size=tile_size, render_mode=render_mode, n_levels=n_levels,
                        max_episode_steps=max_episode_steps, cue_start=cue_start,
                        lookback_start=lookback_start, faceback_start=faceback_start, ordered_ends=ordered_ends,
                        **unexpected)
@@ -227,8 +238,8 @@ def make_env(
 
     if unexpected:
         aids = ", ".join(TRAINING_AIDS)
-        expected = _COMMON_KWARGS + (f", view_size, action_set, {aids} (MiniGrid-Memory ids only)"
-                                     if minigrid_env else f" (view_size, action_set: MiniGrid-* ids only; {aids}: "
+        expected = _COMMON_KWARGS + (f", view_size, action_set, obs_mode, tile_size, {aids} (MiniGrid-Memory ids only)"
+                                     if minigrid_env else f" (view_size, action_set, obs_mode, tile_size: MiniGrid-* ids only; {aids}: "
                                      "MiniGrid-Memory)")
         raise ValueError(
             f"make_env({env_id!r}) got unknown keyword argument(s) {', '.join(sorted(unexpected))}; "
@@ -236,6 +247,20 @@ def make_env(
         )
     if view_size is not None and not minigrid_env:
         raise ValueError(f"view_size={view_size!r} applies only to MiniGrid-* ids, not {canonical!r}")
+    if obs_mode is not None and obs_mode not in OBS_MODES:
+        raise ValueError(f"obs_mode={obs_mode!r}: expected one of {', '.join(OBS_MODES)} (or None)")
+    if obs_mode not in (None, "symbolic") and not minigrid_env:
+        raise ValueError(f"obs_mode={obs_mode!r} applies only to MiniGrid-* ids, not {canonical!r}")
+    if tile_size is not None:
+        validate_tile_size(tile_size)
+        if obs_mode != "rgb":
+            raise ValueError(f"tile_size={tile_size!r} applies only with obs_mode='rgb', not obs_mode={obs_mode!r}")
+    if n_levels is not None:
+        return LevelPool(make_env(canonical, view_size=view_size, action_set=action_set, obs_mode=obs_mode,
+                                  tile_size=tile_size, render_mode=render_mode,
+                                  max_episode_steps=max_episode_steps, cue_start=cue_start,
+                                  lookback_start=lookback_start, faceback_start=faceback_start,
+                                  ordered_ends=ordered_ends, **unexpected), validate_n_levels(n_levels))
     start_shares = validate_start_aids(cue_start, lookback_start, faceback_start)  # all 0.0 when none is given
     order_share = validate_ordered_ends(ordered_ends)
     if (any(start_shares) or order_share) and not canonical.startswith("MiniGrid-Memory"):
@@ -286,7 +311,7 @@ def make_env(
             ) from e
         if any(start_shares) or order_share:
             env = MemoryStartAid(env, *start_shares, ordered_ends=order_share)
-        env = MiniGridSymbolicObs(env)
+        env = rgb_view(env, tile_size or 8) if obs_mode == "rgb" else MiniGridSymbolicObs(env)
         return MiniGridMoveActions(env) if action_set == "move" else env
 
     return _make(canonical, make_kwargs)

@@ -480,3 +480,28 @@ def test_final_eval_episodes_sets_only_the_last_evaluation(tmp_path, capsys, mon
                              "--n-envs", "2", "--no-progress", "--set", *TINY_SET], capsys)
     assert code == 0, err
     assert calls[-1] == (128, 2)  # null: the final evaluation plays eval_episodes
+
+
+def test_train_levels_trains_on_a_pool_and_evaluates_both(tmp_path, capsys, monkeypatch):
+    """train_levels: the training envs draw from the pool; eval/ stays on unseen levels, eval_pool/ on the pool."""
+    import agents.callbacks as callbacks
+    from envs.levels import LevelPool
+
+    seen = []
+    evaluate = callbacks.evaluate
+
+    def recording_evaluate(model, env, *args, **kwargs):
+        seen.append(bool(any(env.env_is_wrapped(LevelPool))))
+        return evaluate(model, env, *args, **kwargs)
+
+    monkeypatch.setattr(callbacks, "evaluate", recording_evaluate)
+    code, _, err = run_main(["--core", "gru", "--logdir", str(tmp_path), "--total-timesteps", "256", "--n-envs", "2",
+                             "--no-progress", "--set", *TINY_SET, "train_levels=4", "carry_state=true"], capsys)
+    assert code == 0, err
+    run_dir = only_run_dir(tmp_path)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["train_levels"] == 4 and summary["eval_pool_success_rate"] is not None
+    assert {"eval/success_rate", "eval_pool/success_rate"} <= scalar_tags(run_dir)
+    assert True in seen and False in seen and seen.count(True) == seen.count(False)
+    cfg = TrainConfig.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()), "config.yaml")
+    assert cfg.train_levels == 4 and cfg.carry_state is True

@@ -697,3 +697,44 @@ def test_frame_stack_gives_a_flat_window_of_recent_observations():
     assert envs.make_env("CartPole-P-v1", frame_stack=1).observation_space.shape == (2,)
     with pytest.raises(ValueError, match="frame_stack must be None or a positive int, got 0"):
         envs.make_env("CartPole-P-v1", frame_stack=0)
+
+
+def test_level_pool_draws_only_its_levels_and_replays_them():
+    from envs.levels import LevelPool
+
+    env = make_env("MiniGrid-MemoryS7-v0", n_levels=3)
+    assert isinstance(env, LevelPool)
+    first, info = env.reset(seed=11)
+    levels, obs_by_level = {info["level"]}, {info["level"]: first}
+    for _ in range(60):
+        obs, info = env.reset()
+        levels.add(info["level"])
+        if info["level"] in obs_by_level:  # a level is one fixed layout and start: the same first view
+            np.testing.assert_array_equal(obs, obs_by_level[info["level"]])
+        obs_by_level[info["level"]] = obs
+    assert levels == {0, 1, 2}
+    # the same reset seed draws the same levels; without the pool, resets draw many layouts
+    again = make_env("MiniGrid-MemoryS7-v0", n_levels=3)
+    a = [env.reset(seed=5)[1]["level"]] + [env.reset()[1]["level"] for _ in range(10)]
+    b = [again.reset(seed=5)[1]["level"]] + [again.reset()[1]["level"] for _ in range(10)]
+    assert a == b
+    plain = make_env("MiniGrid-MemoryS7-v0")
+    plain.reset(seed=0)
+    assert len({plain.reset()[0].tobytes() for _ in range(40)}) > 3
+    with pytest.raises(ValueError, match="n_levels=0"):
+        make_env("CartPole-v1", n_levels=0)
+
+
+def test_minigrid_rgb_view():
+    env = make_env("MiniGrid-MemoryS9", view_size=3, obs_mode="rgb", tile_size=28, action_set="move")
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.shape == (84, 84, 3) and obs.shape == (84, 84, 3) and obs.dtype == np.uint8
+    assert obs.max() > 0 and env.observation_space.contains(obs)
+    assert make_env("MiniGrid-Memory", obs_mode="rgb").observation_space.shape == (56, 56, 3)  # 7 cells x 8 px
+    check_env(make_env("MiniGrid-Memory", view_size=3, obs_mode="rgb").unwrapped, skip_render_check=True)
+    with pytest.raises(ValueError, match="obs_mode='rgb' applies only to MiniGrid"):
+        make_env("CartPole-v1", obs_mode="rgb")
+    with pytest.raises(ValueError, match="obs_mode='pixels'"):
+        make_env("MiniGrid-Memory", obs_mode="pixels")
+    with pytest.raises(ValueError, match="tile_size=8 applies only with obs_mode='rgb'"):
+        make_env("MiniGrid-Memory", tile_size=8)

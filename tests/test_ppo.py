@@ -207,6 +207,48 @@ def test_update_replays_the_rollout_before_its_first_step(name, shared, seq_len,
     assert model.rollout_buffer.chunked == (seq_len is not None and all(c.resets_in_kernel for c in cores))
 
 
+@pytest.mark.parametrize("name", ["gru", "lstm"])
+@pytest.mark.parametrize("seq_len", [None, 8])
+def test_carry_state_keeps_memory_across_episodes_in_rollout_and_update(name, seq_len):
+    """carry_state=True: no reset at episode starts, in the rollout and in the update alike (ratio 1 before any
+    step, although episodes start inside the rollout); the same rollout replayed with resets would differ."""
+    model = small_model(name, n_envs=2, n_steps=64, batch_size=64, seq_len=seq_len, carry_state=True)
+    seen = []
+    train = model.train
+
+    def checking_train():
+        buf = model.rollout_buffer
+        assert buf.episode_starts[1:].any()
+        diffs = []
+        with torch.no_grad():
+            for batch in buf.get_sequences(64):
+                valid = batch.mask.reshape(-1).bool()
+                carried = model.policy.evaluate_actions(batch.observations, batch.actions,
+                                                        torch.zeros_like(batch.episode_starts), batch.states)[1]
+                torch.testing.assert_close(carried[valid], batch.old_log_prob.reshape(-1)[valid], atol=1e-5,
+                                           rtol=1e-5)
+                reset = model.policy.evaluate_actions(batch.observations, batch.actions, batch.episode_starts,
+                                                      batch.states)[1]
+                diffs.append(float((reset - carried)[valid].abs().max()))
+        seen.append(max(diffs))
+        step, model.policy.optimizer.step = model.policy.optimizer.step, lambda *a, **k: None
+        train()
+        model.policy.optimizer.step = step
+        assert model.logger.name_to_value["train/approx_kl"] < 1e-9
+
+    model.train = checking_train
+    model.learn(128)
+    assert seen and max(seen) > 1e-4  # resetting would have changed the log-probs: the state was carried
+
+
+def test_carry_state_is_saved_and_checked(tmp_path):
+    model = small_model("gru", carry_state=True)
+    model.save(tmp_path / "m.zip")
+    assert RecurrentPPO.load(tmp_path / "m.zip").carry_state is True
+    with pytest.raises(ValueError, match="carry_state='yes'"):
+        small_model("gru", carry_state="yes")
+
+
 def test_target_kl_stops_the_epochs_early():
     # batch 16 of a 32-step rollout: the first minibatch sees the unchanged policy (KL 0); after its step the
     # second minibatch's KL exceeds a tiny target, so the update ends in its first epoch
@@ -546,3 +588,31 @@ def test_gsde_learns_saves_and_loads(tmp_path):
     assert loaded.use_sde and loaded.sde_sample_freq == 4
     loaded.set_env(model.get_env())
     loaded.learn(32)
+
+
+@pytest.mark.parametrize("tile", [8, 28])
+def test_cnn_encoder_for_images_trains_and_acts_channels_last(tile, tmp_path):
+    """An image observation gets the CNN encoder, the policy takes images as the env gives them (channels last) in
+    training, predict and load_policy, and a sequence forward equals the rollout's steps."""
+    import envs
+    from agents.encoders import CnnEncoder
+
+    env = make_vec_env(lambda: envs.make_env("MiniGrid-Memory", view_size=3, obs_mode="rgb", tile_size=tile,
+                                             action_set="move"), n_envs=2, seed=0)
+    model = RecurrentPPO("MlpPolicy", env, core="gru", n_steps=16, batch_size=32, n_epochs=1, hidden_size=16,
+                         seed=0, policy_kwargs={"encoder_sizes": [32]})
+    assert isinstance(model.policy.encoder, CnnEncoder)
+    assert model.observation_space.shape == (3 * tile, 3 * tile, 3)  # not transposed by SB3
+    before = [p.detach().clone() for p in model.policy.encoder.parameters()]
+    model.learn(32)
+    assert any(not torch.equal(b, a) for b, a in zip(before, model.policy.encoder.parameters()))
+    obs = env.reset()
+    action, state = model.predict(obs, deterministic=True)
+    model.save(tmp_path / "m.zip")
+    policy = load_policy(tmp_path / "m.zip")
+    again, _ = policy.act(obs, policy.initial_state(2), episode_start=True, deterministic=True)
+    np.testing.assert_array_equal(action, again)
+    seq = torch.as_tensor(np.stack([obs, obs]))  # [T=2, B=2, H, W, C]
+    feats = policy.encoder(seq)
+    assert feats.shape == (2, 2, 32)
+    torch.testing.assert_close(feats[1], policy.encoder(torch.as_tensor(obs)))

@@ -1,85 +1,30 @@
-"""SB3 callbacks and helpers of a ``train_agent`` run: progress bar, periodic evaluation, atomic checkpoints, clean
-stop on a signal, log flushing at rollout boundaries, and the batch-1 act latency benchmark.
+"""SB3 callbacks and helpers of a training run: the logger with the design's tag groups, progress bar, periodic
+evaluation, periodic checkpoints (written by :mod:`agents.rundir`), clean stop on a signal, log flushing at rollout
+boundaries, and the batch-1 act latency benchmark.
 
 Periodic work (flush logs, evaluate, checkpoint) happens at the start of a rollout, i.e. right after an update: the
 policy then matches the step counter, every logged step is <= the checkpoint's step, and a resumed run continues the
 TensorBoard curves without stepping back.
-
-Checkpoint layout (written into a temporary directory, then renamed: a checkpoint exists whole or not at all)::
-
-    RUN_DIR/checkpoints/step_000012288/
-        model.zip         RecurrentPPO.save: policy, optimizer, schedules, step and update counters, episode buffer
-        rng.pkl           python, numpy and torch RNG states
-        vecnormalize.pkl  reward normalization statistics (only with normalize_reward: true)
-        state.json        step, accumulated rollout/update/wall seconds, number of sessions
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
-import pickle
-import random
-import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
-import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
 from stable_baselines3.common.vec_env import VecEnv
 
-__all__ = ["RunState", "RunLogger", "TensorBoardFormat", "make_logger", "count_pending_time", "flush_logs",
+from .rundir import Checkpoint, RunState, save_checkpoint
+
+__all__ = ["RunLogger", "TensorBoardFormat", "make_logger", "count_pending_time", "flush_logs",
            "BoundaryLogCallback", "EvalCallback", "CheckpointCallback", "StopOnRequestCallback", "ProgressBarCallback",
-           "Checkpoint", "save_checkpoint", "list_checkpoints", "latest_checkpoint", "restore_rng", "evaluate",
-           "record_eval", "measure_act_latency", "write_atomic"]
-
-CHECKPOINT_DIR = "checkpoints"
-_CKPT_PREFIX = "step_"
-
-
-# ---------------------------------------------------------------------------------------------- run bookkeeping
-@dataclass
-class RunState:
-    """What a run accumulates across sessions (saved in each checkpoint's ``state.json``)."""
-
-    rollout_s: float = 0.0  #: seconds spent collecting rollouts (sum of perf/rollout_s)
-    update_s: float = 0.0  #: seconds spent in PPO updates (sum of perf/update_s)
-    wall_s: float = 0.0  #: wall-clock seconds inside learn(), all sessions
-    sessions: int = 0  #: training sessions (1 + number of resumes)
-    rollout_start_step: int = 0  #: step counter at the start of the current rollout (not saved)
-    stop_requested: Optional[str] = None  #: name of the signal that asked to stop (not saved)
-    last_eval: Optional[Dict[str, float]] = None  #: most recent evaluation (not saved)
-
-    _SAVED = ("rollout_s", "update_s", "wall_s", "sessions")
-
-    def to_json(self) -> Dict[str, Any]:
-        return {k: getattr(self, k) for k in self._SAVED}
-
-    @classmethod
-    def from_json(cls, data: Dict[str, Any]) -> "RunState":
-        return cls(**{k: data[k] for k in cls._SAVED if k in data})
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write a file via a temporary file and ``os.replace``: readers see the old or the new file, never a part."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+           "evaluate", "record_eval", "measure_act_latency"]
 
 
 # ---------------------------------------------------------------------------------------------------- logging
@@ -197,91 +142,6 @@ class EvalCallback(BaseCallback):
         return True
 
 
-# ---------------------------------------------------------------------------------------------------- checkpoints
-@dataclass
-class Checkpoint:
-    path: Path
-    step: int
-
-    @property
-    def model(self) -> Path:
-        return self.path / "model.zip"
-
-    @property
-    def vecnormalize(self) -> Path:
-        return self.path / "vecnormalize.pkl"
-
-    def state(self) -> RunState:
-        return RunState.from_json(json.loads((self.path / "state.json").read_text()))
-
-
-def save_checkpoint(run_dir: Path, model, state: RunState, keep: int) -> Checkpoint:
-    """Write a checkpoint of ``model`` at its current step atomically (temp directory, then rename); keep the
-    ``keep`` most recent ones."""
-    root = Path(run_dir) / CHECKPOINT_DIR
-    root.mkdir(parents=True, exist_ok=True)
-    step = int(model.num_timesteps)
-    final = root / f"{_CKPT_PREFIX}{step:09d}"
-    tmp = root / f".tmp-{os.getpid()}-{final.name}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        model.save(tmp / "model.zip")
-        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-        write_atomic(tmp / "rng.pkl", pickle.dumps(rng))
-        venv = model.get_vec_normalize_env()
-        if venv is not None:
-            venv.save(str(tmp / "vecnormalize.pkl"))
-        write_atomic(tmp / "state.json", json.dumps({"step": step, "time": time.time(), **state.to_json()}, indent=2))
-        if final.exists():  # same step checkpointed twice (e.g. periodic, then on a signal): replace it
-            old = root / f".old-{os.getpid()}-{final.name}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old.path, ignore_errors=True)
-    for stale in root.iterdir():  # left by a process killed while writing (SIGKILL, power loss)
-        if stale.name.startswith((".tmp-", ".old-")):
-            shutil.rmtree(stale, ignore_errors=True)
-    return Checkpoint(final, step)
-
-
-def list_checkpoints(run_dir: Path) -> List[Checkpoint]:
-    """Complete checkpoints of a run, oldest first (temporary directories of interrupted writes are ignored)."""
-    root = Path(run_dir) / CHECKPOINT_DIR
-    out = []
-    if root.is_dir():
-        for p in root.iterdir():
-            name = p.name
-            if name.startswith(_CKPT_PREFIX) and name[len(_CKPT_PREFIX):].isdigit() and (p / "state.json").exists() \
-                    and (p / "model.zip").exists():
-                out.append(Checkpoint(p, int(name[len(_CKPT_PREFIX):])))
-    return sorted(out, key=lambda c: c.step)
-
-
-def latest_checkpoint(run_dir: Path) -> Optional[Checkpoint]:
-    ckpts = list_checkpoints(run_dir)
-    return ckpts[-1] if ckpts else None
-
-
-def restore_rng(ckpt: Checkpoint) -> None:
-    """Set the python, numpy and torch RNGs to their state at the checkpoint (our own file: pickle is fine here)."""
-    with open(ckpt.path / "rng.pkl", "rb") as fh:
-        rng = pickle.load(fh)
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
-    if rng.get("cuda") is not None and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-
-
 class CheckpointCallback(BaseCallback):
     """Checkpoint every ``freq`` env steps (at the first rollout start at or past each multiple)."""
 
@@ -390,18 +250,3 @@ def measure_act_latency(policy, obs: np.ndarray, n: int = 1000, warmup: int = 10
             times[i - warmup] = (t1 - t0) / 1e3
     return {"act_p50_us": float(np.percentile(times, 50)), "act_p99_us": float(np.percentile(times, 99)),
             "act_mean_us": float(times.mean())}
-
-
-def as_plain(value: Any) -> Any:
-    """A JSON/YAML-safe copy (dataclasses, numpy scalars, paths)."""
-    if dataclasses.is_dataclass(value):
-        value = dataclasses.asdict(value)
-    if isinstance(value, dict):
-        return {str(k): as_plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [as_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    return value

@@ -48,6 +48,8 @@ def _opt(default: Any, doc: str, **rules: Any) -> Any:
     """A dataclass field with its documentation and value rules (``choices``, ``min``, ``max``, ``gt``, ``odd``)."""
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"doc": doc, **rules})
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata={"doc": doc, **rules})
     return field(default=default, metadata={"doc": doc, **rules})
 
 
@@ -62,7 +64,8 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ run
     env: str = _opt("MiniGrid-Memory", "environment id or alias (envs.make_env); picks the family config file")
-    core: str = _opt("gru", "memory core (agents.CORES)", choices="cores")
+    core: str = _opt("gru", "memory core: a name in agents.CORES or module:Class (a MemoryCore subclass of your own)",
+                     core=True)
     seed: int = _opt(0, "seed for python, numpy, torch and the envs", min=0, max=2**32 - 1)
     total_timesteps: int = _opt(1_000_000, "env steps to train for (all envs together)", min=1)
     n_envs: int = _opt(8, "parallel training envs", min=1)
@@ -91,24 +94,10 @@ class TrainConfig:
                                              "this many (procgen's num_levels); evaluation reports both unseen "
                                              "levels (eval/) and the pool (eval_pool/); null: a new level every "
                                              "episode", min=1)
-    cue_start: float = _opt(0.0, "MiniGrid-Memory only, training envs only: the share of resets that start the agent "
-                                 "beside the cue (envs.minigrid_obs.MemoryStartAid); evaluation keeps minigrid's "
-                                 "start", min=0.0, max=1.0)
-    lookback_start: float = _opt(0.0, "MiniGrid-Memory only, training envs only: the share of resets that start the "
-                                      "agent on the junction between the two end objects, facing back, where a "
-                                      "policy looking back for the cue arrives (envs.minigrid_obs.MemoryStartAid; "
-                                      "cue_start + lookback_start + faceback_start <= 1); evaluation keeps "
-                                      "minigrid's start", min=0.0, max=1.0)
-    faceback_start: float = _opt(0.0, "MiniGrid-Memory only, training envs only: the share of resets that keep "
-                                      "minigrid's start cell but face the agent back (west), towards the cue "
-                                      "(envs.minigrid_obs.MemoryStartAid; the three start shares sum to <= 1); "
-                                      "evaluation keeps minigrid's start",
-                                 min=0.0, max=1.0)
-    ordered_ends: float = _opt(0.0, "MiniGrid-Memory only, training envs only: the share of resets forced to the key "
-                                    "at the upper end and the ball at the lower (minigrid's random order has it in "
-                                    "half of the others), so that there the cue alone tells the side "
-                                    "(envs.minigrid_obs.MemoryStartAid; a draw of its own, apart from the start "
-                                    "shares); evaluation keeps minigrid's random order", min=0.0, max=1.0)
+    train_wrappers: Dict[str, Any] = _opt({}, "training envs only: opt-in task aids by name with their options, "
+                                              "{name: {option: value}} (envs.train_wrappers; e.g. --set "
+                                              "train_wrappers.memory_aids.cue_start=0.25); evaluation never uses "
+                                              "them", mapping="train_wrappers")
     normalize_obs: bool = _opt(False, "normalize observations by running mean/std kept inside the policy (saved "
                                       "with the model; flat encoder only, not MiniGrid's symbolic codes)")
     normalize_reward: bool = _opt(False, "scale rewards by a running std of the discounted return (SB3 VecNormalize, "
@@ -129,14 +118,9 @@ class TrainConfig:
         None, "CORE:HIDDEN: size this core to CORE's parameter count at HIDDEN units (overrides hidden_size)",
         pattern=re.compile(r"[^:\s]+:[0-9]+"), match_params=True)
     num_layers: int = _opt(1, "stacked core layers", min=1)
-    kernel: str = _opt("auto", "recurrent kernel: auto (fused C++ CPU kernel where it builds, else torch's), fused, "
-                               "stock (torch's nn.GRU/nn.LSTM); see agents.kernels", choices=("auto", "fused", "stock"))
-    lstm_forget_bias: Optional[float] = _opt(
-        None, "LSTM only: initial forget-gate bias (1.0: Jozefowicz et al. 2015, Keras' default; null: torch's uniform "
-              "init); other cores ignore it")
-    gru_update_bias: Optional[float] = _opt(
-        None, "GRU only: initial update-gate bias (2.0: a unit keeps about 0.88 of its state per step at the start; "
-              "null: torch's uniform init, about half); other cores ignore it")
+    core_kwargs: Dict[str, Any] = _opt({}, "the core's own options, checked against its constructor (e.g. --set "
+                                           "core_kwargs.forget_bias=1.0 for the LSTM, core_kwargs.kernel=stock for "
+                                           "GRU/LSTM; agents.cores.core_options lists them)", mapping="core_kwargs")
     shared_core: bool = _opt(False, "one core for actor and critic (false: a separate critic core)")
     seq_len: Optional[int] = _opt(None, "truncated-BPTT length in steps (null: whole rollout segments)", min=1)
     carry_state: bool = _opt(False, "training keeps each env's memory across episode boundaries instead of zeroing it "
@@ -176,7 +160,8 @@ class TrainConfig:
         return [f.name for f in dataclasses.fields(cls)]
 
     def to_dict(self) -> Dict[str, Any]:
-        return {name: (list(v) if isinstance(v, list) else v) for name, v in dataclasses.asdict(self).items()}
+        return {name: (list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v)
+                for name, v in dataclasses.asdict(self).items()}
 
     def to_yaml(self, header: str = "") -> str:
         body = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
@@ -185,7 +170,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str) -> "TrainConfig":
         """A checked config from a complete or partial mapping (missing keys take the defaults)."""
-        values = coerce_values(data, source)
+        values = coerce_values(upgrade_legacy(data) if isinstance(data, Mapping) else data, source)
         cfg = cls(**values)
         cfg.validate()
         return cfg
@@ -199,6 +184,11 @@ class TrainConfig:
                               "per rollout: expected at least 2 (advantages are normalized over a minibatch)")
         if self.match_params is not None:
             parse_match_params(self.match_params)
+        try:
+            from .cores import check_core_kwargs
+            check_core_kwargs(self.core, self.core_kwargs)
+        except ValueError as exc:
+            raise ConfigError(f"core_kwargs={self.core_kwargs!r}: {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------------- value checks
@@ -226,7 +216,35 @@ def _choices(spec: Any) -> Tuple[str, ...]:
     return tuple(spec)
 
 
+#: keys of earlier versions -> where the option lives now (a run directory's config.yaml is upgraded on --resume)
+LEGACY_KEYS = {
+    "kernel": "core_kwargs.kernel",
+    "lstm_forget_bias": "core_kwargs.forget_bias",
+    "gru_update_bias": "core_kwargs.update_bias",
+    **{aid: f"train_wrappers.memory_aids.{aid}"
+       for aid in ("cue_start", "lookback_start", "faceback_start", "ordered_ends")},
+}
+
+
+def upgrade_legacy(data: Mapping[str, Any]) -> Dict[str, Any]:
+    """A config mapping of an earlier version with its :data:`LEGACY_KEYS` moved where they live now (left out where
+    they held the old default: ``null``, ``0`` or ``auto``)."""
+    out = {k: v for k, v in data.items() if k not in LEGACY_KEYS}
+    for key, target in LEGACY_KEYS.items():
+        value = data.get(key)
+        if key in data and value not in (None, 0, 0.0, "auto"):
+            *path, leaf = target.split(".")
+            node = out
+            for part in path:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+    return out
+
+
 def _unknown_key(key: str, source: str) -> ConfigError:
+    if key in LEGACY_KEYS:
+        return ConfigError(f"config key {key!r} in {source} is now {LEGACY_KEYS[key]} (e.g. --set "
+                           f"{LEGACY_KEYS[key]}=VALUE)")
     close = difflib.get_close_matches(str(key), TrainConfig.field_names(), n=3, cutoff=0.6)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     return ConfigError(f"unknown config key {key!r} in {source}{hint}: expected one of the TrainConfig fields "
@@ -294,6 +312,12 @@ def _check_rules(name: str, value: Any, meta: Mapping[str, Any], source: str, it
             close = difflib.get_close_matches(str(value), list(choices), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise _fail(name, value, source, f"one of {', '.join(choices)}{hint}")
+    if meta.get("core"):
+        from .cores import get_core_class
+        try:
+            get_core_class(value)
+        except ValueError as exc:
+            raise ConfigError(f"{name}={value!r} (from {source}): {exc}") from None
     if "pattern" in meta and not meta["pattern"].fullmatch(value):
         expected = {"device": "auto, cpu, cuda, cuda:N or mps", "match_params": "CORE:HIDDEN, e.g. lstm:128"}.get(
             name, f"a string matching {meta['pattern'].pattern}")
@@ -329,6 +353,8 @@ def coerce_value(name: str, value: Any, source: str) -> Any:
             return None
         tp = next(a for a in args if a is not type(None))
         origin = get_origin(tp)
+    if origin in (dict, Dict):
+        return _coerce_mapping(name, value, meta, source)
     if origin in (list, List):
         if isinstance(value, str):
             text = value.strip()
@@ -345,6 +371,41 @@ def coerce_value(name: str, value: Any, source: str) -> Any:
     out = _coerce_scalar(name, tp, value, source)
     _check_rules(name, out, meta, source)
     return out
+
+
+def _coerce_mapping(name: str, value: Any, meta: Mapping[str, Any], source: str) -> Dict[str, Any]:
+    example = {"core_kwargs": "{forget_bias: 1.0}", "train_wrappers": "{memory_aids: {cue_start: 0.25}}"}[name]
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value) if value.strip() else {}
+        except yaml.YAMLError:
+            raise _fail(name, value, source, f"a mapping, e.g. {example}") from None
+        value = {} if value is None else value
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and k for k in value):
+        raise _fail(name, value, source, f"a mapping with string keys, e.g. {example}")
+    if meta.get("mapping") == "train_wrappers":
+        from envs.train_wrappers import check_train_wrappers
+        try:
+            return check_train_wrappers(value)
+        except ValueError as exc:
+            raise ConfigError(f"{name}={dict(value)!r} (from {source}): {exc}") from None
+    return dict(value)
+
+
+def merge_layer(merged: Dict[str, Any], layer: Mapping[str, Any]) -> None:
+    """``merged.update(layer)``, except that a mapping field (``core_kwargs``, ``train_wrappers``) is merged key by
+    key (a wrapper's options too), so a later layer adds options instead of replacing them all."""
+    for key, value in layer.items():
+        old = merged.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            new = dict(old)
+            for k, v in value.items():
+                new[k] = {**new[k], **v} if isinstance(v, dict) and isinstance(new.get(k), dict) else v
+            merged[key] = new
+        else:
+            merged[key] = value
 
 
 def _coerce_schedule(name: str, value: Any, meta: Mapping[str, Any], source: str) -> Schedule:
@@ -464,7 +525,16 @@ def parse_set(items: Iterable[str], source: str = "--set") -> Dict[str, Any]:
             value = yaml.safe_load(text) if text.strip() else text
         except yaml.YAMLError:
             value = text
-        out[key] = coerce_value(key, value, f"{source} {key}={text}")
+        field_name, _, path = key.partition(".")
+        if path:  # a dotted key reaches into a mapping field: core_kwargs.forget_bias=1.0
+            if field_name not in _field_map() or get_origin(_types()[field_name]) not in (dict, Dict):
+                raise ConfigError(f"{source} {item!r}: only the mapping keys (core_kwargs, train_wrappers) take a "
+                                  f"dotted KEY.NAME=VALUE; {field_name!r} is not one")
+            for part in reversed(path.split(".")):
+                value = {part: value}
+            key = field_name
+        layer = {key: coerce_value(key, value, f"{source} {item}")}
+        merge_layer(out, layer)
     return out
 
 
@@ -490,7 +560,7 @@ def resolve_config(
     family = family_for(env_id)
     merged: Dict[str, Any] = {}
     for layer in (base, load_family(family) if family != "default" else {}, user, flags, sets):
-        merged.update(layer)
+        merge_layer(merged, layer)
         if "hidden_size" in layer and "match_params" not in layer:  # a later explicit size beats an earlier match
             merged["match_params"] = None
     merged["env"] = env_id

@@ -103,9 +103,7 @@ class MiniGridEncoder(nn.Module):
     Every code is embedded (each channel and the direction have their own rows of one table: one lookup per call),
     the embeddings are flattened, and an MLP maps them to the core's input. Embeddings instead of raw integers: the
     codes are categories, not magnitudes. ``layer_norm`` (see :func:`build_mlp`) keeps the MLP's tanh units off
-    their +-1 plateau: without it, trained MemoryS7 encoders sat at +-1 for 94-100% of outputs; with it they stay
-    alive. Alone it did not make more seeds solve the task; with the look-back training aid it was what let the
-    hardest seed learn the decision the aid trains (results/README.md).
+    their +-1 plateau (results/studies/minigrid_memory_s7.md).
     """
 
     #: sizes of the code vocabularies: MiniGrid's OBJECT_TO_IDX, COLOR_TO_IDX, STATE_TO_IDX, and 4 directions

@@ -43,11 +43,11 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from .cores import MemoryCore
 from .encoders import run_mlp
 from .policy import RecurrentActorCriticPolicy
 from .runtime import (EXPORT_FORMAT, EXPORT_FORMAT_VERSION, INPUT_NAMES, MANIFEST_NAME, OUTPUT_NAMES, ExportError,
                       OnnxPolicy, file_sha256)
+from .serialization import write_atomic
 from .spaces import space_to_config
 
 DEFAULT_OPSET = 17
@@ -80,11 +80,10 @@ class ActorStep(nn.Module):
         B = obs.shape[0]
         feat = p.encoder(obs)
         if self.state_size == 0:  # the memoryless core: its [B, 0] state cannot be reshaped by the exporter
-            y, _ = p.core_pi._step(feat, state)
+            y, _ = p.core_pi.step(feat, state)
             s = state * (1.0 - episode_start).unsqueeze(1)  # keeps episode_start an input, as for every core
         else:
-            s = MemoryCore._reset(state.reshape((B,) + self.state_shape), episode_start)
-            y, s = p.core_pi._step(feat, s)
+            y, s = p.core_pi.step(feat, state.reshape((B,) + self.state_shape), episode_start)
         out = p.action_net(run_mlp(p.pi_net, y))
         action = p.mode_from_params(out)
         if self.low is not None:
@@ -239,9 +238,7 @@ def parity_check(policy: RecurrentActorCriticPolicy, runtime: OnnxPolicy, steps:
 
 
 def _write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def export_policy(source, out_dir=None, int8: bool = True, opset: int = DEFAULT_OPSET,
@@ -256,8 +253,10 @@ def export_policy(source, out_dir=None, int8: bool = True, opset: int = DEFAULT_
 
     model_path = _model_path(source)
     out = Path(out_dir) if out_dir is not None else default_export_dir(model_path)
-    return write_export(load_policy(model_path), out, int8=int8, opset=opset, check=check, source=str(model_path),
-                        make_env_kwargs=run_env_kwargs(model_path.parent))
+    policy = load_policy(model_path)
+    env_kwargs = policy.env_kwargs if policy.env_kwargs is not None else run_env_kwargs(model_path.parent)
+    return write_export(policy, out, int8=int8, opset=opset, check=check, source=str(model_path),
+                        make_env_kwargs=env_kwargs)
 
 
 def default_export_dir(model_path) -> Path:
@@ -265,18 +264,21 @@ def default_export_dir(model_path) -> Path:
     return Path(model_path).parent / "export"
 
 
+#: the ``envs.make_env`` options a run's config.yaml held before policies stored their own (``policy.env_kwargs``)
+_LEGACY_ENV_OPTIONS = ("view_size", "action_set", "max_episode_steps", "frame_stack")
+
+
 def run_env_kwargs(run_dir) -> Dict[str, Any]:
-    """The ``envs.make_env`` options a train_agent run trained with (from its ``config.yaml``; ``{}`` without one)."""
+    """For a policy saved before policies stored their ``env_kwargs``: the ``envs.make_env`` options of its run,
+    read as plain data from the run's ``config.yaml`` (``{}`` without one)."""
     run_config = Path(run_dir) / "config.yaml"
     if not run_config.exists():
         return {}
     import yaml
 
-    from .config import ENV_OPTIONS
-
     cfg = yaml.safe_load(run_config.read_text()) or {}
     # unset options and minigrid's own action set are make_env's defaults: left out
-    return {k: cfg[k] for k in ENV_OPTIONS if cfg.get(k) is not None and (k, cfg[k]) != ("action_set", "all")}
+    return {k: cfg[k] for k in _LEGACY_ENV_OPTIONS if cfg.get(k) is not None and (k, cfg[k]) != ("action_set", "all")}
 
 
 def write_export(policy: RecurrentActorCriticPolicy, out_dir, int8: bool = True, opset: int = DEFAULT_OPSET,

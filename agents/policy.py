@@ -37,7 +37,7 @@ from stable_baselines3.common.policies import BasePolicy
 from torch import nn
 from torch.distributions import Bernoulli, Categorical, Normal
 
-from .cores import MemoryCore, make_core
+from .cores import MemoryCore, core_options, make_core
 from .encoders import build_mlp, make_encoder, resolve_encoder, run_mlp
 from .spaces import space_from_config, space_to_config
 
@@ -45,6 +45,16 @@ from .spaces import space_from_config, space_to_config
 POLICY_FORMAT_VERSION = 1
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU}
+def saved_core_kwargs(core: str, core_kwargs: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """A saved policy's core options as its core takes them now: policies saved before cores declared their own
+    options carry ``kernel="auto"`` for every core; the kernel is a runtime choice (agents.kernels), so it is dropped
+    where the core does not take it."""
+    out = dict(core_kwargs or {})
+    if "kernel" in out and "kernel" not in core_options(core):
+        del out["kernel"]
+    return out
+
+
 class RecurrentActorCriticPolicy(BasePolicy):
     """Recurrent actor-critic for Box observations and Box / Discrete / MultiDiscrete / MultiBinary actions.
 
@@ -66,6 +76,8 @@ class RecurrentActorCriticPolicy(BasePolicy):
         features, with weights resampled by :meth:`reset_noise`
     :param core_kwargs: extra keyword options for the core
     :param env_id: the env id the policy is trained on (stored with the model for ``envs.make_env``)
+    :param env_kwargs: the ``envs.make_env`` options of that env (view size, action set, ...), stored with the model
+        so that ``envs.make_env(policy.env_id, **policy.env_kwargs)`` builds the env it acts in (``None``: unknown)
     """
 
     def __init__(
@@ -87,6 +99,7 @@ class RecurrentActorCriticPolicy(BasePolicy):
         log_std_init: float = 0.0,
         core_kwargs: Optional[Dict[str, Any]] = None,
         env_id: Optional[str] = None,
+        env_kwargs: Optional[Dict[str, Any]] = None,
         optimizer_class=torch.optim.Adam,
         optimizer_kwargs: Optional[Dict[str, Any]] = None,
         use_sde: bool = False,
@@ -118,6 +131,7 @@ class RecurrentActorCriticPolicy(BasePolicy):
         self.log_std_init = float(log_std_init)
         self.core_kwargs = dict(core_kwargs or {})
         self.env_id = env_id
+        self.env_kwargs = dict(env_kwargs) if env_kwargs is not None else None
         self.use_sde = bool(use_sde)
         self._obs_shape = tuple(observation_space.shape)
 
@@ -177,6 +191,7 @@ class RecurrentActorCriticPolicy(BasePolicy):
             "log_std_init": self.log_std_init,
             "core_kwargs": dict(self.core_kwargs),
             "env_id": self.env_id,
+            "env_kwargs": dict(self.env_kwargs) if self.env_kwargs is not None else None,
             "use_sde": self.use_sde,
         }
 
@@ -186,6 +201,7 @@ class RecurrentActorCriticPolicy(BasePolicy):
         if version != POLICY_FORMAT_VERSION:
             raise ValueError(f"policy format_version {version!r} is not supported: expected {POLICY_FORMAT_VERSION}")
         kwargs = {k: v for k, v in cfg.items() if k not in ("format_version", "observation_space", "action_space")}
+        kwargs["core_kwargs"] = saved_core_kwargs(kwargs.get("core", "gru"), kwargs.get("core_kwargs"))
         return cls(space_from_config(cfg["observation_space"]), space_from_config(cfg["action_space"]),
                    lr_schedule=None, ortho_init=False, **kwargs)
 
@@ -361,11 +377,11 @@ class RecurrentActorCriticPolicy(BasePolicy):
             feat = self.encoder.forward(obs_t)  # .forward: skip nn.Module call overhead on the latency path
             s_pi, s_vf = self._split(state.to(self.device))
             if starts is None:  # the common per-step case: no reset, no checks beyond the shapes above
-                y, s_pi = self.core_pi._step(feat, s_pi)
+                y, s_pi = self.core_pi.step(feat, s_pi)
             else:
                 y, s_pi = self.core_pi.step(feat, s_pi, starts)
                 if s_vf is not None:  # the critic's memory is not advanced when acting, but it is reset
-                    s_vf = MemoryCore._reset(s_vf, starts)
+                    s_vf = self.core_vf.reset(s_vf, starts)
             latent = run_mlp(self.pi_net, y)
             if deterministic:
                 action = self._mode(latent)

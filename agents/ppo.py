@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import time
 import zipfile
 from pathlib import Path
@@ -34,8 +33,8 @@ from stable_baselines3.common.vec_env.patch_gym import _patch_env
 
 from .buffer import RecurrentRolloutBuffer
 from .cores import get_core_class
-from .policy import RecurrentActorCriticPolicy
-from .serialization import POLICY_CONFIG_NAME, read_policy_config
+from .policy import RecurrentActorCriticPolicy, saved_core_kwargs
+from .serialization import POLICY_CONFIG_NAME, atomic_path, read_policy_config
 
 
 def _positive_int(name: str, value: Any, allow_none: bool = False) -> Optional[int]:
@@ -168,6 +167,9 @@ class RecurrentPPO(PPO):
             return None
 
     def _setup_model(self) -> None:
+        if "core" in self.policy_kwargs:  # a loaded model: its saved core options, as the core takes them now
+            self.policy_kwargs["core_kwargs"] = saved_core_kwargs(self.policy_kwargs["core"],
+                                                                  self.policy_kwargs.get("core_kwargs"))
         self._setup_lr_schedule()
         self.set_random_seed(self.seed)
         self.policy = self.policy_class(self.observation_space, self.action_space, self.lr_schedule,
@@ -376,15 +378,10 @@ class RecurrentPPO(PPO):
         if path.suffix != ".zip":
             path = path.with_name(path.name + ".zip")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.zip")
-        try:
+        with atomic_path(path) as tmp:
             super().save(tmp, exclude=exclude, include=include)
             with zipfile.ZipFile(tmp, "a") as archive:
                 archive.writestr(POLICY_CONFIG_NAME, json.dumps(self.policy.config(), indent=2))
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
 
     @classmethod
     def load(cls, path, env=None, device="auto", custom_objects=None, print_system_info=False,

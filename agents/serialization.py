@@ -7,11 +7,13 @@ tensors, read with ``torch.load(weights_only=True)``), so loading runs no code f
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Iterator, Tuple
 
 import torch
 
@@ -19,6 +21,28 @@ from .policy import RecurrentActorCriticPolicy
 
 POLICY_CONFIG_NAME = "recurrent_policy.json"
 WEIGHTS_NAME = "policy.pth"
+
+
+@contextlib.contextmanager
+def atomic_path(path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; on success it replaces ``path`` in one rename (readers see the
+    old or the new file, never a part), on failure it is removed."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_atomic(path, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` through :func:`atomic_path` (flushed to disk before the rename)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _model_path(path) -> Path:

@@ -14,9 +14,9 @@ from gymnasium.error import DependencyNotInstalled
 
 from .masked import MASKED_ENVS, MaskedEnvSpec
 from .levels import LevelPool, validate_n_levels
-from .minigrid_obs import (ACTION_SETS, OBS_MODES, TRAINING_AIDS, MemoryStartAid, MiniGridMoveActions,
-                           MiniGridSymbolicObs, rgb_view, start_aid_text, validate_ordered_ends, validate_start_aids,
+from .minigrid_obs import (ACTION_SETS, OBS_MODES, MiniGridMoveActions, MiniGridSymbolicObs, rgb_view,
                            validate_tile_size, validate_view_size)
+from .train_wrappers import apply_train_wrappers, check_train_wrappers
 
 __all__ = [
     "ENV_IDS",
@@ -164,7 +164,7 @@ def _box2d_available() -> bool:
     return importlib.util.find_spec("Box2D") is not None
 
 
-_COMMON_KWARGS = "render_mode, max_episode_steps, frame_stack, n_levels"
+_COMMON_KWARGS = "render_mode, max_episode_steps, frame_stack, n_levels, wrappers"
 
 
 def make_env(
@@ -178,10 +178,7 @@ def make_env(
     max_episode_steps: int | None = None,
     frame_stack: int | None = None,
     n_levels: int | None = None,
-    cue_start: float | None = None,
-    lookback_start: float | None = None,
-    faceback_start: float | None = None,
-    ordered_ends: float | None = None,
+    wrappers: dict[str, dict[str, Any]] | None = None,
     **unexpected: Any,
 ) -> gym.Env:
     """Build one env exactly as training does (the trainer calls this once per vec-env worker).
@@ -202,16 +199,9 @@ def make_env(
             ``None`` or 1: no stacking.
         n_levels: every reset draws its level (env seed) from ``range(n_levels)`` - a fixed pool of training
             layouts (:class:`envs.levels.LevelPool`, procgen's ``num_levels``). ``None``: a new layout every reset.
-        cue_start: MiniGrid-Memory only, a training aid: the share of resets that start the agent beside the cue
-            (:class:`envs.minigrid_obs.MemoryStartAid`). ``None`` or 0: minigrid's own start.
-        lookback_start: MiniGrid-Memory only, a training aid: the share of resets that start the agent on the
-            junction between the two end objects, facing back, where a policy that looks back for the cue arrives
-            (same wrapper; the shares sum to at most 1). ``None`` or 0: minigrid's own start.
-        faceback_start: MiniGrid-Memory only, a training aid: the share of resets that keep minigrid's start cell
-            but face the agent back (west), towards the cue (same wrapper). ``None`` or 0: minigrid's own heading.
-        ordered_ends: MiniGrid-Memory only, a training aid: the share of resets forced to the key at the upper end
-            and the ball at the lower, so that there the cue alone tells the side (same wrapper, a draw of its own;
-            not part of the start shares' sum). ``None`` or 0: minigrid's random order.
+        wrappers: training-time wrappers by name with their options, ``{name: {option: value}}``, from
+            :data:`envs.train_wrappers.TRAIN_WRAPPERS` (opt-in task aids; each checks that it applies to the env).
+            They wrap the base env, inside the observation wrappers. ``None``: none.
 
     Returns:
         ``gymnasium.make(id)`` for masked and passthrough ids; ``MiniGridSymbolicObs(gymnasium.make(id))``
@@ -231,16 +221,12 @@ def make_env(
             raise ValueError(f"frame_stack must be None or a positive int, got {frame_stack!r}")
         env = make_env(canonical, view_size=view_size, action_set=action_set, obs_mode=obs_mode,
                        tile_size=tile_size, render_mode=render_mode, n_levels=n_levels,
-                       max_episode_steps=max_episode_steps, cue_start=cue_start,
-                       lookback_start=lookback_start, faceback_start=faceback_start, ordered_ends=ordered_ends,
-                       **unexpected)
+                       max_episode_steps=max_episode_steps, wrappers=wrappers, **unexpected)
         return stack_frames(env, frame_stack)
 
     if unexpected:
-        aids = ", ".join(TRAINING_AIDS)
-        expected = _COMMON_KWARGS + (f", view_size, action_set, obs_mode, tile_size, {aids} (MiniGrid-Memory ids only)"
-                                     if minigrid_env else f" (view_size, action_set, obs_mode, tile_size: MiniGrid-* ids only; {aids}: "
-                                     "MiniGrid-Memory)")
+        expected = _COMMON_KWARGS + (", view_size, action_set, obs_mode, tile_size" if minigrid_env
+                                     else " (view_size, action_set, obs_mode, tile_size: MiniGrid-* ids only)")
         raise ValueError(
             f"make_env({env_id!r}) got unknown keyword argument(s) {', '.join(sorted(unexpected))}; "
             f"expected: {expected}"
@@ -258,14 +244,9 @@ def make_env(
     if n_levels is not None:
         return LevelPool(make_env(canonical, view_size=view_size, action_set=action_set, obs_mode=obs_mode,
                                   tile_size=tile_size, render_mode=render_mode,
-                                  max_episode_steps=max_episode_steps, cue_start=cue_start,
-                                  lookback_start=lookback_start, faceback_start=faceback_start,
-                                  ordered_ends=ordered_ends, **unexpected), validate_n_levels(n_levels))
-    start_shares = validate_start_aids(cue_start, lookback_start, faceback_start)  # all 0.0 when none is given
-    order_share = validate_ordered_ends(ordered_ends)
-    if (any(start_shares) or order_share) and not canonical.startswith("MiniGrid-Memory"):
-        raise ValueError(f"{start_aid_text(cue_start, lookback_start, faceback_start, ordered_ends)} applies only "
-                         f"to the MiniGrid-Memory ids, not {canonical!r}")
+                                  max_episode_steps=max_episode_steps, wrappers=wrappers, **unexpected),
+                         validate_n_levels(n_levels))
+    wrappers = check_train_wrappers(wrappers or {})
     if action_set is not None:
         if action_set not in ACTION_SETS:
             raise ValueError(f"action_set must be one of {', '.join(ACTION_SETS)} (or None), got {action_set!r}")
@@ -289,7 +270,7 @@ def make_env(
                 f"{canonical} needs Box2D, which is not installed; install it with: {BOX2D_INSTALL} "
                 f"(or the project's extra: pip install \"recurrent-agents[box2d]\")"
             )
-        return _make(canonical, make_kwargs)
+        return apply_train_wrappers(_make(canonical, make_kwargs), wrappers)
 
     if minigrid_env:
         entry = gym.spec(canonical).entry_point
@@ -309,12 +290,11 @@ def make_env(
             raise ValueError(
                 f"{canonical} does not accept these arguments {make_kwargs}: {_first_line(e)}"
             ) from e
-        if any(start_shares) or order_share:
-            env = MemoryStartAid(env, *start_shares, ordered_ends=order_share)
+        env = apply_train_wrappers(env, wrappers)
         env = rgb_view(env, tile_size or 8) if obs_mode == "rgb" else MiniGridSymbolicObs(env)
         return MiniGridMoveActions(env) if action_set == "move" else env
 
-    return _make(canonical, make_kwargs)
+    return apply_train_wrappers(_make(canonical, make_kwargs), wrappers)
 
 
 def stack_frames(env: gym.Env, k: int) -> gym.Env:

@@ -1,7 +1,7 @@
 """Return of exported policies: torch vs ONNX float32 vs ONNX int8, per trained run, same episodes.
 
 For every run directory given (default: the CartPole-P-v1 comparison sweep, gru/lstm/mlp x 5 seeds, see
-results/README.md), the policy is exported (``agents.export.write_export`` into a temporary folder) and played for
+results/studies/cartpole_p.md), the policy is exported (``agents.export.write_export`` into a temporary folder) and played for
 ``--episodes`` episodes by three runtimes on the same env seeds: torch ``policy.act`` (eager, fused kernels), ONNX
 Runtime on ``policy.onnx`` and on ``policy.int8.onnx`` (``agents.runtime.OnnxPolicy``, 1 thread). Deterministic
 actions. Also reported: file sizes, and the fraction of steps on which int8 chose the action torch would have chosen
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     runs = benchlib.trained_runs(args.runs or found)
     if not runs:
         parser.error(f"no run directories with a model.zip (default {DEFAULT_RUNS}: run the CartPole sweep first, "
-                     "see results/README.md)")
+                     "see results/studies/cartpole_p.md)")
     if args.episodes < 1:
         parser.error(f"--episodes {args.episodes}: expected a positive integer")
     t0 = time.perf_counter()

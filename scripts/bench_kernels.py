@@ -8,7 +8,7 @@ nn.GRU / nn.LSTM call), through the core interface (``core.forward_sequence``) w
 - forward only (``torch.no_grad``),
 
 median of ``--repeats`` timings, the contenders interleaved round-robin so that machine noise hits all alike; and
-the per-step latency of ``core._step`` (the ``act`` path, inference mode) at B = 1 and B = 8 (rollouts). One torch
+the per-step latency of ``core.step`` (the ``act`` path, inference mode) at B = 1 and B = 8 (rollouts). One torch
 thread. Writes results/kernels.json and results/kernels.md (commit, CPU, torch version, command).
 
     python scripts/bench_kernels.py                          # the full grid: ~3-5 min on 2 shared CPU cores
@@ -97,7 +97,7 @@ def step_rows(batches: List[int], hiddens: List[int], F: int, n: int) -> List[Di
 
                     def act(core=core, x=x, state=state):
                         with torch.inference_mode():
-                            core._step(x, state)
+                            core.step(x, state)
 
                     row[f"{name}_{kernel}_p50_us"] = time_per_call_us(act, warmup=200, n=n)["p50_us"]
             rows.append(row)
@@ -151,7 +151,7 @@ def main() -> None:
 
     steps = []
     if args.step_calls:
-        print("per-step latency, core._step in inference mode (p50 us)", flush=True)
+        print("per-step latency, core.step in inference mode (p50 us)", flush=True)
         steps = step_rows([1, 8], args.H, F, args.step_calls)
         for s in steps:
             print(f"  B={s['B']:2d} H={s['H']:4d}  GRU stock {s['gru_stock_p50_us']:6.1f} "
@@ -202,7 +202,7 @@ def main() -> None:
                          f"{r[f'lstm_speedup_{mode}']:.2f} | {r[f'fused_gru_vs_stock_lstm_{mode}']:.2f} |")
         table.append("")
     if steps:
-        table += ["## Per-step latency, `core._step` in inference mode (p50 us; the act/rollout path)", "",
+        table += ["## Per-step latency, `core.step` in inference mode (p50 us; the act/rollout path)", "",
                   "| B | H | GRU stock | GRU fused | LSTM stock | LSTM fused |", "|---|---|---|---|---|---|"]
         for s in steps:
             table.append(f"| {s['B']} | {s['H']} | {s['gru_stock_p50_us']:.1f} | {s['gru_fused_p50_us']:.1f} | "

@@ -1,7 +1,7 @@
 """Per-step inference latency of each core's policy: batch 1 and batch N, equal hidden size and equal parameters.
 
 For each env (CartPole-P-v1: 2 floats; MiniGrid-Memory: the symbolic view and actions of configs/minigrid_memory.yaml) and
-each hidden size H, the policy train_agent builds (its family config, ``agents.cli.build_model``) is timed:
+each hidden size H, the policy train_agent builds (its family config, ``agents.train.build_model``) is timed:
 
 * equal hidden size: gru, lstm and mlp at H units;
 * equal parameters: gru and mlp sized to the core parameter count of an LSTM at H (``agents.match_hidden_size``,
@@ -42,7 +42,7 @@ ENVS = ("CartPole-P-v1", "MiniGrid-Memory")
 def build_policy(env_id: str, core: str, hidden: int, device: str = "cpu"):
     """The policy train_agent would train for ``env_id`` (its family config) with this core and hidden size, on
     ``device``."""
-    from agents.cli import build_model, env_factory
+    from agents.train import build_model, env_factory
     from agents.config import resolve_config
     from stable_baselines3.common.env_util import make_vec_env
 

@@ -41,7 +41,7 @@ from benchlib import device_error, provenance, time_per_call_us, write_results
 
 import envs
 from agents import RecurrentPPO, match_hidden_size
-from agents.cli import param_count
+from agents.train import param_count
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy

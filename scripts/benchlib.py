@@ -56,7 +56,7 @@ def machine() -> Dict[str, str]:
 def device_error(device: str) -> str | None:
     """Why ``--device`` cannot run here, in one line, or None: ``cpu``, or ``cuda`` / ``cuda:N`` where torch sees
     that GPU."""
-    from agents.cli import device_unavailable
+    from agents.train import device_unavailable
 
     if device == "cpu":
         return None

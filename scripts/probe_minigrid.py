@@ -6,7 +6,7 @@ depends on the view and on the route the policy found: with minigrid's 7x7 view 
 end of the hallway sees the cue, and both end objects, from there, so it has to hold the cue only for the few
 actions that follow (turn, step); with a 3x3 view the cue is visible only from the start room.
 
-For every run directory given (default: the MiniGrid-MemoryS7 comparison sweep, results/README.md), the trained
+For every run directory given (default: the MiniGrid-MemoryS7 comparison sweep, results/studies/minigrid_memory_s7.md), the trained
 policy plays ``--episodes`` deterministic episodes (env seeds ``--seed``.., the same for every run, the env built with
 the run's own options: view size, action set, episode limit). Per episode, read from the env itself:
 
@@ -189,7 +189,7 @@ def main(argv=None) -> int:
     runs = benchlib.trained_runs(args.runs or sorted(glob.glob(str(benchlib.ROOT / DEFAULT_RUNS))))
     if not runs:
         parser.error(f"no run directories with a model.zip (default {DEFAULT_RUNS}: run the MiniGrid-MemoryS7 sweep "
-                     "first, see results/README.md)")
+                     "first, see results/studies/minigrid_memory_s7.md)")
     rows = []
     for i, run in enumerate(runs):
         try:

@@ -209,7 +209,9 @@ def load_runs(sweep_dir: Path) -> List[Run]:
                 cell = {}
         fs = int(config.get("frame_stack") or 1)
         tags = (("cue_start", "cue"), ("lookback_start", "back"), ("faceback_start", "face"), ("ordered_ends", "ord"))
-        aids = "".join(f"+{tag}{float(config[key]):g}" for key, tag in tags if config.get(key))
+        # the MiniGrid-Memory aids: train_wrappers.memory_aids now, top-level keys in runs of earlier versions
+        aid_options = {**config, **(((config.get("train_wrappers") or {}).get("memory_aids")) or {})}
+        aids = "".join(f"+{tag}{float(aid_options[key]):g}" for key, tag in tags if aid_options.get(key))
         label = cell.get("label") or (summary["core"] + (f"+fs{fs}" if fs > 1 else "") + aids)
         size = cell.get("size") if cell.get("size") not in (None, "hcfg") else _size_tag(summary)
         runs.append(Run(run_dir, summary, config, cell, summary["env"], label, size, int(summary.get("seed", 0)),

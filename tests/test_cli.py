@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from agents import CORES, load_policy, match_hidden_size
-from agents.cli import PLACE_KEYS, TIMING_KEYS, core_kwargs, main
+from agents.cli import PLACE_KEYS, TIMING_KEYS, main
 from agents.config import FAMILIES, ConfigError, TrainConfig, family_for, load_family, parse_set, resolve_config
 
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type .* has no __module__ attribute:DeprecationWarning")
@@ -193,7 +193,12 @@ def run_main(argv, capsys) -> tuple[int, str, str]:
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["--core", "gruu"], "invalid choice: 'gruu'"),
+    (["--core", "gruu"], "unknown core 'gruu' (did you mean gru?)"),
+    (["--core", "nosuchpkg.cores:Core"], "cannot import module 'nosuchpkg.cores'"),
+    (["--core", "agents.policy:RecurrentActorCriticPolicy"], "expected a subclass of agents.cores.MemoryCore"),
+    (["--core-kwargs", "alpha=1"], "core 'gru' has no option 'alpha'"),
+    (["--set", "cue_start=0.5"], "'cue_start' in --set cue_start=0.5 is now train_wrappers.memory_aids.cue_start"),
+    (["--set", "train_wrappers.aids.cue_start=0.5"], "train wrapper 'aids' is unknown"),
     (["--env", "CartPole-X-v1"], "close matches"),
     (["--set", "n_step=32"], "did you mean n_steps"),
     (["--set", "gamma=1.5"], "gamma=1.5"),
@@ -215,18 +220,19 @@ def run_main(argv, capsys) -> tuple[int, str, str]:
     (["--set", "action_set=turn"], "action_set='turn'"),
     (["--set", "normalize_obs=true"], "normalize_obs=true"),
     (["--env", "CartPole-P-v1", "--set", "encoder_norm=true", "encoder_sizes=[]"], "encoder_norm=true"),
-    (["--set", "lstm_forget_bias=big"], "lstm_forget_bias='big'"),
-    (["--set", "gru_update_bias=nan"], "gru_update_bias=nan"),
-    (["--set", "cue_start=1.5"], "cue_start=1.5"),
-    (["--env", "CartPole-P-v1", "--set", "cue_start=0.5"], "cue_start=0.5 applies only to the MiniGrid-Memory ids"),
-    (["--set", "lookback_start=-0.25"], "lookback_start=-0.25"),
-    (["--env", "CartPole-P-v1", "--set", "lookback_start=0.25"], "lookback_start=0.25 applies only to the MiniGrid"),
-    (["--set", "cue_start=0.5", "--set", "lookback_start=0.75"], "expected shares summing to at most 1"),
-    (["--set", "faceback_start=2"], "faceback_start=2"),
-    (["--env", "CartPole-P-v1", "--set", "faceback_start=0.5"], "faceback_start=0.5 applies only to the MiniGrid"),
-    (["--set", "lookback_start=0.5", "faceback_start=0.75"], "lookback_start=0.5 and faceback_start=0.75: expected"),
-    (["--set", "ordered_ends=-1"], "ordered_ends=-1"),
-    (["--env", "CartPole-P-v1", "--set", "ordered_ends=0.5"], "ordered_ends=0.5 applies only to the MiniGrid-Memory"),
+    (["--core", "lstm", "--core-kwargs", "forget_bias=big"], "forget_bias='big': expected a finite number"),
+    (["--core-kwargs", "update_bias=nan"], "update_bias='nan': expected a finite number"),
+    (["--core", "mlp", "--core-kwargs", "kernel=stock"], "core 'mlp' has no option 'kernel'"),
+    (["--set", "train_wrappers.memory_aids.cue_start=1.5"], "cue_start=1.5"),
+    (["--env", "CartPole-P-v1", "--set", "train_wrappers.memory_aids.cue_start=0.5"], "cue_start=0.5 applies only to the MiniGrid-Memory envs"),
+    (["--set", "train_wrappers.memory_aids.lookback_start=-0.25"], "lookback_start=-0.25"),
+    (["--env", "CartPole-P-v1", "--set", "train_wrappers.memory_aids.lookback_start=0.25"], "lookback_start=0.25 applies only to the MiniGrid"),
+    (["--set", "train_wrappers.memory_aids.cue_start=0.5", "--set", "train_wrappers.memory_aids.lookback_start=0.75"], "expected shares summing to at most 1"),
+    (["--set", "train_wrappers.memory_aids.faceback_start=2"], "faceback_start=2"),
+    (["--env", "CartPole-P-v1", "--set", "train_wrappers.memory_aids.faceback_start=0.5"], "faceback_start=0.5 applies only to the MiniGrid"),
+    (["--set", "train_wrappers.memory_aids.lookback_start=0.5", "train_wrappers.memory_aids.faceback_start=0.75"], "lookback_start=0.5 and faceback_start=0.75: expected"),
+    (["--set", "train_wrappers.memory_aids.ordered_ends=-1"], "ordered_ends=-1"),
+    (["--env", "CartPole-P-v1", "--set", "train_wrappers.memory_aids.ordered_ends=0.5"], "ordered_ends=0.5 applies only to the MiniGrid-Memory"),
     (["--config", "/nonexistent/cfg.yaml"], "does not exist"),
     (["--resume", "/nonexistent/run"], "no such directory"),
     (["--resume", "/tmp", "--core", "lstm"], "--core cannot be combined"),
@@ -273,7 +279,7 @@ def test_summary_names_the_commit_the_run_started_at(tmp_path, capsys, monkeypat
     from agents import RecurrentPPO
 
     head = {"commit": "started-at"}
-    monkeypatch.setattr("agents.cli._git_commit", lambda: head["commit"])
+    monkeypatch.setattr("agents.train.git_commit", lambda: head["commit"])
     learn = RecurrentPPO.learn
 
     def learn_while_the_tree_moves_on(self, *args, **kwargs):
@@ -290,7 +296,7 @@ def test_summary_names_the_commit_the_run_started_at(tmp_path, capsys, monkeypat
 
 def test_full_disk_fails_before_training(tmp_path, capsys, monkeypatch):
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr("agents.cli.shutil.disk_usage", lambda path: usage(1 << 30, (1 << 30) - 4096, 4096))
+    monkeypatch.setattr("agents.rundir.shutil.disk_usage", lambda path: usage(1 << 30, (1 << 30) - 4096, 4096))
     code, _, err = run_main(["--core", "mlp", "--logdir", str(tmp_path), "--no-progress", "--set", *TINY_SET],
                             capsys)
     assert code == 2 and "not enough free disk space" in err, err
@@ -377,52 +383,64 @@ def test_set_values_are_typed():
         parse_set(["batch_size=1"])
 
 
-def test_gate_biases_reach_their_own_core_only():
-    both = ["lstm_forget_bias=1.0", "gru_update_bias=2.0"]
-    for core, expected in (("lstm", {"kernel": "auto", "forget_bias": 1.0}),
-                           ("gru", {"kernel": "auto", "update_bias": 2.0}), ("mlp", {"kernel": "auto"})):
-        cfg = resolve_config(env="MiniGrid-Memory", overrides={"core": core}, set_items=both)
-        assert core_kwargs(cfg) == expected, core
-        assert core_kwargs(resolve_config(env="MiniGrid-Memory", overrides={"core": core})) == {"kernel": "auto"}
+def test_core_kwargs_reach_the_core_and_merge_across_layers(tmp_path):
+    from agents.train import build_model, make_envs
 
-
-def test_start_aids_wrap_the_training_envs_only():
-    from agents.cli import make_envs
-    from envs.minigrid_obs import MemoryCueStart
-
-    cfg = resolve_config(env="MiniGrid-Memory", set_items=["cue_start=0.5"], overrides={"n_envs": 2})
+    user = tmp_path / "user.yaml"
+    user.write_text("core_kwargs: {kernel: stock}\n")
+    cfg = resolve_config(env="CartPole-P-v1", config_file=user, set_items=["core_kwargs.forget_bias=1.5"],
+                         overrides={"core": "lstm", "n_envs": 2, "batch_size": 128, "hidden_size": 8})
+    assert cfg.core_kwargs == {"kernel": "stock", "forget_bias": 1.5}  # the --set layer adds to the file's
     train_env, eval_env = make_envs(cfg, seed=0)
-    assert train_env.env_is_wrapped(MemoryCueStart) == [True, True]
-    assert not any(eval_env.env_is_wrapped(MemoryCueStart))
+    model = build_model(cfg, train_env)
+    train_env.close()
+    eval_env.close()
+    assert model.policy.core_kwargs == {"kernel": "stock", "forget_bias": 1.5}
+    assert model.policy.core_pi.kernel_in_use == "stock"
+    assert resolve_config(env="MiniGrid-Memory", overrides={"core": "mlp"}).core_kwargs == {}
+
+
+def test_train_wrappers_wrap_the_training_envs_only():
+    from agents.train import make_envs
+    from envs.train_wrappers import MemoryStartAid
+
+    cfg = resolve_config(env="MiniGrid-Memory", set_items=["train_wrappers.memory_aids.cue_start=0.5"],
+                         overrides={"n_envs": 2})
+    train_env, eval_env = make_envs(cfg, seed=0)
+    assert train_env.env_is_wrapped(MemoryStartAid) == [True, True]
+    assert not any(eval_env.env_is_wrapped(MemoryStartAid))
     assert train_env.get_attr("p") == [0.5, 0.5]
     for env in (train_env, eval_env):
         env.close()
-    cfg = resolve_config(env="MiniGrid-Memory", set_items=["lookback_start=0.25", "cue_start=0.125",
-                                                           "faceback_start=0.5"], overrides={"n_envs": 2})
+    aids = ["train_wrappers.memory_aids.lookback_start=0.25", "train_wrappers.memory_aids.cue_start=0.125",
+            "train_wrappers.memory_aids.faceback_start=0.5"]
+    cfg = resolve_config(env="MiniGrid-Memory", set_items=aids, overrides={"n_envs": 2})
     train_env, eval_env = make_envs(cfg, seed=0)
     assert train_env.get_attr("lookback_start") == [0.25, 0.25] and train_env.get_attr("cue_start") == [0.125] * 2
     assert train_env.get_attr("faceback_start") == [0.5, 0.5] and train_env.get_attr("p") == [0.875, 0.875]
-    assert not any(eval_env.env_is_wrapped(MemoryCueStart))
-    for env in (train_env, eval_env):
-        env.close()
-    cfg = resolve_config(env="MiniGrid-Memory", set_items=["ordered_ends=0.5"], overrides={"n_envs": 2})
-    train_env, eval_env = make_envs(cfg, seed=0)  # the layout aid alone wraps too, training envs only
-    assert train_env.get_attr("ordered_ends") == [0.5, 0.5] and train_env.get_attr("p") == [0.0, 0.0]
-    assert not any(eval_env.env_is_wrapped(MemoryCueStart))
+    assert not any(eval_env.env_is_wrapped(MemoryStartAid))
     for env in (train_env, eval_env):
         env.close()
     train_env, eval_env = make_envs(resolve_config(env="MiniGrid-Memory", overrides={"n_envs": 2}), seed=0)
-    assert not any(train_env.env_is_wrapped(MemoryCueStart))
+    assert not any(train_env.env_is_wrapped(MemoryStartAid))
     for env in (train_env, eval_env):
         env.close()
 
 
-@pytest.mark.parametrize("core, option, kwarg", [("lstm", "lstm_forget_bias", "forget_bias"),
-                                                  ("gru", "gru_update_bias", "update_bias")])
-def test_gate_bias_survives_save_and_load(tmp_path, core, option, kwarg):
-    from agents.cli import build_model, make_envs
+def test_run_config_of_an_earlier_version_is_upgraded():
+    old = {**resolve_config(env="MiniGrid-Memory").to_dict(), "kernel": "auto", "lstm_forget_bias": 1.0,
+           "gru_update_bias": None, "cue_start": 0.25, "lookback_start": 0.0, "ordered_ends": 0.5}
+    del old["core_kwargs"], old["train_wrappers"]
+    cfg = TrainConfig.from_dict({**old, "core": "lstm"}, "config.yaml")
+    assert cfg.core_kwargs == {"forget_bias": 1.0}
+    assert cfg.train_wrappers == {"memory_aids": {"cue_start": 0.25, "ordered_ends": 0.5}}
 
-    cfg = resolve_config(env="CartPole-P-v1", set_items=[f"{option}=2.5"],
+
+@pytest.mark.parametrize("core, kwarg", [("lstm", "forget_bias"), ("gru", "update_bias")])
+def test_gate_bias_survives_save_and_load(tmp_path, core, kwarg):
+    from agents.train import build_model, make_envs
+
+    cfg = resolve_config(env="CartPole-P-v1", set_items=[f"core_kwargs.{kwarg}=2.5"],
                          overrides={"core": core, "hidden_size": 8, "n_envs": 2, "batch_size": 128})
     train_env, eval_env = make_envs(cfg, seed=0)
     model = build_model(cfg, train_env)
@@ -439,7 +457,7 @@ def test_gate_bias_survives_save_and_load(tmp_path, core, option, kwarg):
 
 
 def test_config_schedules_reach_the_model():
-    from agents.cli import build_model, make_envs
+    from agents.train import build_model, make_envs
 
     def model(*set_items):
         cfg = resolve_config(env="CartPole-P-v1", set_items=list(set_items), overrides={"n_envs": 2, "batch_size": 128})

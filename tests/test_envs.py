@@ -283,11 +283,11 @@ def test_minigrid_move_action_set():
 def test_cue_start_starts_a_share_of_episodes_beside_the_cue():
     from stable_baselines3.common.env_util import is_wrapped
 
-    from envs.minigrid_obs import MemoryCueStart
+    from envs.train_wrappers import MemoryStartAid
 
     V = 7
     plain = make_env("MiniGrid-Memory", action_set="move")
-    always = make_env("MiniGrid-Memory", action_set="move", cue_start=1.0)
+    always = make_env("MiniGrid-Memory", action_set="move", wrappers={"memory_aids": {"cue_start": 1.0}})
     obs, _ = always.reset(seed=3)
     plain.reset(seed=3)
     for episode in range(16):  # seeded once, then as a vec env resets: the env's own layouts, in the same order
@@ -304,7 +304,7 @@ def test_cue_start_starts_a_share_of_episodes_beside_the_cue():
     assert always.spec.max_episode_steps == plain.spec.max_episode_steps
 
     def starts(seed, n=300):  # (start x, cue object) of n episodes, seeded once
-        env = make_env("MiniGrid-Memory", cue_start=0.5)
+        env = make_env("MiniGrid-Memory", wrappers={"memory_aids": {"cue_start": 0.5}})
         out = []
         for i in range(n):
             env.reset(seed=seed if i == 0 else None)
@@ -320,33 +320,33 @@ def test_cue_start_starts_a_share_of_episodes_beside_the_cue():
     # over many seeded first episodes, both cue objects occur among the starts at x = 1 and among the others
     firsts = []
     for seed in range(60):
-        env = make_env("MiniGrid-Memory", cue_start=0.5)
+        env = make_env("MiniGrid-Memory", wrappers={"memory_aids": {"cue_start": 0.5}})
         env.reset(seed=seed)
         firsts.append((env.unwrapped.agent_pos[0] == 1, env.unwrapped.grid.get(1, 2).type))
     assert {cue for at, cue in firsts if at} == {cue for at, cue in firsts if not at} == {"key", "ball"}
-    for off in (None, 0, 0.0):  # no wrapper
-        assert not is_wrapped(make_env("MiniGrid-Memory", cue_start=off), MemoryCueStart)
-    assert make_env("MiniGrid-Memory", cue_start=0.3, frame_stack=2).observation_space.shape == (2 * (3 * V * V + 1),)
+    assert not is_wrapped(make_env("MiniGrid-Memory"), MemoryStartAid)  # only where asked for
+    stacked = make_env("MiniGrid-Memory", wrappers={"memory_aids": {"cue_start": 0.3}}, frame_stack=2)
+    assert stacked.observation_space.shape == (2 * (3 * V * V + 1),)
     for bad in (1.5, -0.1, "0.5", True, False, ""):
         with pytest.raises(ValueError, match="cue_start") as info:
-            make_env("MiniGrid-Memory", cue_start=bad)
+            make_env("MiniGrid-Memory", wrappers={"memory_aids": {"cue_start": bad}})
         assert repr(bad) in str(info.value) and "[0, 1]" in str(info.value) and "\n" not in str(info.value)
     for other in ("CartPole-P-v1", "MiniGrid-Empty-5x5-v0"):
-        with pytest.raises(ValueError, match="cue_start=0.5 applies only to the MiniGrid-Memory ids") as info:
-            make_env(other, cue_start=0.5)
+        with pytest.raises(ValueError, match="cue_start=0.5 applies only to the MiniGrid-Memory envs") as info:
+            make_env(other, wrappers={"memory_aids": {"cue_start": 0.5}})
         assert other in str(info.value)
     with pytest.raises(ValueError, match="cue_start=0.5 applies only to the MiniGrid-Memory envs, not 'EmptyEnv'"):
         from minigrid.envs import EmptyEnv
-        MemoryCueStart(EmptyEnv(), 0.5)
+        MemoryStartAid(EmptyEnv(), 0.5)
 
 
 def test_lookback_start_starts_a_share_of_episodes_at_the_hallway_end_facing_back():
-    from envs.minigrid_obs import MemoryStartAid
+    from envs.train_wrappers import MemoryStartAid
 
     V = 7
     for env_id in ("MiniGrid-Memory", "MiniGrid-MemoryS9-v0", "MiniGrid-MemoryS13Random-v0"):
         plain = make_env(env_id, action_set="move")
-        back = make_env(env_id, action_set="move", lookback_start=1.0)
+        back = make_env(env_id, action_set="move", wrappers={"memory_aids": {"lookback_start": 1.0}})
         plain.reset(seed=5)
         obs, _ = back.reset(seed=5)
         for episode in range(12):
@@ -371,7 +371,7 @@ def test_lookback_start_starts_a_share_of_episodes_at_the_hallway_end_facing_bac
             _, r2, term2, _, _ = back.step(2)
             assert not term1 and term2 and r2 > 0
     # with both aids, one draw per reset: about a quarter each, the rest minigrid's starts (x = 1 in 1 of 4 on S7)
-    env = make_env("MiniGrid-Memory", cue_start=0.25, lookback_start=0.25)
+    env = make_env("MiniGrid-Memory", wrappers={"memory_aids": {"cue_start": 0.25, "lookback_start": 0.25}})
     starts = []
     for i in range(400):
         env.reset(seed=1 if i == 0 else None)
@@ -382,7 +382,7 @@ def test_lookback_start_starts_a_share_of_episodes_at_the_hallway_end_facing_bac
     # cue_start alone draws as it did before lookback_start existed: one draw per reset from the wrapper's own
     # stream, a move to x = 1 when it is below cue_start (and with lookback_start at 0 nothing else moves)
     for aids in ({"cue_start": 0.5}, {"cue_start": 0.5, "lookback_start": 0.0}):
-        env, rng = make_env("MiniGrid-Memory", **aids), np.random.default_rng([7, 0xC0E])
+        env, rng = make_env("MiniGrid-Memory", wrappers={"memory_aids": aids}), np.random.default_rng([7, 0xC0E])
         for i in range(50):
             env.reset(seed=7 if i == 0 else None)
             if rng.random() < 0.5:
@@ -391,23 +391,23 @@ def test_lookback_start_starts_a_share_of_episodes_at_the_hallway_end_facing_bac
                 assert env.unwrapped.agent_dir == 0 and env.unwrapped.agent_pos[0] in (1, 2, 3, 4)
     for bad in (1.5, -0.1, "0.5", True, False, ""):
         with pytest.raises(ValueError, match="lookback_start") as info:
-            make_env("MiniGrid-Memory", lookback_start=bad)
+            make_env("MiniGrid-Memory", wrappers={"memory_aids": {"lookback_start": bad}})
         assert repr(bad) in str(info.value) and "[0, 1]" in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(ValueError, match=r"cue_start=0.5 and lookback_start=0.75: expected shares summing to at most"):
-        make_env("MiniGrid-Memory", cue_start=0.5, lookback_start=0.75)
-    with pytest.raises(ValueError, match="lookback_start=0.5 applies only to the MiniGrid-Memory ids, not 'CartPole-P"):
-        make_env("CartPole-P-v1", lookback_start=0.5)
+        make_env("MiniGrid-Memory", wrappers={"memory_aids": {"cue_start": 0.5, "lookback_start": 0.75}})
+    with pytest.raises(ValueError, match="lookback_start=0.5 applies only to the MiniGrid-Memory envs, not 'CartPole-P"):
+        make_env("CartPole-P-v1", wrappers={"memory_aids": {"lookback_start": 0.5}})
     with pytest.raises(ValueError, match="lookback_start=0.5 applies only to the MiniGrid-Memory envs, not 'EmptyEnv'"):
         from minigrid.envs import EmptyEnv
         MemoryStartAid(EmptyEnv(), lookback_start=0.5)
 
 
 def test_faceback_start_keeps_minigrids_start_cell_and_faces_back():
-    from envs.minigrid_obs import validate_start_aids
+    from envs.train_wrappers import validate_start_aids
 
     V = 3  # the memory test's view: facing west the cue (one row up at x = 1) is in sight from x <= 3 only
     plain = make_env("MiniGrid-MemoryS9-v0", view_size=V, action_set="move")
-    face = make_env("MiniGrid-MemoryS9-v0", view_size=V, action_set="move", faceback_start=1.0)
+    face = make_env("MiniGrid-MemoryS9-v0", view_size=V, action_set="move", wrappers={"memory_aids": {"faceback_start": 1.0}})
     plain.reset(seed=4)
     obs, _ = face.reset(seed=4)
     seen = set()
@@ -431,8 +431,8 @@ def test_faceback_start_keeps_minigrids_start_cell_and_faces_back():
     assert seen == set(range(1, 7))  # every start cell of minigrid's S9 (x = 1 to the hallway's end)
     # three aids, one draw per reset (S7): the cue cell facing east below 0.2, the junction (5, 3) facing west below
     # 0.4 - as without faceback_start - then minigrid's own cell turned west below 0.7, and above it no aid at all
-    env = make_env("MiniGrid-Memory", cue_start=0.2, lookback_start=0.2, faceback_start=0.3)
-    ref, rng = make_env("MiniGrid-Memory", cue_start=0.2, lookback_start=0.2), np.random.default_rng([2, 0xC0E])
+    env = make_env("MiniGrid-Memory", wrappers={"memory_aids": {"cue_start": 0.2, "lookback_start": 0.2, "faceback_start": 0.3}})
+    ref, rng = make_env("MiniGrid-Memory", wrappers={"memory_aids": {"cue_start": 0.2, "lookback_start": 0.2}}), np.random.default_rng([2, 0xC0E])
     kinds = set()
     for i in range(300):
         env.reset(seed=2 if i == 0 else None)
@@ -449,7 +449,7 @@ def test_faceback_start_keeps_minigrids_start_cell_and_faces_back():
     assert kinds == {0, 1, 2, 3}
     assert validate_start_aids(0.1, 0.2, 0.7) == (0.1, 0.2, 0.7)  # sums to 1 but for the floats' rounding
     with pytest.raises(ValueError, match=r"^cue_start=0.5 and faceback_start=0.75: expected shares summing to at most"):
-        make_env("MiniGrid-Memory", cue_start=0.5, lookback_start=0, faceback_start=0.75)
+        make_env("MiniGrid-Memory", wrappers={"memory_aids": {"cue_start": 0.5, "lookback_start": 0, "faceback_start": 0.75}})
     _check_aid_option("faceback_start")
 
 
@@ -458,18 +458,18 @@ def _check_aid_option(name):
     passes through frame stacking to the wrapper."""
     from stable_baselines3.common.env_util import unwrap_wrapper
 
-    from envs.minigrid_obs import MemoryStartAid
+    from envs.train_wrappers import MemoryStartAid
 
     for bad in (1.5, -0.1, "0.5", True, False, ""):
         with pytest.raises(ValueError, match=name) as info:
-            make_env("MiniGrid-Memory", **{name: bad})
+            make_env("MiniGrid-Memory", wrappers={"memory_aids": {name: bad}})
         assert repr(bad) in str(info.value) and "[0, 1]" in str(info.value) and "\n" not in str(info.value)
-    with pytest.raises(ValueError, match=f"^{name}=0.5 applies only to the MiniGrid-Memory ids, not 'CartPole"):
-        make_env("CartPole-P-v1", **{name: 0.5})
+    with pytest.raises(ValueError, match=f"^{name}=0.5 applies only to the MiniGrid-Memory envs, not 'CartPole"):
+        make_env("CartPole-P-v1", wrappers={"memory_aids": {name: 0.5}})
     with pytest.raises(ValueError, match=f"^{name}=0.5 applies only to the MiniGrid-Memory envs, not 'EmptyEnv'"):
         from minigrid.envs import EmptyEnv
         MemoryStartAid(EmptyEnv(), **{name: 0.5})
-    stacked = make_env("MiniGrid-Memory", frame_stack=2, **{name: 0.5})  # passed through the stacking
+    stacked = make_env("MiniGrid-Memory", frame_stack=2, wrappers={"memory_aids": {name: 0.5}})  # passed through the stacking
     assert getattr(unwrap_wrapper(stacked, MemoryStartAid), name) == 0.5
 
 
@@ -477,7 +477,7 @@ def test_ordered_ends_puts_the_key_up_in_a_share_of_episodes():
     # S9's 7x7 view has both end objects in the first view (so a swap must show in it); S13Random's hallway varies
     for env_id, V in (("MiniGrid-MemoryS9-v0", 7), ("MiniGrid-MemoryS13Random-v0", 3)):
         plain = make_env(env_id, view_size=V, action_set="move")
-        ordered = make_env(env_id, view_size=V, action_set="move", ordered_ends=1.0)
+        ordered = make_env(env_id, view_size=V, action_set="move", wrappers={"memory_aids": {"ordered_ends": 1.0}})
         plain.reset(seed=3)
         obs, _ = ordered.reset(seed=3)
         swapped = 0
@@ -509,8 +509,8 @@ def test_ordered_ends_puts_the_key_up_in_a_share_of_episodes():
             assert not term1 and term2 and r > 0
         assert 10 <= swapped <= 30  # minigrid drew the ball up in about half of them
     # a draw of its own: with start aids, the starts are those without it, and the order follows its own stream
-    env = make_env("MiniGrid-Memory", cue_start=0.25, faceback_start=0.5, ordered_ends=0.5)
-    ref = make_env("MiniGrid-Memory", cue_start=0.25, faceback_start=0.5)
+    env = make_env("MiniGrid-Memory", wrappers={"memory_aids": {"cue_start": 0.25, "faceback_start": 0.5, "ordered_ends": 0.5}})
+    ref = make_env("MiniGrid-Memory", wrappers={"memory_aids": {"cue_start": 0.25, "faceback_start": 0.5}})
     plain, rng = make_env("MiniGrid-Memory"), np.random.default_rng([8, 0x0DE])
     kinds = set()
     for i in range(200):
@@ -523,7 +523,7 @@ def test_ordered_ends_puts_the_key_up_in_a_share_of_episodes():
         assert (base.grid.get(5, mid - 2).type == "key") == (forced or key_up)
         kinds.add((forced, key_up))
     assert kinds == {(False, False), (False, True), (True, False), (True, True)}
-    assert make_env("MiniGrid-Memory", cue_start=0.5, faceback_start=0.5, ordered_ends=1.0)  # not in the starts' sum
+    assert make_env("MiniGrid-Memory", wrappers={"memory_aids": {"cue_start": 0.5, "faceback_start": 0.5, "ordered_ends": 1.0}})  # not in the starts' sum
     _check_aid_option("ordered_ends")
 
 

@@ -33,8 +33,8 @@ def _stepwise(core, x, state, starts):
     """The step-by-step reference: the core's stock step path (reset, then torch.gru_cell / lstm_cell)."""
     ys = []
     for t in range(x.shape[0]):
-        state = core._reset(state, starts[t])
-        y, state = core._stock_step(x[t], state)
+        state = core.reset(state, starts[t])
+        y, state = core._step(x[t], state)
         ys.append(y)
     return torch.stack(ys), state
 
@@ -178,8 +178,8 @@ def test_fused_step_matches_stock_step(name, num_layers, B):
     with torch.inference_mode():  # act path: _step without resets, on a non-contiguous state view
         wide = torch.cat([state.reshape(B, -1), torch.randn(B, 3)], dim=1)
         view = wide[:, : state[0].numel()].reshape(B, *fast.state_shape)
-        y_a, s_a = fast._step(x, view)
-        y_b, s_b = slow._stock_step(x, state)
+        y_a, s_a = fast.step(x, view)
+        y_b, s_b = slow._step(x, state)
     torch.testing.assert_close(y_a, y_b, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(s_a, s_b, atol=1e-6, rtol=1e-5)
 
@@ -225,7 +225,7 @@ class _Act(torch.nn.Module):
         self.core = core
 
     def forward(self, x, s):
-        return self.core._step(x, s)
+        return self.core.step(x, s)
 
 
 @pytest.mark.parametrize("name", RECURRENT)
@@ -238,9 +238,9 @@ def test_tracing_and_export_take_the_stock_path(name):
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         traced = torch.jit.trace(module, (x1, s1), check_trace=False)
-        torch.testing.assert_close(traced(x2, s2), slow._stock_step(x2, s2))
+        torch.testing.assert_close(traced(x2, s2), slow._step(x2, s2))
     exported = torch.export.export(module, (x1, s1))
-    torch.testing.assert_close(exported.module()(x2, s2), slow._stock_step(x2, s2))
+    torch.testing.assert_close(exported.module()(x2, s2), slow._step(x2, s2))
 
 
 # ----------------------------------------------------------------------------------------------- kernel option
@@ -298,7 +298,7 @@ def test_auto_falls_back_with_one_warning(name, failing_build):
         y, s = core.forward_sequence(x, state0, starts)
         core.step(x[0], state0, starts[0])
         with torch.inference_mode():
-            core._step(x[0], state0)
+            core.step(x[0], state0)
     ours = [w for w in caught if "fused CPU GRU/LSTM kernels could not be built" in str(w.message)]
     assert len(ours) == 1, [str(w.message) for w in caught]
     assert issubclass(ours[0].category, RuntimeWarning)

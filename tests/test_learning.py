@@ -18,7 +18,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
 import envs
-from agents.cli import build_model, make_envs
+from agents.train import build_model, make_envs
 from agents.config import resolve_config
 
 pytestmark = pytest.mark.slow

@@ -1,13 +1,17 @@
 """Memory cores: one file per core, one line per core in ``CORES``.
 
 ``CORES[name](input_size=..., hidden_size=..., num_layers=...)`` builds a core; see ``base.MemoryCore`` for the
-interface. ``match_hidden_size`` sizes one core to another's parameter count (compare cores at equal parameters).
+interface. A core's own options are its constructor's keyword arguments (:func:`core_options`). A user's core is
+named ``"module:Class"`` (a ``MemoryCore`` subclass, imported on first use) wherever a core name is taken.
+``match_hidden_size`` sizes one core to another's parameter count (compare cores at equal parameters).
 """
 
 from __future__ import annotations
 
 import difflib
-from typing import Dict, Type
+import importlib
+import inspect
+from typing import Any, Dict, Mapping, Type
 
 import torch
 
@@ -23,23 +27,72 @@ CORES: Dict[str, Type[MemoryCore]] = {
 }
 
 
+#: the constructor arguments every core takes; the rest of a core's signature are its own options
+BASE_ARGS = ("input_size", "hidden_size", "num_layers")
+
+
+def _import_core(name: str) -> Type[MemoryCore]:
+    module_name, _, attr = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"core {name!r}: cannot import module {module_name!r} ({exc}); expected an importable "
+                         "module:Class") from None
+    cls = getattr(module, attr, None)
+    if cls is None:
+        raise ValueError(f"core {name!r}: module {module_name!r} has no attribute {attr!r}; expected module:Class")
+    if not (isinstance(cls, type) and issubclass(cls, MemoryCore)):
+        raise ValueError(f"core {name!r} is {cls!r}: expected a subclass of agents.cores.MemoryCore")
+    return cls
+
+
 def get_core_class(name: str) -> Type[MemoryCore]:
-    """The core class registered as ``name``; a clear error listing the known cores otherwise."""
+    """The core class registered as ``name``, or the class a ``"module:Class"`` name imports; a clear error listing
+    the known cores otherwise."""
+    if isinstance(name, str) and ":" in name:
+        return _import_core(name)
     if name not in CORES:
         close = difflib.get_close_matches(str(name), list(CORES), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ValueError(f"unknown core {name!r}{hint}: expected one of {', '.join(sorted(CORES))}")
+        raise ValueError(f"unknown core {name!r}{hint}: expected one of {', '.join(sorted(CORES))} or a "
+                         "module:Class of your own")
     return CORES[name]
+
+
+def core_options(name: str) -> Dict[str, Any]:
+    """The options core ``name`` declares: keyword argument -> default (``inspect.Parameter.empty``: required)."""
+    params = inspect.signature(get_core_class(name).__init__).parameters
+    return {k: p.default for k, p in params.items()
+            if k != "self" and k not in BASE_ARGS and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def check_core_kwargs(name: str, kwargs: Mapping[str, Any]) -> Dict[str, Any]:
+    """``kwargs`` checked against core ``name``'s options: unknown or missing required ones are a one-line
+    ``ValueError`` naming them and the core's options. (The core checks the values when it is built.)"""
+    options = core_options(name)
+    listed = ", ".join(f"{k} (required)" if d is inspect.Parameter.empty else f"{k}={d!r}" for k, d in options.items())
+    listed = listed or "none"
+    unknown = [k for k in kwargs if k not in options]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(options), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ValueError(f"core {name!r} has no option {unknown[0]!r}{hint}: its options are {listed}")
+    missing = [k for k, d in options.items() if d is inspect.Parameter.empty and k not in kwargs]
+    if missing:
+        raise ValueError(f"core {name!r} needs option {missing[0]!r}: its options are {listed}")
+    return dict(kwargs)
 
 
 def make_core(name: str, input_size: int, hidden_size: int, num_layers: int = 1, **kwargs) -> MemoryCore:
     return get_core_class(name)(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers, **kwargs)
 
 
-def core_param_count(name: str, input_size: int, hidden_size: int, num_layers: int = 1) -> int:
-    """Number of trainable parameters of core ``name`` at this size (built on the meta device: no memory used)."""
+def core_param_count(name: str, input_size: int, hidden_size: int, num_layers: int = 1,
+                     **kwargs: Any) -> int:
+    """Number of trainable parameters of core ``name`` at this size (built on the meta device: no memory used);
+    ``kwargs``: the core's options (a required one must be given)."""
     with torch.device("meta"):
-        core = make_core(name, input_size, hidden_size, num_layers)
+        core = make_core(name, input_size, hidden_size, num_layers, **kwargs)
     return sum(p.numel() for p in core.parameters())
 
 
@@ -65,5 +118,5 @@ def match_hidden_size(
     return best
 
 
-__all__ = ["CORES", "MemoryCore", "GRUCore", "LSTMCore", "MLPCore", "get_core_class", "make_core",
-           "core_param_count", "match_hidden_size"]
+__all__ = ["CORES", "MemoryCore", "GRUCore", "LSTMCore", "MLPCore", "get_core_class", "make_core", "core_options",
+           "check_core_kwargs", "core_param_count", "match_hidden_size"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -44,7 +44,19 @@ def init_gate_bias(rnn: nn.RNNBase, block: int, value: float, name: str) -> None
 
 
 class MemoryCore(nn.Module):
-    """Base class of memory cores. Subclasses set ``state_shape`` and implement ``_step`` / ``_sequence``."""
+    """Base class of memory cores.
+
+    The public interface - all that the policy, the buffer, the trainer and the exporter call - is
+    :meth:`initial_state`, :meth:`step`, :meth:`forward_sequence`, :meth:`reset`, :attr:`state_shape`,
+    :attr:`output_size`, :attr:`kernel_in_use` and :attr:`resets_in_kernel`.
+
+    A subclass sets ``state_shape`` and implements ``_step(x, state)`` (one step, no reset) and
+    ``_sequence(x, state)`` (a sequence with no reset after its first step); the base class applies the resets and
+    checks the shapes. A core with a faster path (a fused kernel that resets inside its loop) overrides ``step`` /
+    ``forward_sequence`` itself and says so in ``resets_in_kernel``. Its own options are its constructor's keyword
+    arguments after ``input_size, hidden_size, num_layers``, each with a default from its paper
+    (:func:`agents.cores.core_options` lists them; configs pass them as ``core_kwargs``).
+    """
 
     #: short registry name, set by subclasses
     name: str = "base"
@@ -81,10 +93,20 @@ class MemoryCore(nn.Module):
             device = self._device()
         return torch.zeros((batch_size, *self.state_shape), device=device)
 
-    def step(self, x: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """One time step. ``x [B, F]``, ``state [B, *state_shape]``, ``episode_start [B]`` -> ``(y [B, H], state)``."""
+    @staticmethod
+    def reset(state: torch.Tensor, episode_start: torch.Tensor) -> torch.Tensor:
+        """``state [B, ...]`` with the rows where ``episode_start [B]`` is set zeroed (a new tensor)."""
+        keep = 1.0 - episode_start.to(dtype=state.dtype)
+        return state * keep.view(-1, *([1] * (state.dim() - 1)))
+
+    def step(self, x: torch.Tensor, state: torch.Tensor,
+             episode_start: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One time step. ``x [B, F]``, ``state [B, *state_shape]``, ``episode_start [B]`` (or ``None``: no env
+        starts an episode) -> ``(y [B, output_size], state)``."""
         self._check_step(x, state, episode_start)
-        return self._step(x, self._reset(state, episode_start))
+        if episode_start is not None:
+            state = self.reset(state, episode_start)
+        return self._step(x, state)
 
     def forward_sequence(
         self, x: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor
@@ -92,23 +114,11 @@ class MemoryCore(nn.Module):
         """A whole sequence in one call. ``x [T, B, F]``, ``episode_start [T, B]`` -> ``(y [T, B, H], final state)``.
 
         Resets anywhere in the sequence are honoured: the sequence is cut at every step where some env starts an
-        episode and each piece runs through the fused kernel in one call (training sequences only start episodes at
-        t=0, so they take a single call).
+        episode and each piece runs through ``_sequence`` in one call (training sequences that start episodes only
+        at t=0 take a single call).
         """
         self._check_sequence(x, state, episode_start)
-        T = x.shape[0]
-        starts = episode_start.to(dtype=torch.bool)
-        # time steps (after the first) at which at least one env resets: the sequence is cut there
-        cuts = [0] + (torch.nonzero(starts[1:].any(dim=1)).flatten() + 1).tolist() + [T]
-        outputs = []
-        for t0, t1 in zip(cuts[:-1], cuts[1:]):
-            if t1 <= t0:
-                continue
-            state = self._reset(state, starts[t0])
-            y, state = self._sequence(x[t0:t1], state)
-            outputs.append(y)
-        y = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=0)
-        return y, state
+        return self._sequence_with_resets(x, state, episode_start)
 
     # ------------------------------------------------------------ for subclasses
     def _step(self, x: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -118,18 +128,32 @@ class MemoryCore(nn.Module):
         """A sequence without resets after its first step. ``x [T, B, F]`` -> ``(y [T, B, H], state)``."""
         raise NotImplementedError
 
+    def _sequence_with_resets(self, x: torch.Tensor, state: torch.Tensor,
+                              episode_start: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``_sequence`` over the pieces between resets (the stock path for cores without in-kernel resets)."""
+        T = x.shape[0]
+        starts = episode_start.to(dtype=torch.bool)
+        # time steps (after the first) at which at least one env resets: the sequence is cut there
+        cuts = [0] + (torch.nonzero(starts[1:].any(dim=1)).flatten() + 1).tolist() + [T]
+        outputs = []
+        for t0, t1 in zip(cuts[:-1], cuts[1:]):
+            if t1 <= t0:
+                continue
+            state = self.reset(state, starts[t0])
+            y, state = self._sequence(x[t0:t1], state)
+            outputs.append(y)
+        y = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=0)
+        return y, state
+
     # ------------------------------------------------------------------- helpers
     def _device(self) -> torch.device:
         for p in self.parameters():
             return p.device
         return torch.device("cpu")
 
-    @staticmethod
-    def _reset(state: torch.Tensor, episode_start: torch.Tensor) -> torch.Tensor:
-        keep = 1.0 - episode_start.to(dtype=state.dtype)
-        return state * keep.view(-1, *([1] * (state.dim() - 1)))
-
     def _check_state(self, state: torch.Tensor, batch: int) -> None:
+        if torch.jit.is_tracing():  # shapes are fixed while tracing (ONNX export): nothing to check
+            return
         expected = (batch, *self.state_shape)
         if tuple(state.shape) != expected:
             raise ValueError(f"state has shape {tuple(state.shape)}: expected {list(expected)} for core {self.name!r}")
@@ -142,10 +166,12 @@ class MemoryCore(nn.Module):
             raise ValueError(f"episode_start has shape {tuple(episode_start.shape)}: expected [T, B] = [{T}, {B}]")
         self._check_state(state, B)
 
-    def _check_step(self, x: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor) -> None:
+    def _check_step(self, x: torch.Tensor, state: torch.Tensor, episode_start: Optional[torch.Tensor]) -> None:
+        if torch.jit.is_tracing():
+            return
         if x.dim() != 2 or x.shape[-1] != self.input_size:
             raise ValueError(f"x has shape {tuple(x.shape)}: expected [B, {self.input_size}]")
-        if tuple(episode_start.shape) != (x.shape[0],):
+        if episode_start is not None and tuple(episode_start.shape) != (x.shape[0],):
             raise ValueError(f"episode_start has shape {tuple(episode_start.shape)}: expected [B] = [{x.shape[0]}]")
         self._check_state(state, x.shape[0])
 

@@ -20,13 +20,12 @@ import torch
 from torch import nn
 
 from ..kernels import fused
-from .base import MemoryCore, init_gate_bias
+from .base import init_gate_bias
+from .rnn import TorchRNNCore
 
 
-class GRUCore(fused.FusedKernelMixin, MemoryCore):
+class GRUCore(TorchRNNCore):
     name = "gru"
-    _fused_sequence = staticmethod(fused.gru_sequence)
-    _fused_step = staticmethod(fused.gru_step)
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, kernel: Optional[str] = None,
                  update_bias: Optional[float] = None) -> None:
@@ -34,7 +33,7 @@ class GRUCore(fused.FusedKernelMixin, MemoryCore):
         self.rnn = nn.GRU(input_size, hidden_size, num_layers=num_layers)
         if update_bias is not None:
             self.init_update_bias(update_bias)
-        self._init_kernel(kernel)
+        self._init_kernel(fused.gru_sequence, fused.gru_step, kernel)
 
     def init_update_bias(self, value: float) -> None:
         """Start every layer's update gate z at bias ``value`` (torch's gate order r, z, n; h' = (1 - z) * n + z * h):
@@ -49,7 +48,7 @@ class GRUCore(fused.FusedKernelMixin, MemoryCore):
         return (self.num_layers, self.hidden_size)
 
     # ------------------------------------------------------------------ steps
-    def _stock_step(self, x: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _step(self, x: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         w = self.rnn._flat_weights
         hs = []
         for k in range(self.num_layers):

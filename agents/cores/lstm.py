@@ -20,13 +20,12 @@ import torch
 from torch import nn
 
 from ..kernels import fused
-from .base import MemoryCore, init_gate_bias
+from .base import init_gate_bias
+from .rnn import TorchRNNCore
 
 
-class LSTMCore(fused.FusedKernelMixin, MemoryCore):
+class LSTMCore(TorchRNNCore):
     name = "lstm"
-    _fused_sequence = staticmethod(fused.lstm_sequence)
-    _fused_step = staticmethod(fused.lstm_step)
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, kernel: Optional[str] = None,
                  forget_bias: Optional[float] = None) -> None:
@@ -34,7 +33,7 @@ class LSTMCore(fused.FusedKernelMixin, MemoryCore):
         self.rnn = nn.LSTM(input_size, hidden_size, num_layers=num_layers)
         if forget_bias is not None:
             self.init_forget_bias(forget_bias)
-        self._init_kernel(kernel)
+        self._init_kernel(fused.lstm_sequence, fused.lstm_step, kernel)
 
     def init_forget_bias(self, value: float) -> None:
         """Start every layer's forget gate at bias ``value`` (Gers et al. 2000; Jozefowicz et al. 2015 use 1.0, Keras'
@@ -48,7 +47,7 @@ class LSTMCore(fused.FusedKernelMixin, MemoryCore):
         return (2 * self.num_layers, self.hidden_size)
 
     # ------------------------------------------------------------------ steps
-    def _stock_step(self, x: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _step(self, x: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         w = self.rnn._flat_weights
         L = self.num_layers
         hs, cs = [], []

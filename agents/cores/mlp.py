@@ -21,8 +21,7 @@ from .base import MemoryCore
 class MLPCore(MemoryCore):
     name = "mlp"
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, kernel: str | None = None) -> None:
-        # ``kernel`` is accepted (and ignored) so the same core options work for every core; there is no recurrence
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1) -> None:
         super().__init__(input_size, hidden_size, num_layers)
         layers: list[nn.Module] = []
         for k in range(num_layers):
@@ -43,7 +42,8 @@ class MLPCore(MemoryCore):
     def _sequence(self, x: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.net(x), state
 
-    def forward_sequence(self, x, state, episode_start):
+    def forward_sequence(self, x: torch.Tensor, state: torch.Tensor,
+                         episode_start: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         # No state to reset: one call over the whole sequence, whatever the resets.
         self._check_sequence(x, state, episode_start)
         return self.net(x), state

@@ -1,4 +1,4 @@
-"""Autograd wrappers of the fused kernels, and the mixin that lets a core choose between fused and stock paths.
+"""Autograd wrappers of the fused kernels, and :class:`FusedRNN`, the part a core holds to run them.
 
 Shapes (per layer inside the autograd functions; all layers in the helpers)::
 
@@ -105,7 +105,7 @@ def lstm_step(x: torch.Tensor, state: torch.Tensor, starts: Optional[torch.Tenso
     return y, new_state
 
 
-# ------------------------------------------------------------------------------------------ core mixin
+# ------------------------------------------------------------------------------------------ the core's part
 _is_tracing = torch._C._is_tracing
 _is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
 _is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
@@ -119,49 +119,42 @@ def _capturing() -> bool:
     return bool(onnx is not None and onnx.is_in_onnx_export())
 
 
-class FusedKernelMixin:
-    """Kernel choice and routing for a core whose recurrent weights live in ``self.rnn`` (an ``nn.GRU`` /
-    ``nn.LSTM``).
+class FusedRNN:
+    """The fused path of one ``nn.GRU`` / ``nn.LSTM``: a part a core holds (composition), not a base class.
 
-    Subclasses call :meth:`_init_kernel` in ``__init__``, name their kernels in ``_fused_sequence`` / ``_fused_step``
-    (e.g. :func:`gru_sequence`, :func:`gru_step`) and implement ``_stock_step`` and ``_sequence``; ``step``, ``_step``
-    and ``forward_sequence`` then take the fused path where it applies and the stock one otherwise.
+    ``FusedRNN(rnn, sequence_fn, step_fn, kernel)`` with ``sequence_fn`` / ``step_fn`` one of the pairs above
+    (:func:`gru_sequence` / :func:`gru_step`, :func:`lstm_sequence` / :func:`lstm_step`). The core asks
+    :meth:`applies` per call and, where it does, runs :meth:`step` / :meth:`sequence` (resets inside the kernel);
+    otherwise it takes its own stock path. The weights are always ``rnn``'s own.
     """
 
-    _kernel: str
-    _fused_sequence: Callable
-    _fused_step: Callable
-
-    def _init_kernel(self, kernel: Optional[str]) -> None:
-        self._kernel = check_kernel_option(kernel)
-        if self._kernel == "fused":
+    def __init__(self, rnn: torch.nn.RNNBase, sequence_fn: Callable, step_fn: Callable,
+                 kernel: Optional[str] = None) -> None:
+        self.rnn = rnn
+        self.sequence_fn, self.step_fn = sequence_fn, step_fn
+        self.kernel = check_kernel_option(kernel)  # "auto", "fused" or "stock"
+        if self.kernel == "fused":
             resolve("fused")  # a clear KernelBuildError now, not at the first forward
 
-    @property
-    def kernel(self) -> str:
-        """The requested kernel: ``"auto"``, ``"fused"`` or ``"stock"``."""
-        return self._kernel
-
-    @property
-    def kernel_in_use(self) -> str:
-        """``"fused"`` or ``"stock"``: the path this core's forward takes now (builds the kernels on first call under
+    def in_use(self) -> str:
+        """``"fused"`` or ``"stock"``: the path the core's forward takes now (builds the kernels on first call under
         ``"auto"``). CPU float32/float64 parameters are needed for ``"fused"``."""
-        if self._kernel == "stock":
+        if self.kernel == "stock":
             return "stock"
         w = self.rnn._flat_weights[0]
         if w.device.type != "cpu" or w.dtype not in _FLOATS:
             return "stock"
-        return resolve(self._kernel)
+        return resolve(self.kernel)
 
-    def _use_fused(self, x: torch.Tensor, state: torch.Tensor) -> bool:
+    def applies(self, x: torch.Tensor, state: torch.Tensor) -> bool:
         """Whether this call runs the fused kernel (the tensors' device/dtype permitting)."""
-        if self._kernel == "stock":
+        if self.kernel == "stock":
             return False
         w = self.rnn._flat_weights[0]
         dtype = x.dtype
         if not (x.is_cpu and state.is_cpu and w.is_cpu and (dtype is torch.float32 or dtype is torch.float64)
                 and state.dtype is dtype and w.dtype is dtype):
-            if self._kernel == "fused":
+            if self.kernel == "fused":
                 raise ValueError(
                     f"kernel='fused' runs on CPU float32/float64 tensors of one dtype; got x {x.dtype} on {x.device}, "
                     f"state {state.dtype} on {state.device}, weights {w.dtype} on {w.device} "
@@ -169,47 +162,28 @@ class FusedKernelMixin:
             return False
         if _capturing():
             return False
-        return _kernels._module is not None or resolve(self._kernel) == "fused"
+        return _kernels._module is not None or resolve(self.kernel) == "fused"
 
     def _grad_needed(self, *tensors: torch.Tensor) -> bool:
         if not torch.is_grad_enabled():
             return False
         return any(t.requires_grad for t in tensors) or any(p.requires_grad for p in self.rnn._flat_weights)
 
-    # ------------------------------------------------------------------ steps
     def step(self, x: torch.Tensor, state: torch.Tensor,
-             episode_start: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        self._check_step(x, state, episode_start)
-        if self._use_fused(x, state):
-            return self._run_fused_step(x, state, episode_start)
-        return self._stock_step(x, self._reset(state, episode_start))
-
-    def _step(self, x: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        if self._use_fused(x, state):
-            return self._run_fused_step(x, state, None)
-        return self._stock_step(x, state)
-
-    def _run_fused_step(self, x: torch.Tensor, state: torch.Tensor,
-                        episode_start: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+             episode_start: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One step of all layers; ``episode_start [B]`` (or ``None``) resets first."""
         w = self.rnn._flat_weights
         if self._grad_needed(x, state):  # the sequence kernel with T = 1 carries the autograd
             keep = None if episode_start is None else self._keep(episode_start.view(1, -1), x)
-            y, state = self._fused_sequence(x.unsqueeze(0), state, keep, w)
+            y, state = self.sequence_fn(x.unsqueeze(0), state, keep, w)
             return y[0], state
-        return self._fused_step(x, state, episode_start, w)
+        return self.step_fn(x, state, episode_start, w)
 
-    # --------------------------------------------------------------- sequences
-    def forward_sequence(self, x: torch.Tensor, state: torch.Tensor,
-                         episode_start: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``x [T, B, F]``, ``episode_start [T, B]`` -> ``(y [T, B, H], final state)``; with the fused kernel the whole
-        sequence, resets included, is one kernel call per layer."""
-        self._check_sequence(x, state, episode_start)
-        if x.shape[0] == 0 or x.shape[1] == 0 or not self._use_fused(x, state):
-            return super().forward_sequence(x, state, episode_start)
-        return self._fused_sequence(x, state, self._keep(episode_start, x), self.rnn._flat_weights)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", kernel={self.kernel!r}"
+    def sequence(self, x: torch.Tensor, state: torch.Tensor,
+                 episode_start: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``x [T, B, F]``, ``episode_start [T, B]`` -> ``(y [T, B, H], final state)``: the whole sequence, resets
+        included, is one kernel call per layer."""
+        return self.sequence_fn(x, state, self._keep(episode_start, x), self.rnn._flat_weights)
 
     @staticmethod
     def _keep(episode_start: torch.Tensor, like: torch.Tensor) -> Optional[torch.Tensor]:

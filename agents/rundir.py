@@ -1,0 +1,328 @@
+"""The run directory: naming, creation, lock, atomic writes, checkpoints, resume lookup and run metadata.
+
+Run directory ``<logdir>/<env>__<core>__s<seed>__<YYYYmmdd-HHMMSS>/``::
+
+    events.out.tfevents.*  TensorBoard: rollout/, eval/, train/, perf/, latency/ scalars and the hparams summary
+    config.yaml            the resolved config (what a resume reads)
+    model.zip              the trained model (RecurrentPPO.load / agents.load_policy)
+    summary.json           final eval, success rate, steps/s, rollout/update seconds, latency, parameters, ...
+    checkpoints/step_N/    the latest checkpoints
+    .lock                  the pid of the process training in it
+
+Checkpoint layout (written into a temporary directory, then renamed: a checkpoint exists whole or not at all)::
+
+    RUN_DIR/checkpoints/step_000012288/
+        model.zip         RecurrentPPO.save: policy, optimizer, schedules, step and update counters, episode buffer
+        rng.pkl           python, numpy and torch RNG states
+        vecnormalize.pkl  reward normalization statistics (only with normalize_reward: true)
+        state.json        step, accumulated rollout/update/wall seconds, number of sessions
+
+Every problem a user can cause here (a logdir that is a file or read-only, a full disk, a run in use, a run
+directory without config or checkpoint) is a :class:`RunDirError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from .config import TrainConfig, family_for
+from .serialization import write_atomic
+
+__all__ = ["RunDirError", "RunState", "write_atomic", "run_name", "create_run_dir", "probe_run_dir", "acquire_lock",
+           "release_lock", "write_config", "read_run_config", "Checkpoint", "save_checkpoint", "list_checkpoints",
+           "latest_checkpoint", "restore_rng", "git_commit", "versions", "peak_rss_mb", "PROG"]
+
+#: the name in messages: the console script that runs the pipeline
+PROG = "train_agent"
+CHECKPOINT_DIR = "checkpoints"
+_CKPT_PREFIX = "step_"
+_LOCK = ".lock"
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be created, written, locked or resumed: one line naming it and what is expected."""
+
+
+def run_name(cfg: TrainConfig) -> str:
+    """``<env>__<core>__s<seed>__<YYYYmmdd-HHMMSS>`` (a user core ``pkg.mod:Class`` is named by its class)."""
+    core = cfg.core.rpartition(":")[2]
+    return f"{cfg.env}__{core}__s{cfg.seed}__{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+@dataclass
+class RunState:
+    """What a run accumulates across sessions (saved in each checkpoint's ``state.json``)."""
+
+    rollout_s: float = 0.0  #: seconds spent collecting rollouts (sum of perf/rollout_s)
+    update_s: float = 0.0  #: seconds spent in PPO updates (sum of perf/update_s)
+    wall_s: float = 0.0  #: wall-clock seconds inside learn(), all sessions
+    sessions: int = 0  #: training sessions (1 + number of resumes)
+    rollout_start_step: int = 0  #: step counter at the start of the current rollout (not saved)
+    stop_requested: Optional[str] = None  #: name of the signal that asked to stop (not saved)
+    last_eval: Optional[Dict[str, float]] = None  #: most recent evaluation (not saved)
+
+    _SAVED = ("rollout_s", "update_s", "wall_s", "sessions")
+
+    def to_json(self) -> Dict[str, Any]:
+        return {k: getattr(self, k) for k in self._SAVED}
+
+    @classmethod
+    def from_json(cls, data: Dict[str, Any]) -> "RunState":
+        return cls(**{k: data[k] for k in cls._SAVED if k in data})
+
+
+def create_run_dir(logdir: Path, name: str, needed_bytes: int) -> Path:
+    """Create ``logdir/name`` (``name-2``, ... if taken) and check it is writable with enough free space."""
+    if logdir.exists() and not logdir.is_dir():
+        raise RunDirError(f"--logdir {str(logdir)!r} is a file; expected a writable directory")
+    try:
+        logdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"--logdir {str(logdir)!r} cannot be created ({exc.strerror or exc}); expected a writable "
+                       "directory") from None
+    for i in range(1, 1000):
+        candidate = logdir / (name if i == 1 else f"{name}-{i}")
+        try:
+            candidate.mkdir()
+            break
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise RunDirError(f"--logdir {str(logdir)!r}: cannot create a run directory in it ({exc.strerror or exc}); "
+                           "expected a writable directory") from None
+    else:
+        raise RunDirError(f"--logdir {str(logdir)!r}: too many runs named {name!r}")
+    try:
+        probe_run_dir(candidate, needed_bytes)
+    except RunDirError:
+        shutil.rmtree(candidate, ignore_errors=True)
+        raise
+    return candidate
+
+
+def probe_run_dir(run_dir: Path, needed_bytes: int) -> None:
+    """Write and delete a probe file (catches read-only and full file systems), then check the free space."""
+    probe = run_dir / f".write-probe-{os.getpid()}"
+    try:
+        with open(probe, "wb") as fh:
+            fh.write(os.urandom(1 << 16))
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise RunDirError(f"run directory {str(run_dir)!r} is not writable ({exc.strerror or exc}); expected a "
+                       "writable directory with free space (pass --logdir DIR)") from None
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+    free = shutil.disk_usage(run_dir).free
+    if free < needed_bytes:
+        raise RunDirError(f"not enough free disk space for run directory {str(run_dir)!r}: {free / 2**20:.1f} MiB free, "
+                       f"expected at least {needed_bytes / 2**20:.1f} MiB (checkpoints, model, logs)")
+
+
+def acquire_lock(run_dir: Path) -> None:
+    """Mark the run directory as in use by this process (a second process resuming it would interleave its logs
+    and checkpoints). A lock left by a process that no longer exists is taken over."""
+    lock = run_dir / _LOCK
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid > 0 and pid != os.getpid() and _pid_alive(pid):
+                raise RunDirError(f"run directory {str(run_dir)!r} is in use by process {pid} (another {PROG}); "
+                               f"expected it to be free (delete {lock} if that process is not {PROG})") from None
+            lock.unlink(missing_ok=True)
+            continue
+        except OSError as exc:
+            raise RunDirError(f"run directory {str(run_dir)!r} is not writable ({exc.strerror or exc})") from None
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        return
+    raise RunDirError(f"cannot lock run directory {str(run_dir)!r}")
+
+
+def release_lock(run_dir: Path) -> None:
+    lock = Path(run_dir) / _LOCK
+    try:
+        if lock.read_text().strip() == str(os.getpid()):
+            lock.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def write_config(run_dir: Path, cfg: TrainConfig) -> None:
+    header = (f"Resolved config of this run, written by {PROG} (keys: agents.config.TrainConfig).\n"
+              f"Built from: defaults < configs/default.yaml < configs/{family_for(cfg.env)}.yaml < --config < flags "
+              f"< --set.\n{PROG} --resume RUN_DIR reads this file.")
+    write_atomic(run_dir / "config.yaml", cfg.to_yaml(header))
+
+
+def read_run_config(run_dir) -> TrainConfig:
+    """The config of a run directory (its ``config.yaml``, upgraded from earlier versions), checked."""
+    import yaml
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not run_dir.is_dir():
+        raise RunDirError(f"--resume {str(run_dir)!r}: no such directory; expected a run directory written by {PROG}")
+    if not cfg_path.is_file():
+        raise RunDirError(f"--resume {str(run_dir)!r}: no config.yaml in it; expected a run directory written by "
+                          f"{PROG}")
+    try:
+        data = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise RunDirError(f"{cfg_path}: cannot be read ({' '.join(str(exc).split())})") from None
+    return TrainConfig.from_dict(data or {}, str(cfg_path))
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    step: int
+
+    @property
+    def model(self) -> Path:
+        return self.path / "model.zip"
+
+    @property
+    def vecnormalize(self) -> Path:
+        return self.path / "vecnormalize.pkl"
+
+    def state(self) -> RunState:
+        return RunState.from_json(json.loads((self.path / "state.json").read_text()))
+
+
+def save_checkpoint(run_dir: Path, model, state: RunState, keep: int) -> Checkpoint:
+    """Write a checkpoint of ``model`` at its current step atomically (temp directory, then rename); keep the
+    ``keep`` most recent ones."""
+    root = Path(run_dir) / CHECKPOINT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    step = int(model.num_timesteps)
+    final = root / f"{_CKPT_PREFIX}{step:09d}"
+    tmp = root / f".tmp-{os.getpid()}-{final.name}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        model.save(tmp / "model.zip")
+        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        write_atomic(tmp / "rng.pkl", pickle.dumps(rng))
+        venv = model.get_vec_normalize_env()
+        if venv is not None:
+            venv.save(str(tmp / "vecnormalize.pkl"))
+        write_atomic(tmp / "state.json", json.dumps({"step": step, "time": time.time(), **state.to_json()}, indent=2))
+        if final.exists():  # same step checkpointed twice (e.g. periodic, then on a signal): replace it
+            old = root / f".old-{os.getpid()}-{final.name}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old.path, ignore_errors=True)
+    for stale in root.iterdir():  # left by a process killed while writing (SIGKILL, power loss)
+        if stale.name.startswith((".tmp-", ".old-")):
+            shutil.rmtree(stale, ignore_errors=True)
+    return Checkpoint(final, step)
+
+
+def list_checkpoints(run_dir: Path) -> List[Checkpoint]:
+    """Complete checkpoints of a run, oldest first (temporary directories of interrupted writes are ignored)."""
+    root = Path(run_dir) / CHECKPOINT_DIR
+    out = []
+    if root.is_dir():
+        for p in root.iterdir():
+            name = p.name
+            if name.startswith(_CKPT_PREFIX) and name[len(_CKPT_PREFIX):].isdigit() and (p / "state.json").exists() \
+                    and (p / "model.zip").exists():
+                out.append(Checkpoint(p, int(name[len(_CKPT_PREFIX):])))
+    return sorted(out, key=lambda c: c.step)
+
+
+def latest_checkpoint(run_dir: Path) -> Optional[Checkpoint]:
+    ckpts = list_checkpoints(run_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def restore_rng(ckpt: Checkpoint) -> None:
+    """Set the python, numpy and torch RNGs to their state at the checkpoint (our own file: pickle is fine here)."""
+    with open(ckpt.path / "rng.pkl", "rb") as fh:
+        rng = pickle.load(fh)
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if rng.get("cuda") is not None and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------------- metadata
+def peak_rss_mb() -> Optional[float]:
+    """Peak resident memory of this process so far, in MiB (None where the platform cannot tell)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def git_commit() -> Optional[str]:
+    root = Path(__file__).resolve().parents[1]  # the checkout this package runs from
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5)
+        if out.returncode != 0:
+            return None
+        commit = out.stdout.strip()
+        # results/ (benchmark outputs, the written comparison) is not code: editing it does not make a run dirty
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":!results"],
+                               capture_output=True, text=True, timeout=5)
+        return commit + ("-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> Dict[str, str]:
+    import gymnasium
+    import stable_baselines3
+    import torch
+
+    from . import __version__
+    return {"recurrent-agents": __version__, "torch": torch.__version__,
+            "stable-baselines3": stable_baselines3.__version__,
+            "gymnasium": gymnasium.__version__, "python": sys.version.split()[0]}

@@ -276,17 +276,18 @@ def _yaml_value(v: Any) -> str:
 def recipe_conflict(cell: Dict[str, Any], out: Path) -> Optional[str]:
     """``None`` when the cell has no run to skip or resume, or that run was trained with the cell's recipe; else
     what differs (``key=recorded, asked value``). A key the run's config.yaml does not have (added since) counts as
-    its ``TrainConfig`` default, as ``train_agent --resume`` reads it."""
+    its ``TrainConfig`` default, as ``train_agent --resume`` reads it; keys of earlier versions are read where they
+    live now (``agents.config.upgrade_legacy``)."""
     import yaml
 
-    from agents.config import TrainConfig
+    from agents.config import TrainConfig, upgrade_legacy
 
     state, rd = cell_state(Path(out) / cell["cell_id"], int(cell["total_timesteps"]))
     if state == "new":
         return None
     try:
-        recorded = yaml.safe_load((rd / "config.yaml").read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
+        recorded = upgrade_legacy(yaml.safe_load((rd / "config.yaml").read_text(encoding="utf-8")) or {})
+    except (OSError, yaml.YAMLError, AttributeError):
         return None
     defaults = asdict(TrainConfig())
     diffs = [f"{k}={_yaml_value(had)} (this command: {_yaml_value(v)})"

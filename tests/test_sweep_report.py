@@ -110,6 +110,19 @@ def test_a_recipe_key_added_since_counts_as_its_default(sweep_dir, tmp_path, cap
     assert "ent_coef=0.0 (this command: 0.02)" in capsys.readouterr().err
 
 
+def test_a_run_config_of_an_earlier_version_matches_its_recipe(sweep_dir, tmp_path, capsys):
+    """A config.yaml written before core options and training aids moved (``kernel: auto`` at the top level) is read
+    where those keys live now: the same recipe is no conflict."""
+    out = tmp_path / "sweep"
+    shutil.copytree(sweep_dir, out)
+    for config in out.glob("*/*/config.yaml"):
+        text = config.read_text(encoding="utf-8")
+        text = "".join(x for x in text.splitlines(True) if not x.startswith(("core_kwargs:", "train_wrappers:")))
+        config.write_text(text + "kernel: auto\nlstm_forget_bias: null\ncue_start: 0.0\n", encoding="utf-8")
+    assert sweep.main([*GRID, "--out", str(out), "--dry-run"]) == 0
+    capsys.readouterr()
+
+
 def test_runs_outside_a_sweep_are_labelled_by_their_env_aids(sweep_dir, tmp_path):
     """A folder of train_agent runs (no cell.json): frame stacking and training-aid runs are not pooled with plain
     ones."""
@@ -124,9 +137,14 @@ def test_runs_outside_a_sweep_are_labelled_by_their_env_aids(sweep_dir, tmp_path
                        if not x.startswith(("frame_stack:", "cue_start:", "lookback_start:", "faceback_start:",
                                             "ordered_ends:")))
         config.write_text(text + line, encoding="utf-8")
+    new = tmp_path / "runs" / "wrapped"  # the aids as train_wrappers name them now
+    shutil.copytree(src, new)
+    config = new / "config.yaml"
+    text = "".join(x for x in config.read_text(encoding="utf-8").splitlines(True) if not x.startswith("train_wrappers:"))
+    config.write_text(text + "train_wrappers: {memory_aids: {cue_start: 0.25, ordered_ends: 0.5}}\n", encoding="utf-8")
     labels = {run.run_dir.name: run.label for run in report.load_runs(tmp_path / "runs")}
     assert labels == {"plain": "mlp", "fs": "mlp+fs4", "cue": "mlp+cue0.5", "back": "mlp+back0.25",
-                      "face": "mlp+face0.5", "ord": "mlp+face0.5+ord0.25"}
+                      "face": "mlp+face0.5", "ord": "mlp+face0.5+ord0.25", "wrapped": "mlp+cue0.25+ord0.5"}
 
 
 def test_interrupted_cell_is_resumed_and_unresumable_one_restarted(sweep_dir, tmp_path, capsys):

@@ -34,7 +34,8 @@ from stable_baselines3.common.vec_env.patch_gym import _patch_env
 from .buffer import RecurrentRolloutBuffer
 from .cores import get_core_class
 from .policy import RecurrentActorCriticPolicy, saved_core_kwargs
-from .serialization import POLICY_CONFIG_NAME, atomic_path, read_policy_config
+from .serialization import (MODEL_DATA_NAME, POLICY_CONFIG_NAME, atomic_path, episode_data, plain_data_objects,
+                            read_policy_config)
 
 
 def _positive_int(name: str, value: Any, allow_none: bool = False) -> Optional[int]:
@@ -382,12 +383,18 @@ class RecurrentPPO(PPO):
             super().save(tmp, exclude=exclude, include=include)
             with zipfile.ZipFile(tmp, "a") as archive:
                 archive.writestr(POLICY_CONFIG_NAME, json.dumps(self.policy.config(), indent=2))
+                archive.writestr(MODEL_DATA_NAME, json.dumps(episode_data(self)))
 
     @classmethod
     def load(cls, path, env=None, device="auto", custom_objects=None, print_system_info=False,
-             force_reset=True, **kwargs):
-        """SB3's ``load``, after checking that the file is a model saved by ``RecurrentPPO.save``."""
+             force_reset=True, trust_file: bool = False, **kwargs):
+        """SB3's ``load``, after checking that the file is a model saved by ``RecurrentPPO.save``, and without
+        unpickling anything: every field SB3 stored as a pickle is rebuilt from plain data
+        (:func:`agents.serialization.plain_data_objects`), and a field that cannot be is refused in one line.
+        ``trust_file=True`` lets SB3 unpickle such fields (it runs code from the file: only for files you trust)."""
         read_policy_config(path)  # clear error for a missing, corrupt or foreign file
-        return super().load(path if not Path(str(path)).is_dir() else Path(path) / "model.zip", env=env,
-                            device=device, custom_objects=custom_objects, print_system_info=print_system_info,
-                            force_reset=force_reset, **kwargs)
+        path = path if not Path(str(path)).is_dir() else Path(path) / "model.zip"
+        objects = {} if trust_file else plain_data_objects(path)
+        objects.update(custom_objects or {})
+        return super().load(path, env=env, device=device, custom_objects=objects,
+                            print_system_info=print_system_info, force_reset=force_reset, **kwargs)

@@ -1,8 +1,12 @@
-"""Loading a trained policy without the trainer, without an env and without unpickling objects.
+"""Loading a trained policy or model without unpickling anything, and atomic writes.
 
 A model zip written by ``RecurrentPPO.save`` holds SB3's entries plus ``recurrent_policy.json`` (plain data: spaces,
-core, sizes, env id). :func:`load_policy` reads only that JSON and the weights ``policy.pth`` (a state dict of
-tensors, read with ``torch.load(weights_only=True)``), so loading runs no code from the file.
+core, sizes, env id) and ``recurrent_ppo.json`` (the episode statistics as plain numbers). :func:`load_policy` reads
+only that JSON and the weights ``policy.pth`` (a state dict of tensors, read with ``torch.load(weights_only=True)``),
+so loading runs no code from the file. SB3 stores some fields of its ``data`` entry as pickles;
+:func:`plain_data_objects` rebuilds every one of them from plain data instead (spaces from ``recurrent_policy.json``,
+schedules from the numbers SB3 writes beside each pickle), which is how ``RecurrentPPO.load`` loads a file without
+running code from it, and refuses a field it cannot rebuild that way.
 """
 
 from __future__ import annotations
@@ -11,15 +15,18 @@ import contextlib
 import io
 import json
 import os
+import re
 import zipfile
+from collections import deque
 from pathlib import Path
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 
 from .policy import RecurrentActorCriticPolicy
 
 POLICY_CONFIG_NAME = "recurrent_policy.json"
+MODEL_DATA_NAME = "recurrent_ppo.json"
 WEIGHTS_NAME = "policy.pth"
 
 
@@ -109,3 +116,104 @@ def load_policy(path, device: torch.device | str = "cpu") -> RecurrentActorCriti
     policy.to(device)
     policy.set_training_mode(False)
     return policy
+
+
+# ---------------------------------------------------------------------------------------------------- plain data
+_NUM = r"(-?[0-9.]+(?:[eE][-+]?[0-9]+)?)"
+_CONSTANT_RE = re.compile(rf"ConstantSchedule\(val={_NUM}\)")
+_LINEAR_RE = re.compile(rf"LinearSchedule\(start={_NUM}, end={_NUM}, end_fraction={_NUM}\)")
+_SCHEDULES = ("learning_rate", "lr_schedule", "clip_range", "clip_range_vf", "ent_coef")
+_RESET_ON_LOAD = ("_last_obs", "_last_episode_starts", "_last_original_obs")
+_EPISODE_BUFFERS = ("ep_info_buffer", "ep_success_buffer")
+
+
+class UnsafeModelFile(ValueError):
+    """A model file with a field that only unpickling (running code from the file) could restore."""
+
+
+def _schedule(key: str, item: Dict[str, Any], path: Path):
+    """A schedule from the plain numbers SB3 writes beside its pickle: a float or a ``LinearSchedule``."""
+    from stable_baselines3.common.utils import LinearSchedule
+
+    kind = str(item.get(":type:", ""))
+    if kind.endswith(".LinearSchedule'>"):
+        try:
+            return LinearSchedule(float(item["start"]), float(item["end"]), float(item["end_fraction"]))
+        except (KeyError, TypeError, ValueError):
+            pass
+    elif kind.endswith(".ConstantSchedule'>") and isinstance(item.get("val"), (int, float)):
+        return float(item["val"])
+    elif kind.endswith(".FloatSchedule'>"):
+        text = str(item.get("value_schedule", ""))
+        m = _CONSTANT_RE.fullmatch(text)
+        if m:
+            return float(m.group(1))
+        m = _LINEAR_RE.fullmatch(text)
+        if m:
+            return LinearSchedule(*(float(g) for g in m.groups()))
+    raise UnsafeModelFile(f"model file {str(path)!r}: {key} is a schedule that is not plain data ({kind or 'unknown'}); "
+                          "restoring it would unpickle code from the file: expected a constant or linear schedule, "
+                          "or RecurrentPPO.load(..., trust_file=True) for a file you trust")
+
+
+def plain_data_objects(path) -> Dict[str, Any]:
+    """For every field of a model file's ``data`` entry that SB3 stored as a pickle, its value rebuilt from plain
+    data (SB3's ``custom_objects``): with these, ``BaseAlgorithm.load`` unpickles nothing. Raises
+    :class:`UnsafeModelFile` (one line) for a field that cannot be rebuilt so."""
+    from stable_baselines3.common.utils import FloatSchedule
+
+    from .spaces import space_from_config
+
+    p, policy_cfg, _ = _read_archive(path)
+    try:
+        with zipfile.ZipFile(p) as archive:
+            data = json.loads(archive.read("data").decode("utf-8"))
+            extra = json.loads(archive.read(MODEL_DATA_NAME).decode("utf-8")) \
+                if MODEL_DATA_NAME in archive.namelist() else {}
+    except (KeyError, zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise ValueError(f"model file {str(p)!r} is corrupt ({type(exc).__name__}): expected a model.zip written by "
+                         "RecurrentPPO.save") from None
+    if not isinstance(data, dict) or not isinstance(extra, dict):
+        raise ValueError(f"model file {str(p)!r}: its data entries are not JSON objects; expected a model.zip "
+                         "written by RecurrentPPO.save")
+    window = data.get("_stats_window_size") if isinstance(data.get("_stats_window_size"), int) else 100
+    out: Dict[str, Any] = {}
+    for key, item in data.items():
+        if not (isinstance(item, dict) and ":serialized:" in item):
+            continue
+        if key == "policy_class":
+            out[key] = RecurrentActorCriticPolicy
+        elif key in ("observation_space", "action_space"):
+            out[key] = space_from_config(policy_cfg[key])
+        elif key in _RESET_ON_LOAD:
+            out[key] = None  # SB3 resets the env before the next rollout
+        elif key in _EPISODE_BUFFERS:
+            saved = extra.get(key) if isinstance(extra.get(key), list) else []
+            out[key] = deque((e for e in map(_plain_episode, saved) if e is not None), maxlen=window)
+        elif key in _SCHEDULES:
+            value = _schedule(key, item, p)
+            out[key] = FloatSchedule(value) if key == "lr_schedule" else value
+        else:
+            raise UnsafeModelFile(f"model file {str(p)!r}: field {key!r} ({item.get(':type:', 'unknown type')}) is "
+                                  "stored as a pickle, and restoring it would run code from the file: expected a "
+                                  "model saved by RecurrentPPO.save, or RecurrentPPO.load(..., trust_file=True) for "
+                                  "a file you trust")
+    return out
+
+
+def _plain_episode(entry: Any) -> Optional[Any]:
+    """An episode-statistics entry as plain data: ``{"r", "l", "t"}`` numbers (or a bool for success), else None."""
+    if isinstance(entry, bool):
+        return entry
+    if isinstance(entry, dict) and all(isinstance(entry.get(k), (int, float)) for k in ("r", "l")):
+        return {k: float(entry[k]) if k != "l" else int(entry[k]) for k in ("r", "l", "t") if k in entry}
+    return None
+
+
+def episode_data(model) -> Dict[str, Any]:
+    """The plain-data part of a model that SB3 would pickle and a resumed run needs: its episode statistics."""
+    out: Dict[str, Any] = {}
+    for key in _EPISODE_BUFFERS:
+        buf = getattr(model, key, None) or []
+        out[key] = [e for e in (_plain_episode(x) for x in buf) if e is not None]
+    return out

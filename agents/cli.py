@@ -137,6 +137,9 @@ def _error(exc: BaseException, code: int) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """The parsed arguments -> a config -> :func:`agents.train.train` (or the printed config); the exit status."""
+    for name, expected in _NON_EMPTY.items():  # an empty value is a mistake, never "not given"
+        if getattr(args, name) == "":
+            raise SetupError(f"--{name.replace('_', '-')} '': expected {expected}")
     if args.resume is not None:
         return _resume(args)
     import envs
@@ -155,9 +158,13 @@ def run(args: argparse.Namespace) -> int:
     return train(cfg, progress=not args.no_progress).exit_code
 
 
+#: string flags and what a value must be (the message for an empty one)
+_NON_EMPTY = {"resume": "the path of a run directory", "env": "an env id, e.g. MiniGrid-Memory",
+              "core": "a core name (gru, lstm, mlp) or module:Class", "match_params": "CORE:HIDDEN, e.g. lstm:128",
+              "config": "the path of a YAML file", "logdir": "a directory", "device": "auto, cpu, cuda or cuda:N"}
+
+
 def _resume(args: argparse.Namespace) -> int:
-    if not args.resume:
-        raise SetupError("--resume '': expected the path of a run directory")
     if args.print_config:
         raise SetupError("--print-config shows the config of a new run; the config of a run to resume is "
                          "RUN_DIR/config.yaml")

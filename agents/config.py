@@ -179,6 +179,10 @@ class TrainConfig:
         """Cross-field rules (each field was checked on its own when it was set)."""
         for f in dataclasses.fields(self):  # a config built in code gets the same per-field checks
             setattr(self, f.name, coerce_value(f.name, getattr(self, f.name), "config"))
+        if self.batch_size > self.n_steps * self.n_envs:
+            raise ConfigError(f"batch_size={self.batch_size} is larger than a rollout (n_steps={self.n_steps} x "
+                              f"n_envs={self.n_envs} = {self.n_steps * self.n_envs} steps): expected at most "
+                              f"{self.n_steps * self.n_envs}")
         if self.n_steps * self.n_envs < 2:
             raise ConfigError(f"n_steps={self.n_steps} x n_envs={self.n_envs} = {self.n_steps * self.n_envs} steps "
                               "per rollout: expected at least 2 (advantages are normalized over a minibatch)")
@@ -476,9 +480,23 @@ def family_for(env_id: str) -> str:
     return "default"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _parse_yaml(text: str, source: str) -> Dict[str, Any]:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

@@ -47,7 +47,8 @@ def build_policy(env_id: str, core: str, hidden: int, device: str = "cpu"):
     from stable_baselines3.common.env_util import make_vec_env
 
     warnings.filterwarnings("ignore", message=".*mini-batch size.*")  # n_envs=1 here; never trained
-    cfg = resolve_config(env=env_id, overrides={"core": core, "hidden_size": hidden, "n_envs": 1, "device": device})
+    cfg = resolve_config(env=env_id, overrides={"core": core, "hidden_size": hidden, "device": device})
+    cfg.n_envs, cfg.batch_size = 1, cfg.n_steps  # one env to build the model with; it is never trained
     venv = make_vec_env(env_factory(cfg), n_envs=1, seed=0)
     policy = build_model(cfg, venv, device).policy
     obs = venv.reset()[0]

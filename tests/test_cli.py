@@ -234,6 +234,11 @@ def run_main(argv, capsys) -> tuple[int, str, str]:
     (["--set", "train_wrappers.memory_aids.ordered_ends=-1"], "ordered_ends=-1"),
     (["--env", "CartPole-P-v1", "--set", "train_wrappers.memory_aids.ordered_ends=0.5"], "ordered_ends=0.5 applies only to the MiniGrid-Memory"),
     (["--config", "/nonexistent/cfg.yaml"], "does not exist"),
+    (["--env", ""], "--env '': expected an env id"),
+    (["--set", "batch_size=4096"], "batch_size=4096 is larger than a rollout (n_steps=128 x n_envs=8 = 1024 steps)"),
+    (["--core", ""], "--core '': expected a core name"),
+    (["--match-params", ""], "--match-params '': expected CORE:HIDDEN"),
+    (["--resume", ""], "--resume '': expected the path of a run directory"),
     (["--resume", "/nonexistent/run"], "no such directory"),
     (["--resume", "/tmp", "--core", "lstm"], "--core cannot be combined"),
 ])
@@ -255,6 +260,14 @@ def test_resume_refuses_a_run_in_use(runs, capsys):
     finally:
         (run_dir / ".lock").unlink()
     assert code == 2 and f"is in use by process {os.getppid()}" in err, err
+
+
+def test_config_file_with_a_key_given_twice_is_rejected(tmp_path, capsys):
+    cfg = tmp_path / "twice.yaml"
+    cfg.write_text("n_steps: 64\nent_coef: 0.01\nn_steps: 32\n")
+    code, _, err = run_main(["--config", str(cfg), "--logdir", str(tmp_path / "runs"), "--no-progress"], capsys)
+    assert code == 2 and "line 3" in err and "'n_steps' is given twice" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
 
 
 def test_config_file_with_unknown_key_is_rejected(tmp_path, capsys):

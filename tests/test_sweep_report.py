@@ -170,7 +170,7 @@ def test_grid_cells_sizes_and_labels():
     assert sweep.parse_seeds("0-2,5") == [0, 1, 2, 5]
     sizes = sweep.size_specs(["64"], ["lstm:64"])
     assert [s[0] for s in sizes] == ["h64", "pm-lstm64"]
-    cells = sweep.build_cells(["gru", "lstm"], ["CartPole-P"], [0], sizes, 512, ["n_steps=32"])
+    cells = sweep.build_cells(["gru", "lstm"], ["CartPole-P"], [0], sizes, 512, ["n_steps=32", "batch_size=512"])
     by_id = {c.cell_id: c for c in cells}
     # lstm at pm-lstm64 would be the same run as lstm at h64: trained once (the report puts it in both groups)
     assert set(by_id) == {"CartPole-P-v1__gru__h64__s0", "CartPole-P-v1__lstm__h64__s0",

@@ -63,7 +63,18 @@ DEFAULT_BOUNDS: List[Tuple[str, str, float, float]] = [
     ("MiniGrid-", "mean_reward", 0.0, 1.0),
     ("CartPole", "mean_reward", 0.0, 500.0),
 ]
-CURVE_TAGS = ("eval/mean_reward", "eval/success_rate", "perf/rollout_s", "perf/update_s", "train/grad_norm")
+CURVE_TAGS = ("eval/mean_reward", "eval/success_rate", "perf/rollout_s", "perf/update_s", "train/grad_norm",
+              "rollout/ep_rew_mean", "eval_pool/mean_reward", "eval_pool/success_rate")
+
+
+def metric_tag(metric: str) -> str:
+    """The TensorBoard tag of a metric: an eval/ metric by its name (``success_rate``), any other by its whole tag
+    (``rollout/ep_rew_mean``: the mean return of the last 100 training episodes; ``eval_pool/success_rate``)."""
+    return metric if "/" in metric else f"eval/{metric}"
+
+
+def metric_label(metric: str) -> str:
+    return metric.replace("/", " ") if "/" in metric else f"eval {metric}"
 
 
 class ReportError(Exception):
@@ -238,7 +249,7 @@ def parse_thresholds(items: Sequence[str]) -> List[Tuple[str, str, float]]:
 def parse_bounds(items: Sequence[str]) -> List[Tuple[str, str, float, float]]:
     out = []
     for item in items:
-        m = re.fullmatch(r"([^=]+)=(?:([a-z_]+):)?(-?[0-9.eE+-]+):(-?[0-9.eE+-]+)", item)
+        m = re.fullmatch(r"([^=]+)=(?:([a-z_/]+):)?(-?[0-9.eE+-]+):(-?[0-9.eE+-]+)", item)
         if not m or float(m.group(4)) <= float(m.group(3)):
             raise ReportError(f"--bounds {item!r}: expected ENV_PREFIX=[METRIC:]LO:HI with LO < HI, e.g. "
                               "Pendulum=-1600:0")
@@ -250,7 +261,7 @@ def metric_for(env: str, runs: List[Run], thresholds) -> Tuple[str, Optional[flo
     """The eval metric and threshold of an env (success_rate only if the runs logged it)."""
     for prefix, metric, value in thresholds:
         if env.startswith(prefix):
-            if all(f"eval/{metric}" in r.scalars for r in runs):
+            if all(metric_tag(metric) in r.scalars for r in runs):
                 return metric, value
             break
     return "mean_reward", next((v for p, m, v in thresholds if env.startswith(p) and m == "mean_reward"), None)
@@ -260,7 +271,7 @@ def bounds_for(env: str, metric: str, runs: List[Run], bounds) -> Tuple[float, f
     for prefix, m, lo, hi in bounds:
         if env.startswith(prefix) and m == metric:
             return lo, hi, "fixed"
-    values = np.concatenate([r.scalars[f"eval/{metric}"][1] for r in runs])
+    values = np.concatenate([r.scalars[metric_tag(metric)][1] for r in runs])
     lo, hi = float(values.min()), float(values.max())
     return lo, (hi if hi > lo else lo + 1.0), "observed min/max"
 
@@ -299,7 +310,7 @@ def analyse(runs: List[Run], thresholds, bounds, reps: int, reference: Optional[
     envs_out: Dict[str, Any] = {}
     for env, env_runs in sorted(by_env.items()):
         metric, threshold = metric_for(env, env_runs, thresholds)
-        tag = f"eval/{metric}"
+        tag = metric_tag(metric)
         env_runs = [r for r in env_runs if tag in r.scalars]
         if not env_runs:
             continue
@@ -462,7 +473,7 @@ def plot(result: Dict[str, Any], out: Path, footer: str) -> List[Path]:
                 axes[2].fill_between(c["steps"], c["lo"], c["hi"], color=line.get_color(), alpha=0.2)
         for ax, xl in zip(axes, ("env steps", "training seconds (rollout + update)")):
             ax.set_xlabel(xl)
-            ax.set_ylabel(f"eval {e['metric']} (IQM, 95% CI)")
+            ax.set_ylabel(f"{metric_label(e['metric'])} (IQM, 95% CI)")
             if e["threshold"] is not None:
                 ax.axhline(e["threshold"], color="grey", ls=":", lw=1)
             ax.grid(alpha=0.3)
@@ -471,7 +482,7 @@ def plot(result: Dict[str, Any], out: Path, footer: str) -> List[Path]:
             axes[2].set_ylabel("train/grad_norm before clipping (IQM, 95% CI)")
             axes[2].grid(alpha=0.3)
         axes[0].legend(fontsize=7)
-        fig.suptitle(f"{env}: eval {e['metric']} over seeds")
+        fig.suptitle(f"{env}: {metric_label(e['metric'])} over seeds")
         finish(fig, height)
         path = out / f"curves_{env}.png"
         fig.savefig(path, dpi=110)
@@ -519,7 +530,7 @@ def markdown(result: Dict[str, Any], prov: Dict[str, Any], sweep_info: Dict[str,
     for env, e in result["envs"].items():
         th = "no threshold" if e["threshold"] is None else f"threshold {e['metric']} >= {_fmt(e['threshold'])}"
         lines += [f"## {env}", "",
-                  f"Metric: eval {e['metric']}; {th}; AUC normalized to [{_fmt(e['bounds'][0])}, "
+                  f"Metric: {metric_label(e['metric'])}; {th}; AUC normalized to [{_fmt(e['bounds'][0])}, "
                   f"{_fmt(e['bounds'][1])}] ({e['bounds_kind']}).", ""]
         fig = out / f"curves_{env}.png"
         if fig in figures:
@@ -595,7 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(ROOT / "results" / "comparison"), help="output folder (default "
                                                                                 "results/comparison)")
     p.add_argument("--threshold", action="append", default=[], metavar="ENV_PREFIX=[METRIC:]VALUE",
-                   help="steps-to-threshold per env prefix (defaults: MiniGrid=success_rate:0.9, CartPole=475, ...)")
+                   help="steps-to-threshold per env prefix (defaults: MiniGrid=success_rate:0.9, CartPole=475, ...); "
+                        "METRIC is an eval/ metric or a whole tag, e.g. MiniGrid=rollout/ep_rew_mean:0.9")
     p.add_argument("--bounds", action="append", default=[], metavar="ENV_PREFIX=[METRIC:]LO:HI",
                    help="AUC normalization bounds (defaults: CartPole 0:500, MiniGrid 0:1, else observed min/max)")
     p.add_argument("--reference", default="lstm", help="core label the ratio table divides by (default lstm; '' "

@@ -496,3 +496,16 @@ def test_ray_backend_runs_the_same_cells(tmp_path, monkeypatch, capsys):
         except (subprocess.TimeoutExpired, OSError):
             head.kill()
             head.wait()
+
+
+def test_report_metric_may_be_any_logged_tag():
+    """--threshold/--bounds take an eval/ metric by name or any scalar tag whole (the training-episode return)."""
+    curve = (np.array([1.0, 2.0]), np.array([0.5, 0.95]), np.array([0.0, 1.0]))
+    runs = [report.Run(Path("r"), {}, {}, {}, "MiniGrid-MemoryS9-v0", "lstm", "h256", 0,
+                       {"rollout/ep_rew_mean": curve, "eval/success_rate": curve})]
+    thresholds = report.parse_thresholds(["MiniGrid=rollout/ep_rew_mean:0.9"])
+    assert report.metric_for("MiniGrid-MemoryS9-v0", runs, thresholds) == ("rollout/ep_rew_mean", 0.9)
+    assert report.metric_for("MiniGrid-MemoryS9-v0", runs, report.parse_thresholds([])) == ("success_rate", 0.9)
+    bounds = report.parse_bounds(["MiniGrid=rollout/ep_rew_mean:0:1"])
+    assert report.bounds_for("MiniGrid-MemoryS9-v0", "rollout/ep_rew_mean", runs, bounds)[:2] == (0.0, 1.0)
+    assert report.metric_tag("success_rate") == "eval/success_rate"

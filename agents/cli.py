@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue an interrupted run from its latest checkpoint, in the same directory and "
                         "TensorBoard curves (config from RUN_DIR/config.yaml; may change --total-timesteps, "
                         "--device, --vec-env)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="with --resume: accept a checkpoint of an earlier version, whose RNG and reward statistics "
+                        "are pickles (unpickling runs code from the file: only for runs you made yourself)")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="override any config key (listed below), e.g. --set n_steps=64 ent_coef=0.01 "
                         "encoder_sizes=[128]; a mapping key by KEY.NAME=VALUE, e.g. core_kwargs.kernel=stock")
@@ -150,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
                              config_file=args.config)
     except envs.UnknownEnvError as exc:
         raise SetupError(str(exc)) from None
+    if args.trust_checkpoint:
+        raise SetupError("--trust-checkpoint applies only with --resume RUN_DIR")
     if args.print_config:
         matched = size_core(cfg)
         note = f"\nhidden_size: {matched}" if matched else ""
@@ -175,7 +180,8 @@ def _resume(args: argparse.Namespace) -> int:
         names = ", ".join("--" + e.replace("_", "-") for e in extra)
         raise SetupError(f"--resume takes the run's settings from RUN_DIR/config.yaml; {names} cannot be combined "
                          f"with it (allowed: {', '.join('--' + f.replace('_', '-') for f in RESUME_OPTIONS)})")
-    return train(resume=args.resume, resume_overrides=flags, progress=not args.no_progress).exit_code
+    return train(resume=args.resume, resume_overrides=flags, trust_checkpoint=args.trust_checkpoint,
+                 progress=not args.no_progress).exit_code
 
 
 def _flag_overrides(args: argparse.Namespace) -> Dict[str, Any]:

@@ -9,13 +9,18 @@ Run directory ``<logdir>/<env>__<core>__s<seed>__<YYYYmmdd-HHMMSS>/``::
     checkpoints/step_N/    the latest checkpoints
     .lock                  the pid of the process training in it
 
-Checkpoint layout (written into a temporary directory, then renamed: a checkpoint exists whole or not at all)::
+Checkpoint layout (written into a temporary directory, then renamed: a checkpoint exists whole or not at all;
+every file is plain data - nothing in a checkpoint is unpickled)::
 
     RUN_DIR/checkpoints/step_000012288/
-        model.zip         RecurrentPPO.save: policy, optimizer, schedules, step and update counters, episode buffer
-        rng.pkl           python, numpy and torch RNG states
-        vecnormalize.pkl  reward normalization statistics (only with normalize_reward: true)
-        state.json        step, accumulated rollout/update/wall seconds, number of sessions
+        model.zip          RecurrentPPO.save: policy, optimizer, schedules, step and update counters, episode buffer
+        rng.json           python, numpy and torch RNG states, as numbers
+        vecnormalize.json  reward normalization statistics (only with normalize_reward: true)
+        state.json         step, accumulated rollout/update/wall seconds, number of sessions
+        manifest.json      the step and each file's sha256, written last: a resume checks it before anything else
+
+Checkpoints of earlier versions hold ``rng.pkl`` / ``vecnormalize.pkl`` (pickles) and no manifest: they are resumed
+only with ``trust_checkpoint=True`` (``train_agent --resume RUN_DIR --trust-checkpoint``).
 
 Every problem a user can cause here (a logdir that is a file or read-only, a full disk, a run in use, a run
 directory without config or checkpoint) is a :class:`RunDirError` with a one-line message.
@@ -31,6 +36,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -42,9 +48,10 @@ import torch
 from .config import TrainConfig, family_for
 from .serialization import write_atomic
 
-__all__ = ["RunDirError", "RunState", "write_atomic", "run_name", "create_run_dir", "probe_run_dir", "acquire_lock",
-           "release_lock", "write_config", "read_run_config", "Checkpoint", "save_checkpoint", "list_checkpoints",
-           "latest_checkpoint", "restore_rng", "git_commit", "versions", "peak_rss_mb", "PROG"]
+__all__ = ["RunDirError", "CheckpointError", "RunState", "write_atomic", "run_name", "create_run_dir", "probe_run_dir",
+           "acquire_lock", "release_lock", "write_config", "read_run_config", "Checkpoint", "save_checkpoint",
+           "list_checkpoints", "latest_checkpoint", "checkpoint_to_resume", "check_checkpoint", "restore_rng",
+           "git_commit", "versions", "peak_rss_mb", "PROG"]
 
 #: the name in messages: the console script that runs the pipeline
 PROG = "train_agent"
@@ -55,6 +62,10 @@ _LOCK = ".lock"
 
 class RunDirError(ValueError):
     """A run directory that cannot be created, written, locked or resumed: one line naming it and what is expected."""
+
+
+class CheckpointError(RunDirError):
+    """A checkpoint that is damaged, inconsistent or of a format that would need unpickling: one line."""
 
 
 def run_name(cfg: TrainConfig) -> str:
@@ -216,15 +227,60 @@ class Checkpoint:
 
     @property
     def vecnormalize(self) -> Path:
-        return self.path / "vecnormalize.pkl"
+        """The reward-normalisation statistics (``vecnormalize.json``; ``.pkl`` in checkpoints of earlier versions)."""
+        new = self.path / "vecnormalize.json"
+        return new if new.exists() or not (self.path / "vecnormalize.pkl").exists() else self.path / "vecnormalize.pkl"
+
+    @property
+    def legacy(self) -> bool:
+        """Written by an earlier version: pickled RNG and normalisation files, no manifest."""
+        return not (self.path / MANIFEST).exists() and (self.path / "rng.pkl").exists()
 
     def state(self) -> RunState:
         return RunState.from_json(json.loads((self.path / "state.json").read_text()))
 
 
+MANIFEST = "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _rng_state() -> Dict[str, Any]:
+    """The python, numpy and torch RNG states as plain numbers."""
+    version, internal, gauss = random.getstate()
+    name, key, pos, has_gauss, cached = np.random.get_state()
+    return {"python": [version, list(internal), gauss],
+            "numpy": [name, key.tolist(), int(pos), int(has_gauss), float(cached)],
+            "torch": torch.get_rng_state().tolist(),
+            "cuda": [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else None}
+
+
+def _vecnormalize_state(venv) -> Dict[str, Any]:
+    """A reward-normalising VecNormalize's statistics as plain numbers (observations are normalised in the policy)."""
+    rms = venv.ret_rms
+    return {"ret_mean": np.asarray(rms.mean).tolist(), "ret_var": np.asarray(rms.var).tolist(),
+            "ret_count": float(rms.count), "clip_reward": float(venv.clip_reward), "gamma": float(venv.gamma),
+            "epsilon": float(venv.epsilon)}
+
+
+def restore_vecnormalize(venv, path: Path) -> None:
+    """Set a VecNormalize's reward statistics from ``vecnormalize.json`` (checked by :func:`check_checkpoint`)."""
+    data = json.loads(Path(path).read_text())
+    venv.ret_rms.mean = np.asarray(data["ret_mean"], dtype=np.float64)
+    venv.ret_rms.var = np.asarray(data["ret_var"], dtype=np.float64)
+    venv.ret_rms.count = float(data["ret_count"])
+
+
 def save_checkpoint(run_dir: Path, model, state: RunState, keep: int) -> Checkpoint:
-    """Write a checkpoint of ``model`` at its current step atomically (temp directory, then rename); keep the
-    ``keep`` most recent ones."""
+    """Write a checkpoint of ``model`` at its current step atomically (temp directory, then rename), plain data only,
+    with a manifest of checksums written last; keep the ``keep`` most recent ones."""
     root = Path(run_dir) / CHECKPOINT_DIR
     root.mkdir(parents=True, exist_ok=True)
     step = int(model.num_timesteps)
@@ -235,13 +291,13 @@ def save_checkpoint(run_dir: Path, model, state: RunState, keep: int) -> Checkpo
     tmp.mkdir()
     try:
         model.save(tmp / "model.zip")
-        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-        write_atomic(tmp / "rng.pkl", pickle.dumps(rng))
+        write_atomic(tmp / "rng.json", json.dumps(_rng_state()))
         venv = model.get_vec_normalize_env()
         if venv is not None:
-            venv.save(str(tmp / "vecnormalize.pkl"))
+            write_atomic(tmp / "vecnormalize.json", json.dumps(_vecnormalize_state(venv)))
         write_atomic(tmp / "state.json", json.dumps({"step": step, "time": time.time(), **state.to_json()}, indent=2))
+        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+        write_atomic(tmp / MANIFEST, json.dumps({"format": 2, "step": step, "files": files}, indent=2))
         if final.exists():  # same step checkpointed twice (e.g. periodic, then on a signal): replace it
             old = root / f".old-{os.getpid()}-{final.name}"
             os.replace(final, old)
@@ -278,15 +334,89 @@ def latest_checkpoint(run_dir: Path) -> Optional[Checkpoint]:
     return ckpts[-1] if ckpts else None
 
 
-def restore_rng(ckpt: Checkpoint) -> None:
-    """Set the python, numpy and torch RNGs to their state at the checkpoint (our own file: pickle is fine here)."""
-    with open(ckpt.path / "rng.pkl", "rb") as fh:
-        rng = pickle.load(fh)
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
-    if rng.get("cuda") is not None and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+def check_checkpoint(ckpt: Checkpoint, trust: bool = False) -> None:
+    """Check a whole checkpoint before anything is restored from it: its manifest, every file's checksum, and that
+    the manifest, ``state.json`` and the model agree on the step. A checkpoint of an earlier version (pickled RNG
+    state, no manifest) passes only with ``trust``. Raises :class:`CheckpointError` (one line)."""
+    where = str(ckpt.path)
+    if ckpt.legacy:
+        if not trust:
+            raise CheckpointError(f"checkpoint {where!r} was written by an earlier version (rng.pkl, a pickle): "
+                                  "resuming from it would unpickle the file; expected a checkpoint with a "
+                                  "manifest.json, or --trust-checkpoint for a run you made yourself")
+        return
+    try:
+        manifest = json.loads((ckpt.path / MANIFEST).read_text(encoding="utf-8"))
+        files, step = dict(manifest["files"]), int(manifest["step"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {where!r}: {MANIFEST} is missing or unreadable ({type(exc).__name__}); "
+                              "expected a checkpoint written whole by train_agent") from None
+    for name in ("model.zip", "rng.json", "state.json"):
+        if name not in files:
+            raise CheckpointError(f"checkpoint {where!r}: {MANIFEST} does not list {name}")
+    for name, digest in files.items():
+        path = ckpt.path / name
+        if Path(name).name != name or not path.is_file():
+            raise CheckpointError(f"checkpoint {where!r}: {name} is missing")
+        if _sha256(path) != digest:
+            raise CheckpointError(f"checkpoint {where!r}: {name} does not match its checksum (damaged or changed "
+                                  "after it was written)")
+    try:
+        state_step = int(json.loads((ckpt.path / "state.json").read_text())["step"])
+        with zipfile.ZipFile(ckpt.model) as archive:
+            model_step = int(json.loads(archive.read("data"))["num_timesteps"])
+        rng = json.loads((ckpt.path / "rng.json").read_text())
+        if not (isinstance(rng.get("python"), list) and isinstance(rng.get("numpy"), list)
+                and isinstance(rng.get("torch"), list)):
+            raise ValueError("rng.json")
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"checkpoint {where!r}: its files cannot be read ({type(exc).__name__}: {exc})") from None
+    if not step == state_step == model_step == ckpt.step:
+        raise CheckpointError(f"checkpoint {where!r}: steps disagree (directory {ckpt.step}, manifest {step}, "
+                              f"state.json {state_step}, model {model_step}); expected one step")
+
+
+def checkpoint_to_resume(run_dir: Path, trust: bool = False) -> Optional[Checkpoint]:
+    """The newest checkpoint, checked (:func:`check_checkpoint`); when it is damaged the error names the previous
+    good one. None when the run has no checkpoint."""
+    ckpts = list_checkpoints(run_dir)
+    if not ckpts:
+        return None
+    try:
+        check_checkpoint(ckpts[-1], trust)
+    except CheckpointError as exc:
+        for older in reversed(ckpts[:-1]):
+            try:
+                check_checkpoint(older, trust)
+            except CheckpointError:
+                continue
+            raise CheckpointError(f"{exc}; the previous good checkpoint is {str(older.path)!r}: move the damaged "
+                                  "one aside to resume from it") from None
+        raise
+    return ckpts[-1]
+
+
+def restore_rng(ckpt: Checkpoint, trust: bool = False) -> None:
+    """Set the python, numpy and torch RNGs to their state at the checkpoint (``rng.json``; the pickled ``rng.pkl``
+    of an earlier version only with ``trust``)."""
+    if ckpt.legacy:
+        if not trust:
+            raise CheckpointError(f"checkpoint {str(ckpt.path)!r}: rng.pkl is a pickle; expected --trust-checkpoint")
+        with open(ckpt.path / "rng.pkl", "rb") as fh:
+            rng = pickle.load(fh)
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        return
+    rng = json.loads((ckpt.path / "rng.json").read_text())
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, key, pos, has_gauss, cached = rng["numpy"]
+    np.random.set_state((name, np.asarray(key, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
+    cuda = rng.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in cuda])
 
 
 # ---------------------------------------------------------------------------------------------------- metadata

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from .config import TrainConfig, family_for, make_schedule, parse_match_params
-from .rundir import (PROG, RunDirError, acquire_lock, create_run_dir, git_commit, latest_checkpoint, peak_rss_mb,
-                     probe_run_dir, read_run_config, release_lock, restore_rng, run_name, save_checkpoint, versions,
-                     write_atomic, write_config)
+from .rundir import (PROG, RunDirError, acquire_lock, checkpoint_to_resume, create_run_dir, git_commit, peak_rss_mb,
+                     probe_run_dir, read_run_config, release_lock, restore_rng, restore_vecnormalize, run_name,
+                     save_checkpoint, versions, write_atomic, write_config)
 
 __all__ = ["train", "TrainResult", "SetupError", "TrainingFailed", "RESUME_OPTIONS", "TIMING_KEYS", "PLACE_KEYS",
            "make_envs", "make_pool_env", "env_factory", "build_model", "size_core", "param_count",
@@ -76,9 +76,12 @@ class TrainResult:
 
 
 def train(cfg: Optional[TrainConfig] = None, *, resume: Optional[str | Path] = None,
-          resume_overrides: Optional[Dict[str, Any]] = None, progress: bool = True) -> TrainResult:
+          resume_overrides: Optional[Dict[str, Any]] = None, trust_checkpoint: bool = False,
+          progress: bool = True) -> TrainResult:
     """Train one run: ``cfg`` (a new run) or ``resume`` (a run directory to continue, with ``resume_overrides`` of
-    :data:`RESUME_OPTIONS`). Prints a header line and a final summary line; returns a :class:`TrainResult`."""
+    :data:`RESUME_OPTIONS`; its newest checkpoint is checked whole first, and one of an earlier version, whose RNG
+    state is a pickle, is taken only with ``trust_checkpoint``). Prints a header line and a final summary line;
+    returns a :class:`TrainResult`."""
     from .callbacks import evaluate, make_logger, measure_act_latency, record_eval
     from .serialization import load_policy
 
@@ -93,7 +96,7 @@ def train(cfg: Optional[TrainConfig] = None, *, resume: Optional[str | Path] = N
             matched = size_core(cfg)
             ckpt, start_step, env_seed = None, 0, cfg.seed
         else:
-            cfg, ckpt = _config_to_resume(resume, resume_overrides or {})
+            cfg, ckpt = _config_to_resume(resume, resume_overrides or {}, trust_checkpoint)
             matched, start_step, env_seed = None, ckpt.step, cfg.seed + ckpt.step  # new seeds: no replayed episodes
         device = _setup_torch(cfg)
 
@@ -104,7 +107,8 @@ def train(cfg: Optional[TrainConfig] = None, *, resume: Optional[str | Path] = N
         try:
             try:
                 train_env, eval_env = make_envs(cfg, seed=env_seed,
-                                                vecnormalize=ckpt.vecnormalize if ckpt is not None else None)
+                                                vecnormalize=ckpt.vecnormalize if ckpt is not None else None,
+                                                trust=trust_checkpoint)
                 pool_env = make_pool_env(cfg, seed=env_seed)
                 if ckpt is None:
                     model = build_model(cfg, train_env, device)
@@ -136,7 +140,7 @@ def train(cfg: Optional[TrainConfig] = None, *, resume: Optional[str | Path] = N
                     shutil.rmtree(run_dir, ignore_errors=True)
                 raise SetupError(f"cannot write to run directory {str(run_dir)!r} ({exc.strerror or exc})") from None
             if ckpt is not None:
-                restore_rng(ckpt)
+                restore_rng(ckpt, trust_checkpoint)
 
             # 5. learn, with evaluation, checkpoints and a clean stop on SIGINT / SIGTERM
             _print_header(cfg, model, run_dir, matched, start_step)
@@ -180,8 +184,8 @@ def train(cfg: Optional[TrainConfig] = None, *, resume: Optional[str | Path] = N
 
 
 # ---------------------------------------------------------------------------------------------------- the steps
-def _config_to_resume(resume, overrides: Dict[str, Any]):
-    """The run's config (with the allowed overrides) and its latest checkpoint, checked."""
+def _config_to_resume(resume, overrides: Dict[str, Any], trust: bool):
+    """The run's config (with the allowed overrides) and its latest checkpoint, checked whole."""
     run_dir = Path(resume)
     try:
         cfg = read_run_config(run_dir)
@@ -193,7 +197,10 @@ def _config_to_resume(resume, overrides: Dict[str, Any]):
                              f"expected only {', '.join(RESUME_OPTIONS)}")
         setattr(cfg, name, value)
     cfg.validate()
-    ckpt = latest_checkpoint(run_dir)
+    try:
+        ckpt = checkpoint_to_resume(run_dir, trust)
+    except RunDirError as exc:
+        raise SetupError(str(exc)) from None
     if ckpt is None:
         raise SetupError(f"--resume {str(run_dir)!r}: no checkpoint in {run_dir / 'checkpoints'}; nothing to resume "
                          "(start a new run)")
@@ -351,9 +358,11 @@ def env_kwargs(cfg: TrainConfig) -> Dict[str, Any]:
             if getattr(cfg, k) is not None and (k, getattr(cfg, k)) != ("action_set", "all")}
 
 
-def make_envs(cfg: TrainConfig, seed: int, vecnormalize: Optional[Path] = None):
+def make_envs(cfg: TrainConfig, seed: int, vecnormalize: Optional[Path] = None, trust: bool = False):
     """Training VecEnv (Monitor per env; VecNormalize for rewards only: observations are normalized inside the
-    policy, see normalize_obs) and a DummyVecEnv for evaluation (raw rewards, no training wrappers)."""
+    policy, see normalize_obs) and a DummyVecEnv for evaluation (raw rewards, no training wrappers).
+    ``vecnormalize``: a checkpoint's reward statistics (``vecnormalize.json``; a pickled ``.pkl`` of an earlier
+    version is read only with ``trust``)."""
     import envs
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
@@ -379,11 +388,16 @@ def make_envs(cfg: TrainConfig, seed: int, vecnormalize: Optional[Path] = None):
     eval_env = make_vec_env(env_factory(cfg), n_envs=min(cfg.n_envs, cfg.eval_episodes), seed=seed + 10_000_019,
                             vec_env_cls=DummyVecEnv)
     if cfg.normalize_reward:
-        if vecnormalize is not None and Path(vecnormalize).exists():
+        if vecnormalize is not None and Path(vecnormalize).suffix == ".pkl" and Path(vecnormalize).exists():
+            if not trust:
+                raise SetupError(f"{vecnormalize} is a pickle (a checkpoint of an earlier version); expected "
+                                 "--trust-checkpoint for a run you made yourself")
             train_env = VecNormalize.load(str(vecnormalize), train_env)
             train_env.training = True
         else:
             train_env = VecNormalize(train_env, norm_obs=False, norm_reward=True, gamma=cfg.gamma)
+            if vecnormalize is not None and Path(vecnormalize).exists():
+                restore_vecnormalize(train_env, vecnormalize)
     return train_env, eval_env
 
 

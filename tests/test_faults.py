@@ -111,3 +111,122 @@ def test_a_field_only_a_pickle_could_restore_is_refused_in_one_line(saved, tmp_p
     if key == "evil":
         RecurrentPPO.load(evil, trust_file=True)
         assert marker.exists()
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+RUN_ARGS = ["--core", "gru", "--env", "CartPole-P-v1", "--n-envs", "2", "--no-progress", "--set", "n_steps=64",
+            "batch_size=128", "n_epochs=1", "hidden_size=8", "eval_episodes=2", "eval_freq=0", "latency_steps=20",
+            "checkpoint_freq=128", "keep_checkpoints=3"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    from agents.cli import main
+
+    logdir = tmp_path_factory.mktemp("runs")
+    assert main([*RUN_ARGS, "--total-timesteps", "512", "--logdir", str(logdir)]) == 0
+    (run_dir,) = [p for p in logdir.iterdir() if p.is_dir()]
+    return run_dir
+
+
+def _copy_run(run_dir: Path, tmp_path: Path) -> Path:
+    import shutil
+    dst = tmp_path / run_dir.name
+    shutil.copytree(run_dir, dst)
+    return dst
+
+
+def _snapshot(run_dir: Path) -> dict:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def _resume(run_dir: Path, capsys, *extra: str):
+    from agents.cli import main
+
+    code = main(["--resume", str(run_dir), "--total-timesteps", "640", "--no-progress", *extra])
+    return code, capsys.readouterr().err
+
+
+def _newest(run_dir: Path) -> Path:
+    return sorted((run_dir / "checkpoints").glob("step_*"))[-1]
+
+
+@pytest.mark.parametrize("damage", ["flip rng.json", "truncate state.json", "truncate model.zip", "drop manifest",
+                                    "model of another step"])
+def test_a_damaged_checkpoint_is_refused_before_anything_is_written(finished_run, tmp_path, capsys, damage):
+    run_dir = _copy_run(finished_run, tmp_path)
+    ckpt = _newest(run_dir)
+    if damage == "flip rng.json":
+        data = bytearray((ckpt / "rng.json").read_bytes())
+        data[len(data) // 2] ^= 0x01
+        (ckpt / "rng.json").write_bytes(bytes(data))
+    elif damage.startswith("truncate"):
+        name = damage.split()[1]
+        (ckpt / name).write_bytes((ckpt / name).read_bytes()[:20])
+    elif damage == "drop manifest":
+        (ckpt / "manifest.json").unlink()
+    else:  # another checkpoint's model, with a manifest rewritten to match it: the steps still disagree
+        import hashlib
+        older = sorted((run_dir / "checkpoints").glob("step_*"))[-2]
+        (ckpt / "model.zip").write_bytes((older / "model.zip").read_bytes())
+        manifest = json.loads((ckpt / "manifest.json").read_text())
+        manifest["files"]["model.zip"] = hashlib.sha256((ckpt / "model.zip").read_bytes()).hexdigest()
+        (ckpt / "manifest.json").write_text(json.dumps(manifest))
+    before = _snapshot(run_dir)
+    code, err = _resume(run_dir, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert ckpt.name in err and "previous good checkpoint" in err
+    assert _snapshot(run_dir) == before  # nothing written, nothing lost
+
+
+def test_a_checkpoint_of_an_earlier_version_needs_trust(finished_run, tmp_path, capsys):
+    """rng.pkl instead of rng.json and no manifest: refused (a planted payload does not run) unless trusted."""
+    run_dir = _copy_run(finished_run, tmp_path)
+    marker = tmp_path / "ran"
+    for ckpt in (run_dir / "checkpoints").glob("step_*"):
+        (ckpt / "manifest.json").unlink()
+        (ckpt / "rng.json").unlink()
+        (ckpt / "rng.pkl").write_bytes(pickle.dumps(_Payload(marker)))
+    before = _snapshot(run_dir)
+    code, err = _resume(run_dir, capsys)
+    assert code == 2 and "--trust-checkpoint" in err and len(err.strip().splitlines()) == 1
+    assert not marker.exists() and _snapshot(run_dir) == before
+    # a real earlier-version checkpoint (pickled RNG state) resumes when trusted
+    import random
+    for ckpt in (run_dir / "checkpoints").glob("step_*"):
+        (ckpt / "rng.pkl").write_bytes(pickle.dumps({"python": random.getstate(), "numpy": np.random.get_state(),
+                                                     "torch": torch.get_rng_state(), "cuda": None}))
+    code, err = _resume(run_dir, capsys, "--trust-checkpoint")
+    assert code == 0, err
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["total_timesteps"] >= 640 and summary["sessions"] == 2
+
+
+def test_a_sound_checkpoint_resumes(finished_run, tmp_path, capsys):
+    run_dir = _copy_run(finished_run, tmp_path)
+    code, err = _resume(run_dir, capsys)
+    assert code == 0, err
+    newest = _newest(run_dir)
+    manifest = json.loads((newest / "manifest.json").read_text())
+    # CartPole's config scales rewards: its statistics travel as plain numbers too
+    assert manifest["step"] >= 640
+    assert set(manifest["files"]) == {"model.zip", "rng.json", "state.json", "vecnormalize.json"}
+    assert json.loads((newest / "vecnormalize.json").read_text())["ret_count"] > 640
+    assert not list(run_dir.rglob("*.pkl"))  # nothing a resume would have to unpickle
+
+
+def test_reward_statistics_round_trip_through_plain_data(tmp_path):
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from agents.rundir import _vecnormalize_state, restore_vecnormalize
+
+    make = lambda: VecNormalize(make_vec_env(lambda: envs.make_env("CartPole-P-v1"), n_envs=2, seed=0),  # noqa: E731
+                                norm_obs=False, norm_reward=True, gamma=0.9)
+    venv = make()
+    venv.reset()
+    for _ in range(50):
+        venv.step(np.array([0, 1]))
+    (tmp_path / "v.json").write_text(json.dumps(_vecnormalize_state(venv)))
+    fresh = make()
+    restore_vecnormalize(fresh, tmp_path / "v.json")
+    assert fresh.ret_rms.count == venv.ret_rms.count and np.allclose(fresh.ret_rms.var, venv.ret_rms.var)

@@ -22,7 +22,7 @@ import os
 import sys
 from typing import Any, Dict, Optional, Sequence
 
-from .config import ConfigError, config_help, family_for, resolve_config
+from .config import ConfigError, config_help, family_for, parse_set, resolve_config
 from .train import PLACE_KEYS, RESUME_OPTIONS, TIMING_KEYS, SetupError, TrainingFailed, size_core, train
 
 __all__ = ["main", "build_parser", "PLACE_KEYS", "TIMING_KEYS"]
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted run from its latest checkpoint, in the same directory and "
                         "TensorBoard curves (config from RUN_DIR/config.yaml; may change --total-timesteps, "
-                        "--device, --vec-env)")
+                        "--device, --vec-env, and with --set the optimisation settings, e.g. learning_rate)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="with --resume: accept a checkpoint of an earlier version, whose RNG and reward statistics "
                         "are pickles (unpickling runs code from the file: only for runs you made yourself)")
@@ -174,12 +174,20 @@ def _resume(args: argparse.Namespace) -> int:
         raise SetupError("--print-config shows the config of a new run; the config of a run to resume is "
                          "RUN_DIR/config.yaml")
     flags = _flag_overrides(args)
-    given = set(flags) | {name for name in ("env", "config", "set", "core_kwargs") if getattr(args, name)}
-    extra = sorted(given - set(RESUME_OPTIONS))
+    given = set(flags) | {name for name in ("env", "config", "core_kwargs") if getattr(args, name)}
+    allowed = ("total_timesteps", "device", "vec_env")
+    extra = sorted(given - set(allowed))
     if extra:
         names = ", ".join("--" + e.replace("_", "-") for e in extra)
         raise SetupError(f"--resume takes the run's settings from RUN_DIR/config.yaml; {names} cannot be combined "
-                         f"with it (allowed: {', '.join('--' + f.replace('_', '-') for f in RESUME_OPTIONS)})")
+                         f"with it (allowed: {', '.join('--' + f.replace('_', '-') for f in allowed)}, and --set "
+                         "for the optimisation settings)")
+    sets = parse_set(args.set)
+    for key in sets:
+        if key not in RESUME_OPTIONS:
+            raise SetupError(f"--resume with --set {key}=...: {key} cannot change on resume (it shapes the network, "
+                             f"the rollout or the env); expected one of {', '.join(RESUME_OPTIONS)}")
+    flags.update(sets)
     return train(resume=args.resume, resume_overrides=flags, trust_checkpoint=args.trust_checkpoint,
                  progress=not args.no_progress).exit_code
 

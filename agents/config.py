@@ -153,6 +153,9 @@ class TrainConfig:
     vf_coef: float = _opt(0.5, "value loss coefficient", min=0.0)
     max_grad_norm: Optional[float] = _opt(0.5, "gradient norm clip (null: no clipping)", gt=0)
     target_kl: Optional[float] = _opt(None, "stop an update's epochs early above this KL (null: never)", gt=0)
+    nonfinite: str = _opt("stop", "a non-finite gradient norm: stop (the run ends with a one-line error, keeping the "
+                                  "last good checkpoint) or skip (that step is dropped, counted in "
+                                  "train/skipped_steps)", choices=("stop", "skip"))
 
     # ------------------------------------------------------------------ api
     @classmethod

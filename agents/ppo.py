@@ -60,6 +60,8 @@ class RecurrentPPO(PPO):
     :param ent_coef: entropy bonus coefficient: a number >= 0, or a schedule of the progress remaining (1 -> 0), as
         ``learning_rate`` and ``clip_range`` take (e.g. ``LinearSchedule(0.05, 0, 1)``); logged as ``train/ent_coef``
     :param env_id: env id stored with the policy (default: read from the env's spec)
+    :param nonfinite: what a non-finite gradient norm does: ``"stop"`` (default) raises ``FloatingPointError``;
+        ``"skip"`` drops that minibatch's step, counted in ``train/skipped_steps``
     :param carry_state: keep each env's memory across episode boundaries during training (the rollout and the
         update never reset the core; GAE still stops at episode ends). ``False`` (default): the state is zeroed at
         every episode start. Inference (``predict``, ``policy.act``, evaluation) still resets where it is told to.
@@ -87,6 +89,7 @@ class RecurrentPPO(PPO):
         shared_core: bool = False,
         seq_len: Optional[int] = None,
         carry_state: bool = False,
+        nonfinite: str = "stop",
         learning_rate=3e-4,
         n_steps: int = 128,
         batch_size: int = 256,
@@ -130,6 +133,10 @@ class RecurrentPPO(PPO):
         if not isinstance(carry_state, (bool, np.bool_)):
             raise ValueError(f"carry_state={carry_state!r}: expected True or False")
         self.carry_state = bool(carry_state)
+        if nonfinite not in ("stop", "skip"):
+            raise ValueError(f"nonfinite={nonfinite!r}: expected 'stop' or 'skip'")
+        self.nonfinite = nonfinite
+        self._skipped_steps = 0
         super().__init__(
             policy, env, learning_rate=learning_rate, n_steps=n_steps, batch_size=batch_size, n_epochs=n_epochs,
             gamma=gamma, gae_lambda=gae_lambda, clip_range=clip_range, clip_range_vf=clip_range_vf,
@@ -337,8 +344,22 @@ class RecurrentPPO(PPO):
                 self.policy.optimizer.zero_grad()
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                if not torch.isfinite(grad_norm):
+                    if self.nonfinite == "skip":  # this minibatch's step is dropped, counted in train/skipped_steps
+                        self._skipped_steps += 1
+                        self.policy.optimizer.zero_grad()
+                        continue
+                    raise FloatingPointError(
+                        f"non-finite gradient norm {grad_norm.item()} at update {self._n_updates} (step "
+                        f"{self.num_timesteps}); expected finite gradients (try a lower learning_rate, or "
+                        "nonfinite=skip to drop such steps)")
                 grad_norms.append(grad_norm.item())
-                self.policy.optimizer.step()
+                try:
+                    self.policy.optimizer.step()
+                except RuntimeError as exc:  # e.g. Adam's step size overflowing float32 at an extreme learning rate
+                    raise FloatingPointError(f"optimizer step failed at update {self._n_updates} (step "
+                                             f"{self.num_timesteps}): {' '.join(str(exc).split())}; expected a "
+                                             "learning_rate that float32 can hold (try a lower one)") from None
             self._n_updates += 1
             if not continue_training:
                 break
@@ -358,6 +379,8 @@ class RecurrentPPO(PPO):
         log("train/explained_variance", float(explained_var))
         log("train/grad_norm", float(np.mean(grad_norms)) if grad_norms else float("nan"))
         log("train/grad_norm_max", float(np.max(grad_norms)) if grad_norms else float("nan"))
+        if self.nonfinite == "skip":
+            log("train/skipped_steps", self._skipped_steps)
         if hasattr(self.policy, "log_std"):
             log("train/std", torch.exp(self.policy.log_std).mean().item())
         log("train/n_updates", self._n_updates, exclude="tensorboard")

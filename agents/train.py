@@ -43,8 +43,11 @@ TIMING_KEYS = ("steps_per_s", "wall_s", "rollout_s", "update_s", "latency_p50_us
                "latency_mean_us", "peak_rss_mb")
 #: summary.json keys that name where/when a run happened (also differ between identical runs)
 PLACE_KEYS = ("run_dir", "model", "finished_at")
-#: the options a resumed run may change (everything else comes from the run's config.yaml)
-RESUME_OPTIONS = ("total_timesteps", "device", "vec_env")
+#: the options a resumed run may change (everything else comes from the run's config.yaml): where and how long it
+#: runs, and the optimisation settings that do not change the network, the rollout or the env
+RESUME_OPTIONS = ("total_timesteps", "device", "vec_env", "learning_rate", "ent_coef", "clip_range", "vf_coef",
+                  "max_grad_norm", "target_kl", "n_epochs", "nonfinite", "eval_freq", "eval_episodes",
+                  "final_eval_episodes", "checkpoint_freq", "keep_checkpoints", "latency_steps")
 
 
 class SetupError(ValueError):
@@ -213,10 +216,20 @@ def _config_to_resume(resume, overrides: Dict[str, Any], trust: bool):
 def _load_checkpoint_model(ckpt, cfg: TrainConfig, train_env, device):
     from .ppo import RecurrentPPO
 
+    from stable_baselines3.common.utils import FloatSchedule
+
     model = RecurrentPPO.load(ckpt.model, env=train_env, device=device)
     if model.policy.core_name != cfg.core:
         raise SetupError(f"{ckpt.model}: core {model.policy.core_name!r} does not match config.yaml's core "
                          f"{cfg.core!r}")
+    # the optimisation settings come from the config (a resume may change them), so config.yaml tells what runs
+    model.learning_rate = make_schedule(cfg.learning_rate)
+    model._setup_lr_schedule()
+    model.clip_range = FloatSchedule(make_schedule(cfg.clip_range))
+    model.ent_coef = make_schedule(cfg.ent_coef)
+    model.vf_coef, model.target_kl, model.n_epochs, model.nonfinite = (cfg.vf_coef, cfg.target_kl, cfg.n_epochs,
+                                                                        cfg.nonfinite)
+    model.max_grad_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
     return model
 
 
@@ -264,7 +277,8 @@ def _learn(cfg: TrainConfig, model, run_dir: Path, ckpt, start_step: int, eval_e
     except FloatingPointError as exc:
         bar.close()
         model.logger.discard_pending()
-        raise TrainingFailed(f"training stopped: {_one_line(exc)}; {kept()}") from None
+        raise TrainingFailed(f"training stopped: {_one_line(exc)}; {kept()} (a resume may change the learning rate: "
+                             f"--set learning_rate=X)") from None
     except KeyboardInterrupt:  # a second Ctrl-C / SIGTERM: quit now, without saving
         bar.close()
         print(f"{PROG}: aborted without saving; {kept('last checkpoint')}", file=sys.stderr, flush=True)
@@ -464,7 +478,8 @@ def build_model(cfg: TrainConfig, train_env, device="cpu"):
         n_epochs=cfg.n_epochs, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, clip_range=make_schedule(cfg.clip_range),
         clip_range_vf=cfg.clip_range_vf, normalize_advantage=cfg.normalize_advantage,
         ent_coef=make_schedule(cfg.ent_coef), vf_coef=cfg.vf_coef, max_grad_norm=cfg.max_grad_norm,
-        target_kl=cfg.target_kl, seed=cfg.seed, use_sde=cfg.use_sde, sde_sample_freq=cfg.sde_sample_freq,
+        target_kl=cfg.target_kl, nonfinite=cfg.nonfinite, seed=cfg.seed, use_sde=cfg.use_sde,
+        sde_sample_freq=cfg.sde_sample_freq,
         device=device, verbose=0,
         policy_kwargs=dict(core_kwargs=dict(cfg.core_kwargs), encoder=cfg.encoder,
                            encoder_sizes=list(cfg.encoder_sizes), normalize_obs=cfg.normalize_obs,

@@ -230,3 +230,49 @@ def test_reward_statistics_round_trip_through_plain_data(tmp_path):
     fresh = make()
     restore_vecnormalize(fresh, tmp_path / "v.json")
     assert fresh.ret_rms.count == venv.ret_rms.count and np.allclose(fresh.ret_rms.var, venv.ret_rms.var)
+
+
+# ------------------------------------------------------------------------------------------------ extreme values
+def _train(tmp_path, capsys, *sets: str, steps: int = 512):
+    from agents.cli import main
+
+    code = main([*RUN_ARGS, *sets, "--total-timesteps", str(steps), "--logdir", str(tmp_path)])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("lr, expected", [("1e38", "optimizer step failed"), ("3e6", "non-finite gradient norm")])
+def test_an_extreme_learning_rate_stops_in_one_line(tmp_path, capsys, lr, expected):
+    code, err = _train(tmp_path, capsys, f"learning_rate={lr}")
+    assert code == 1 and expected in err and len(err.strip().splitlines()) == 1, err
+    assert "--set learning_rate=X" in err
+
+
+def test_resume_may_change_the_learning_rate_and_config_yaml_says_so(finished_run, tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = _copy_run(finished_run, tmp_path)
+    code, err = _resume(run_dir, capsys, "--set", "learning_rate=1e-4")
+    assert code == 0, err
+    assert "learning_rate: 0.0001" in (run_dir / "config.yaml").read_text()  # config.yaml tells what ran
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    assert acc.Scalars("train/learning_rate")[-1].value == pytest.approx(1e-4)
+
+
+def test_nonfinite_skip_drops_the_steps_and_counts_them(tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    code, err = _train(tmp_path, capsys, "learning_rate=3e6", "nonfinite=skip")
+    assert code == 0, err
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    assert acc.Scalars("train/skipped_steps")[-1].value > 0
+
+
+def test_resume_refuses_to_change_what_shapes_the_run(finished_run, tmp_path, capsys):
+    run_dir = _copy_run(finished_run, tmp_path)
+    before = _snapshot(run_dir)
+    code, err = _resume(run_dir, capsys, "--set", "n_steps=32")
+    assert code == 2 and "n_steps cannot change on resume" in err and len(err.strip().splitlines()) == 1
+    assert _snapshot(run_dir) == before

@@ -147,6 +147,9 @@ def run(args: argparse.Namespace) -> int:
         return _resume(args)
     import envs
 
+    for item in args.core_kwargs:
+        if not item.partition("=")[0].strip() or "=" not in item:
+            raise SetupError(f"--core-kwargs {item!r}: expected KEY=VALUE, e.g. --core-kwargs forget_bias=1.0")
     set_items = list(args.set) + [f"core_kwargs.{item}" for item in args.core_kwargs]
     try:
         cfg = resolve_config(env=args.env, overrides=_flag_overrides(args), set_items=set_items,

@@ -234,17 +234,33 @@ LEGACY_KEYS = {
 
 
 def upgrade_legacy(data: Mapping[str, Any]) -> Dict[str, Any]:
-    """A config mapping of an earlier version with its :data:`LEGACY_KEYS` moved where they live now (left out where
-    they held the old default: ``null``, ``0`` or ``auto``)."""
+    """A config mapping of an earlier version with its :data:`LEGACY_KEYS` moved where they live now: left out where
+    they held the old default (``null``, ``0``, ``auto``) or where the run's core does not take them (the old keys
+    were ignored by the other cores); and a ``batch_size`` above one rollout, which then meant one minibatch of the
+    whole rollout, set to the rollout."""
     out = {k: v for k, v in data.items() if k not in LEGACY_KEYS}
+    try:
+        from .cores import core_options
+        taken = set(core_options(str(data.get("core", TrainConfig.core))))
+    except ValueError:
+        taken = set()
     for key, target in LEGACY_KEYS.items():
         value = data.get(key)
-        if key in data and value not in (None, 0, 0.0, "auto"):
-            *path, leaf = target.split(".")
-            node = out
-            for part in path:
-                node = node.setdefault(part, {})
-            node[leaf] = value
+        if key not in data or value in (None, 0, 0.0, "auto"):
+            continue
+        *path, leaf = target.split(".")
+        if path == ["core_kwargs"] and leaf not in taken:
+            continue
+        node = out
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    try:
+        rollout = int(data.get("n_steps", 0)) * int(data.get("n_envs", 0))
+        if rollout and int(data.get("batch_size", 0)) > rollout:
+            out["batch_size"] = rollout
+    except (TypeError, ValueError):
+        pass  # left to the checks, which name the value
     return out
 
 
@@ -489,7 +505,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` merges; its keys may be overridden
+                continue
             key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # left to the base loader, which reports an unhashable key
             if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
                                                         key_node.start_mark)

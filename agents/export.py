@@ -254,9 +254,14 @@ def export_policy(source, out_dir=None, int8: bool = True, opset: int = DEFAULT_
     model_path = _model_path(source)
     out = Path(out_dir) if out_dir is not None else default_export_dir(model_path)
     policy = load_policy(model_path)
-    env_kwargs = policy.env_kwargs if policy.env_kwargs is not None else run_env_kwargs(model_path.parent)
     return write_export(policy, out, int8=int8, opset=opset, check=check, source=str(model_path),
-                        make_env_kwargs=env_kwargs)
+                        make_env_kwargs=policy_env_kwargs(policy, model_path.parent))
+
+
+def policy_env_kwargs(policy: RecurrentActorCriticPolicy, run_dir) -> Dict[str, Any]:
+    """The ``envs.make_env`` options of the env a policy acts in: those it stored, or for a policy saved before
+    policies stored them, those of its run (:func:`run_env_kwargs`)."""
+    return dict(policy.env_kwargs) if policy.env_kwargs is not None else run_env_kwargs(run_dir)
 
 
 def default_export_dir(model_path) -> Path:

@@ -376,12 +376,9 @@ class RecurrentActorCriticPolicy(BasePolicy):
         with torch.inference_mode():
             feat = self.encoder.forward(obs_t)  # .forward: skip nn.Module call overhead on the latency path
             s_pi, s_vf = self._split(state.to(self.device))
-            if starts is None:  # the common per-step case: no reset, no checks beyond the shapes above
-                y, s_pi = self.core_pi.step(feat, s_pi)
-            else:
-                y, s_pi = self.core_pi.step(feat, s_pi, starts)
-                if s_vf is not None:  # the critic's memory is not advanced when acting, but it is reset
-                    s_vf = self.core_vf.reset(s_vf, starts)
+            y, s_pi = self.core_pi.step(feat, s_pi, starts)  # starts None: the common per-step case, no reset
+            if starts is not None and s_vf is not None:  # the critic's memory is not advanced when acting, but reset
+                s_vf = self.core_vf.reset(s_vf, starts)
             latent = run_mlp(self.pi_net, y)
             if deterministic:
                 action = self._mode(latent)

@@ -32,10 +32,10 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 from stable_baselines3.common.vec_env.patch_gym import _patch_env
 
 from .buffer import RecurrentRolloutBuffer
-from .cores import get_core_class
-from .policy import RecurrentActorCriticPolicy, saved_core_kwargs
+from .cores import file_names_no_imports, get_core_class
+from .policy import RecurrentActorCriticPolicy
 from .serialization import (MODEL_DATA_NAME, POLICY_CONFIG_NAME, atomic_path, episode_data, plain_data_objects,
-                            read_policy_config)
+                            read_model_file, read_policy_config, saved_policy_kwargs)
 
 
 def _positive_int(name: str, value: Any, allow_none: bool = False) -> Optional[int]:
@@ -175,9 +175,6 @@ class RecurrentPPO(PPO):
             return None
 
     def _setup_model(self) -> None:
-        if "core" in self.policy_kwargs:  # a loaded model: its saved core options, as the core takes them now
-            self.policy_kwargs["core_kwargs"] = saved_core_kwargs(self.policy_kwargs["core"],
-                                                                  self.policy_kwargs.get("core_kwargs"))
         self._setup_lr_schedule()
         self.set_random_seed(self.seed)
         self.policy = self.policy_class(self.observation_space, self.action_space, self.lr_schedule,
@@ -412,12 +409,17 @@ class RecurrentPPO(PPO):
     def load(cls, path, env=None, device="auto", custom_objects=None, print_system_info=False,
              force_reset=True, trust_file: bool = False, **kwargs):
         """SB3's ``load``, after checking that the file is a model saved by ``RecurrentPPO.save``, and without
-        unpickling anything: every field SB3 stored as a pickle is rebuilt from plain data
-        (:func:`agents.serialization.plain_data_objects`), and a field that cannot be is refused in one line.
-        ``trust_file=True`` lets SB3 unpickle such fields (it runs code from the file: only for files you trust)."""
-        read_policy_config(path)  # clear error for a missing, corrupt or foreign file
-        path = path if not Path(str(path)).is_dir() else Path(path) / "model.zip"
-        objects = {} if trust_file else plain_data_objects(path)
+        running code from the file: every field SB3 stored as a pickle is rebuilt from plain data
+        (:func:`agents.serialization.plain_data_objects`; a field that cannot be is refused in one line), no env the
+        file names is made, and a core of the user's own (``module:Class``) is taken only from a module already
+        imported. ``trust_file=True`` lifts all three (SB3 unpickles: only for files you trust)."""
+        p, blob = read_model_file(path)  # read once: every check and the load see the same bytes
+        read_policy_config(p, blob)  # clear error for a corrupt or foreign file
+        objects = {} if trust_file else plain_data_objects(p, blob)
+        policy_kwargs = saved_policy_kwargs(p, blob)
+        if policy_kwargs is not None:
+            objects["policy_kwargs"] = policy_kwargs
         objects.update(custom_objects or {})
-        return super().load(path, env=env, device=device, custom_objects=objects,
-                            print_system_info=print_system_info, force_reset=force_reset, **kwargs)
+        with file_names_no_imports(not trust_file):
+            return super().load(io.BytesIO(blob), env=env, device=device, custom_objects=objects,
+                                print_system_info=print_system_info, force_reset=force_reset, **kwargs)

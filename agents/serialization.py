@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import re
 import zipfile
@@ -64,13 +65,23 @@ def _model_path(path) -> Path:
     return p
 
 
-def _read_archive(path) -> Tuple[Path, Dict[str, Any], bytes]:
+def read_model_file(path) -> Tuple[Path, bytes]:
+    """A model file's path and its bytes, read once (every later read works on these bytes, so a file replaced
+    meanwhile cannot slip anything past the checks)."""
     p = _model_path(path)
-    if not zipfile.is_zipfile(p):
+    try:
+        return p, p.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"model file {str(p)!r} cannot be read ({exc.strerror or exc})") from None
+
+
+def _read_archive(path, blob: Optional[bytes] = None) -> Tuple[Path, Dict[str, Any], bytes]:
+    p, blob = read_model_file(path) if blob is None else (Path(path), blob)
+    if not zipfile.is_zipfile(io.BytesIO(blob)):
         raise ValueError(f"model file {str(p)!r} is not a zip archive: expected a model.zip written by "
                          "RecurrentPPO.save (the file may be corrupt or truncated)")
     try:
-        with zipfile.ZipFile(p) as archive:
+        with zipfile.ZipFile(io.BytesIO(blob)) as archive:
             names = set(archive.namelist())
             if POLICY_CONFIG_NAME not in names:
                 raise ValueError(f"model file {str(p)!r} has no {POLICY_CONFIG_NAME}: expected a model written by "
@@ -87,21 +98,27 @@ def _read_archive(path) -> Tuple[Path, Dict[str, Any], bytes]:
     return p, cfg, weights
 
 
-def read_policy_config(path) -> Dict[str, Any]:
+def read_policy_config(path, blob: Optional[bytes] = None) -> Dict[str, Any]:
     """The plain-data policy description stored in a model file (raises a clear error for a foreign file)."""
-    return _read_archive(path)[1]
+    return _read_archive(path, blob)[1]
 
 
-def load_policy(path, device: torch.device | str = "cpu") -> RecurrentActorCriticPolicy:
+def load_policy(path, device: torch.device | str = "cpu", trust_file: bool = False) -> RecurrentActorCriticPolicy:
     """Load a trained policy (a ``torch.nn.Module`` in eval mode) from a model zip or a run directory.
 
-    Needs neither an env nor the trainer; executes no code from the file.
+    Needs neither an env nor the trainer; executes no code from the file and imports no module the file names: a
+    policy with a core of the user's own (``"module:Class"``) loads once that module is imported, or with
+    ``trust_file=True``, which lets the loader import it.
     """
+    from .cores import file_names_no_imports
+
     p, cfg, weights = _read_archive(path)
     try:
-        policy = RecurrentActorCriticPolicy.from_config(cfg)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"model file {str(p)!r} has an incompatible policy description: {exc}") from None
+        with file_names_no_imports(not trust_file):
+            policy = RecurrentActorCriticPolicy.from_config(cfg)
+    except (KeyError, TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        raise ValueError(f"model file {str(p)!r} has an incompatible policy description: "
+                         f"{' '.join(str(exc).split())}") from None
     try:
         state_dict = torch.load(io.BytesIO(weights), map_location=device, weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt data
@@ -156,17 +173,53 @@ def _schedule(key: str, item: Dict[str, Any], path: Path):
                           "or RecurrentPPO.load(..., trust_file=True) for a file you trust")
 
 
-def plain_data_objects(path) -> Dict[str, Any]:
+def plain_data_objects(path, blob: Optional[bytes] = None) -> Dict[str, Any]:
     """For every field of a model file's ``data`` entry that SB3 stored as a pickle, its value rebuilt from plain
-    data (SB3's ``custom_objects``): with these, ``BaseAlgorithm.load`` unpickles nothing. Raises
-    :class:`UnsafeModelFile` (one line) for a field that cannot be rebuilt so."""
+    data (SB3's ``custom_objects``): with these, ``BaseAlgorithm.load`` unpickles nothing. ``env`` is always None
+    (SB3 would otherwise make an env the file names). Raises :class:`UnsafeModelFile` (one line) for a field that
+    cannot be rebuilt so, and ``ValueError`` (one line) for a damaged one."""
     from stable_baselines3.common.utils import FloatSchedule
 
     from .spaces import space_from_config
 
-    p, policy_cfg, _ = _read_archive(path)
+    p, policy_cfg, _ = _read_archive(path, blob)
+    data, extra = _data_entries(p, blob)
     try:
-        with zipfile.ZipFile(p) as archive:
+        window = data.get("_stats_window_size")
+        window = min(max(window, 1), 1_000_000) if isinstance(window, int) and not isinstance(window, bool) else 100
+        out: Dict[str, Any] = {"env": None}
+        for key, item in data.items():
+            if not (isinstance(item, dict) and ":serialized:" in item):
+                continue
+            if key == "policy_class":
+                out[key] = RecurrentActorCriticPolicy
+            elif key in ("observation_space", "action_space"):
+                out[key] = space_from_config(policy_cfg[key])
+            elif key in _RESET_ON_LOAD:
+                out[key] = None  # SB3 resets the env before the next rollout
+            elif key in _EPISODE_BUFFERS:
+                saved = extra.get(key) if isinstance(extra.get(key), list) else []
+                out[key] = deque((e for e in map(_plain_episode, saved) if e is not None), maxlen=window)
+            elif key in _SCHEDULES:
+                value = _schedule(key, item, p)
+                out[key] = FloatSchedule(value) if key == "lr_schedule" else value
+            else:
+                raise UnsafeModelFile(f"model file {str(p)!r}: field {key!r} ({item.get(':type:', 'unknown type')}) "
+                                      "is stored as a pickle, and restoring it would run code from the file: "
+                                      "expected a model saved by RecurrentPPO.save, or RecurrentPPO.load(..., "
+                                      "trust_file=True) for a file you trust")
+    except UnsafeModelFile:
+        raise
+    except (KeyError, TypeError, ValueError, OverflowError, AssertionError) as exc:
+        raise ValueError(f"model file {str(p)!r} has a damaged entry ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())}); expected a model.zip written by RecurrentPPO.save") from None
+    return out
+
+
+def _data_entries(p: Path, blob: Optional[bytes]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """A model file's SB3 ``data`` entry and its ``recurrent_ppo.json``, as JSON objects."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(blob) if blob is not None else p) as archive:
             data = json.loads(archive.read("data").decode("utf-8"))
             extra = json.loads(archive.read(MODEL_DATA_NAME).decode("utf-8")) \
                 if MODEL_DATA_NAME in archive.namelist() else {}
@@ -176,38 +229,36 @@ def plain_data_objects(path) -> Dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(extra, dict):
         raise ValueError(f"model file {str(p)!r}: its data entries are not JSON objects; expected a model.zip "
                          "written by RecurrentPPO.save")
-    window = data.get("_stats_window_size") if isinstance(data.get("_stats_window_size"), int) else 100
-    out: Dict[str, Any] = {}
-    for key, item in data.items():
-        if not (isinstance(item, dict) and ":serialized:" in item):
-            continue
-        if key == "policy_class":
-            out[key] = RecurrentActorCriticPolicy
-        elif key in ("observation_space", "action_space"):
-            out[key] = space_from_config(policy_cfg[key])
-        elif key in _RESET_ON_LOAD:
-            out[key] = None  # SB3 resets the env before the next rollout
-        elif key in _EPISODE_BUFFERS:
-            saved = extra.get(key) if isinstance(extra.get(key), list) else []
-            out[key] = deque((e for e in map(_plain_episode, saved) if e is not None), maxlen=window)
-        elif key in _SCHEDULES:
-            value = _schedule(key, item, p)
-            out[key] = FloatSchedule(value) if key == "lr_schedule" else value
-        else:
-            raise UnsafeModelFile(f"model file {str(p)!r}: field {key!r} ({item.get(':type:', 'unknown type')}) is "
-                                  "stored as a pickle, and restoring it would run code from the file: expected a "
-                                  "model saved by RecurrentPPO.save, or RecurrentPPO.load(..., trust_file=True) for "
-                                  "a file you trust")
-    return out
+    return data, extra
+
+
+def saved_policy_kwargs(path, blob: Optional[bytes] = None) -> Optional[Dict[str, Any]]:
+    """A model file's ``policy_kwargs`` with its core options as the core takes them now (``None`` if absent)."""
+    from .policy import saved_core_kwargs
+
+    p = Path(path)
+    data, _ = _data_entries(p, blob)
+    kwargs = data.get("policy_kwargs")
+    if not isinstance(kwargs, dict):
+        return None
+    try:
+        return {**kwargs, "core_kwargs": saved_core_kwargs(kwargs.get("core", "gru"), kwargs.get("core_kwargs"))}
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"model file {str(p)!r}: {' '.join(str(exc).split())}") from None
 
 
 def _plain_episode(entry: Any) -> Optional[Any]:
-    """An episode-statistics entry as plain data: ``{"r", "l", "t"}`` numbers (or a bool for success), else None."""
+    """An episode-statistics entry as plain data: finite ``{"r", "l", "t"}`` numbers (or a bool for success), else
+    None (dropped)."""
     if isinstance(entry, bool):
         return entry
-    if isinstance(entry, dict) and all(isinstance(entry.get(k), (int, float)) for k in ("r", "l")):
-        return {k: float(entry[k]) if k != "l" else int(entry[k]) for k in ("r", "l", "t") if k in entry}
-    return None
+    if not isinstance(entry, dict):
+        return None
+    values = {k: entry[k] for k in ("r", "l", "t") if k in entry}
+    if not {"r", "l"} <= set(values) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                and math.isfinite(v) for v in values.values()):
+        return None
+    return {k: int(v) if k == "l" else float(v) for k, v in values.items()}
 
 
 def episode_data(model) -> Dict[str, Any]:

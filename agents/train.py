@@ -116,8 +116,8 @@ def train(cfg: Optional[TrainConfig] = None, *, resume: Optional[str | Path] = N
                 if ckpt is None:
                     model = build_model(cfg, train_env, device)
                 else:
-                    model = _load_checkpoint_model(ckpt, cfg, train_env, device)
-            except (ValueError, ImportError) as exc:
+                    model = _load_checkpoint_model(ckpt, cfg, train_env, device, trust_checkpoint)
+            except (ValueError, ImportError, TypeError) as exc:
                 raise SetupError(_one_line(exc)) from None
             except Exception as exc:  # gymnasium's own errors
                 if type(exc).__module__.startswith("gymnasium"):
@@ -213,12 +213,12 @@ def _config_to_resume(resume, overrides: Dict[str, Any], trust: bool):
     return cfg, ckpt
 
 
-def _load_checkpoint_model(ckpt, cfg: TrainConfig, train_env, device):
+def _load_checkpoint_model(ckpt, cfg: TrainConfig, train_env, device, trust: bool):
     from .ppo import RecurrentPPO
 
     from stable_baselines3.common.utils import FloatSchedule
 
-    model = RecurrentPPO.load(ckpt.model, env=train_env, device=device)
+    model = RecurrentPPO.load(ckpt.model, env=train_env, device=device, trust_file=trust)
     if model.policy.core_name != cfg.core:
         raise SetupError(f"{ckpt.model}: core {model.policy.core_name!r} does not match config.yaml's core "
                          f"{cfg.core!r}")
@@ -404,6 +404,8 @@ def make_envs(cfg: TrainConfig, seed: int, vecnormalize: Optional[Path] = None, 
     if cfg.normalize_reward:
         if vecnormalize is not None and Path(vecnormalize).suffix == ".pkl" and Path(vecnormalize).exists():
             if not trust:
+                train_env.close()
+                eval_env.close()
                 raise SetupError(f"{vecnormalize} is a pickle (a checkpoint of an earlier version); expected "
                                  "--trust-checkpoint for a run you made yourself")
             train_env = VecNormalize.load(str(vecnormalize), train_env)
@@ -461,8 +463,12 @@ def size_core(cfg: TrainConfig) -> Optional[str]:
         return None
     target_core, target_hidden = parse_match_params(cfg.match_params)
     input_size = encoder.output_size
-    cfg.hidden_size = match_hidden_size(cfg.core, target_core, target_hidden, input_size, cfg.num_layers)
-    mine = core_param_count(cfg.core, input_size, cfg.hidden_size, cfg.num_layers)
+    try:
+        cfg.hidden_size = match_hidden_size(cfg.core, target_core, target_hidden, input_size, cfg.num_layers,
+                                            core_kwargs=cfg.core_kwargs)
+        mine = core_param_count(cfg.core, input_size, cfg.hidden_size, cfg.num_layers, **cfg.core_kwargs)
+    except (TypeError, ValueError) as exc:
+        raise SetupError(f"match_params={cfg.match_params!r} with core {cfg.core!r}: {_one_line(exc)}") from None
     theirs = core_param_count(target_core, input_size, target_hidden, cfg.num_layers)
     return f"matched to {target_core}:{target_hidden} ({mine:,} vs {theirs:,} core parameters)"
 

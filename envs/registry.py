@@ -219,6 +219,9 @@ def make_env(
     if frame_stack is not None and frame_stack != 1:
         if isinstance(frame_stack, bool) or not isinstance(frame_stack, int) or frame_stack < 1:
             raise ValueError(f"frame_stack must be None or a positive int, got {frame_stack!r}")
+        if obs_mode == "rgb":
+            raise ValueError(f"frame_stack={frame_stack} stacks flat observations; with obs_mode='rgb' (images) "
+                             "expected frame_stack=1")
         env = make_env(canonical, view_size=view_size, action_set=action_set, obs_mode=obs_mode,
                        tile_size=tile_size, render_mode=render_mode, n_levels=n_levels,
                        max_episode_steps=max_episode_steps, wrappers=wrappers, **unexpected)
@@ -241,11 +244,11 @@ def make_env(
         validate_tile_size(tile_size)
         if obs_mode != "rgb":
             raise ValueError(f"tile_size={tile_size!r} applies only with obs_mode='rgb', not obs_mode={obs_mode!r}")
-    if n_levels is not None:
-        return LevelPool(make_env(canonical, view_size=view_size, action_set=action_set, obs_mode=obs_mode,
-                                  tile_size=tile_size, render_mode=render_mode,
-                                  max_episode_steps=max_episode_steps, wrappers=wrappers, **unexpected),
-                         validate_n_levels(n_levels))
+    n_levels = validate_n_levels(n_levels) if n_levels is not None else None
+    if obs_mode == "rgb" and tile_size is not None and (view_size or 7) * tile_size < 8:
+        raise ValueError(f"tile_size={tile_size!r} with view_size={view_size or 7}: an image of "
+                         f"{(view_size or 7) * tile_size} pixels a side is too small for the CNN encoder; expected "
+                         f"view_size * tile_size >= 8")
     wrappers = check_train_wrappers(wrappers or {})
     if action_set is not None:
         if action_set not in ACTION_SETS:
@@ -270,7 +273,7 @@ def make_env(
                 f"{canonical} needs Box2D, which is not installed; install it with: {BOX2D_INSTALL} "
                 f"(or the project's extra: pip install \"recurrent-agents[box2d]\")"
             )
-        return apply_train_wrappers(_make(canonical, make_kwargs), wrappers)
+        return apply_train_wrappers(_pooled(_make(canonical, make_kwargs), n_levels), wrappers)
 
     if minigrid_env:
         entry = gym.spec(canonical).entry_point
@@ -290,11 +293,17 @@ def make_env(
             raise ValueError(
                 f"{canonical} does not accept these arguments {make_kwargs}: {_first_line(e)}"
             ) from e
-        env = apply_train_wrappers(env, wrappers)
+        env = apply_train_wrappers(_pooled(env, n_levels), wrappers)
         env = rgb_view(env, tile_size or 8) if obs_mode == "rgb" else MiniGridSymbolicObs(env)
         return MiniGridMoveActions(env) if action_set == "move" else env
 
-    return apply_train_wrappers(_make(canonical, make_kwargs), wrappers)
+    return apply_train_wrappers(_pooled(_make(canonical, make_kwargs), n_levels), wrappers)
+
+
+def _pooled(env: gym.Env, n_levels: int | None) -> gym.Env:
+    """The base env drawing its levels from a fixed pool (inside the training wrappers, so that a wrapper's own
+    draws do not follow the level)."""
+    return env if n_levels is None else LevelPool(env, n_levels)
 
 
 def stack_frames(env: gym.Env, k: int) -> gym.Env:

@@ -65,11 +65,11 @@ def stateful(fn, initial):
 def evaluate_run(run_dir: Path, episodes: int, seed0: int) -> Dict[str, object]:
     import envs
     from agents import load_policy
-    from agents.export import run_env_kwargs, write_export
+    from agents.export import policy_env_kwargs, write_export
     from agents.runtime import OnnxPolicy
 
     policy = load_policy(run_dir)
-    env = envs.make_env(policy.env_id, **run_env_kwargs(run_dir))
+    env = envs.make_env(policy.env_id, **policy_env_kwargs(policy, run_dir))
     parts = run_dir.parent.name.split("__")  # sweep cells are <env>__<label>__<size>__s<seed>
     label = parts[1] if len(parts) == 4 else policy.core_name
     seeds = list(range(seed0, seed0 + episodes))

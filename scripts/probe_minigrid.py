@@ -137,10 +137,10 @@ def action_entropy(policy, observations: np.ndarray, starts: np.ndarray, mask: n
 def probe_run(run_dir: Path, episodes: int, seed0: int) -> Dict[str, object]:
     import envs
     from agents import load_policy
-    from agents.export import run_env_kwargs
+    from agents.export import policy_env_kwargs
 
     policy = load_policy(run_dir)
-    kwargs = run_env_kwargs(run_dir)
+    kwargs = policy_env_kwargs(policy, run_dir)
     env = envs.make_env(policy.env_id, **kwargs)
     policy_act = stateful(lambda o, s, e: policy.act(o, s, e, deterministic=True), policy.initial_state(1))
     seen: List[np.ndarray] = []

@@ -447,6 +447,11 @@ def test_run_config_of_an_earlier_version_is_upgraded():
     cfg = TrainConfig.from_dict({**old, "core": "lstm"}, "config.yaml")
     assert cfg.core_kwargs == {"forget_bias": 1.0}
     assert cfg.train_wrappers == {"memory_aids": {"cue_start": 0.25, "ordered_ends": 0.5}}
+    # the old keys were ignored by the cores that do not take them; a batch above the rollout meant the rollout
+    gru = TrainConfig.from_dict({**old, "core": "gru", "gru_update_bias": 2.0, "batch_size": 4096}, "config.yaml")
+    assert gru.core_kwargs == {"update_bias": 2.0} and gru.batch_size == gru.n_steps * gru.n_envs
+    mlp = TrainConfig.from_dict({**old, "core": "mlp", "kernel": "stock"}, "config.yaml")
+    assert mlp.core_kwargs == {}
 
 
 @pytest.mark.parametrize("core, kwarg", [("lstm", "forget_bias"), ("gru", "update_bias")])

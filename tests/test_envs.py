@@ -703,7 +703,8 @@ def test_level_pool_draws_only_its_levels_and_replays_them():
     from envs.levels import LevelPool
 
     env = make_env("MiniGrid-MemoryS7-v0", n_levels=3)
-    assert isinstance(env, LevelPool)
+    from stable_baselines3.common.env_util import is_wrapped
+    assert is_wrapped(env, LevelPool)
     first, info = env.reset(seed=11)
     levels, obs_by_level = {info["level"]}, {info["level"]: first}
     for _ in range(60):
@@ -725,6 +726,18 @@ def test_level_pool_draws_only_its_levels_and_replays_them():
         make_env("CartPole-v1", n_levels=0)
 
 
+def test_training_aids_draw_apart_from_the_level_pool():
+    """The pool sits inside the training wrappers: an aid's share applies to every level, not to some levels always
+    and to others never."""
+    env = make_env("MiniGrid-MemoryS7-v0", n_levels=4, wrappers={"memory_aids": {"faceback_start": 0.5}})
+    turned = {}
+    env.reset(seed=0)
+    for _ in range(200):
+        _, info = env.reset()
+        turned.setdefault(info["level"], set()).add(int(env.unwrapped.agent_dir) == 2)  # 2: facing west, turned
+    assert set(turned) == {0, 1, 2, 3} and all(v == {True, False} for v in turned.values()), turned
+
+
 def test_minigrid_rgb_view():
     env = make_env("MiniGrid-MemoryS9", view_size=3, obs_mode="rgb", tile_size=28, action_set="move")
     obs, _ = env.reset(seed=0)
@@ -738,3 +751,7 @@ def test_minigrid_rgb_view():
         make_env("MiniGrid-Memory", obs_mode="pixels")
     with pytest.raises(ValueError, match="tile_size=8 applies only with obs_mode='rgb'"):
         make_env("MiniGrid-Memory", tile_size=8)
+    with pytest.raises(ValueError, match="frame_stack=2 stacks flat observations; with obs_mode='rgb'"):
+        make_env("MiniGrid-Memory", obs_mode="rgb", frame_stack=2)
+    with pytest.raises(ValueError, match="too small for the CNN encoder"):
+        make_env("MiniGrid-Memory", view_size=3, obs_mode="rgb", tile_size=2)

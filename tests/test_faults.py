@@ -276,3 +276,44 @@ def test_resume_refuses_to_change_what_shapes_the_run(finished_run, tmp_path, ca
     code, err = _resume(run_dir, capsys, "--set", "n_steps=32")
     assert code == 2 and "n_steps cannot change on resume" in err and len(err.strip().splitlines()) == 1
     assert _snapshot(run_dir) == before
+
+
+def _rewrite_entry(src: Path, dst: Path, name: str, edit) -> None:
+    """Copy a model zip, passing its JSON entry ``name`` through ``edit``."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for entry in zin.namelist():
+            payload = zin.read(entry)
+            if entry == name:
+                data = json.loads(payload)
+                edit(data)
+                payload = json.dumps(data).encode()
+            zout.writestr(entry, payload)
+
+
+def test_loading_imports_no_module_the_file_names(saved, tmp_path, monkeypatch):
+    """A core or an env named by the file as module:Name is not imported by loading it (importing runs the module's
+    code); a module already imported is used."""
+    path, _ = saved
+    marker = tmp_path / "imported"
+    (tmp_path / "plantedmod.py").write_text(f"open({str(marker)!r}, 'w').close()\n"
+                                            "from agents.cores import LSTMCore as Core\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    core_file, env_file = tmp_path / "core.zip", tmp_path / "env.zip"
+
+    def name_core(cfg):
+        cfg["core"] = "plantedmod:Core"
+
+    def name_env(data):
+        data["env"] = "plantedmod:Env-v0"
+        data["policy_kwargs"]["core"] = "plantedmod:Core"
+
+    _rewrite_entry(path, core_file, "recurrent_policy.json", name_core)
+    _rewrite_entry(path, env_file, "data", name_env)
+    for load, file in ((load_policy, core_file), (RecurrentPPO.load, env_file)):
+        with pytest.raises(ValueError, match="module 'plantedmod' is not imported") as info:
+            load(file)
+        assert "\n" not in str(info.value)
+    assert not marker.exists()
+    import importlib
+    importlib.import_module("plantedmod")  # the user's own module, imported by the user: now it loads
+    assert load_policy(core_file).core_name == "plantedmod:Core"

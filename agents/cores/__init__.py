@@ -8,10 +8,13 @@ named ``"module:Class"`` (a ``MemoryCore`` subclass, imported on first use) wher
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 import importlib
 import inspect
-from typing import Any, Dict, Mapping, Type
+import sys
+from typing import Any, Dict, Iterator, Mapping, Type
 
 import torch
 
@@ -31,11 +34,31 @@ CORES: Dict[str, Type[MemoryCore]] = {
 BASE_ARGS = ("input_size", "hidden_size", "num_layers")
 
 
+#: False while a file is being loaded: a ``module:Class`` core named by the file is then taken only from a module that
+#: is already imported (loading a file never imports a module it names; see :func:`file_names_no_imports`)
+_IMPORTS_ALLOWED: contextvars.ContextVar[bool] = contextvars.ContextVar("core_imports_allowed", default=True)
+
+
+@contextlib.contextmanager
+def file_names_no_imports(active: bool = True) -> Iterator[None]:
+    """While active, :func:`get_core_class` resolves ``module:Class`` only from modules already in ``sys.modules``
+    (what a loader uses for a core named by a file, so that loading the file imports nothing)."""
+    token = _IMPORTS_ALLOWED.set(not active)
+    try:
+        yield
+    finally:
+        _IMPORTS_ALLOWED.reset(token)
+
+
 def _import_core(name: str) -> Type[MemoryCore]:
     module_name, _, attr = name.partition(":")
+    if not _IMPORTS_ALLOWED.get() and module_name not in sys.modules:
+        raise ValueError(f"core {name!r}: module {module_name!r} is not imported, and loading a file does not import "
+                         f"the modules it names; expected `import {module_name}` before loading (or trust_file=True "
+                         "for a file you trust)")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except (ImportError, TypeError, ValueError) as exc:
         raise ValueError(f"core {name!r}: cannot import module {module_name!r} ({exc}); expected an importable "
                          "module:Class") from None
     cls = getattr(module, attr, None)
@@ -66,13 +89,19 @@ def core_options(name: str) -> Dict[str, Any]:
             if k != "self" and k not in BASE_ARGS and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
+def takes_any_option(name: str) -> bool:
+    """True when core ``name``'s constructor takes ``**kwargs`` (it then checks its options itself)."""
+    params = inspect.signature(get_core_class(name).__init__).parameters
+    return any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 def check_core_kwargs(name: str, kwargs: Mapping[str, Any]) -> Dict[str, Any]:
     """``kwargs`` checked against core ``name``'s options: unknown or missing required ones are a one-line
     ``ValueError`` naming them and the core's options. (The core checks the values when it is built.)"""
     options = core_options(name)
     listed = ", ".join(f"{k} (required)" if d is inspect.Parameter.empty else f"{k}={d!r}" for k, d in options.items())
     listed = listed or "none"
-    unknown = [k for k in kwargs if k not in options]
+    unknown = [] if takes_any_option(name) else [k for k in kwargs if k not in options]
     if unknown:
         close = difflib.get_close_matches(unknown[0], list(options), n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
@@ -98,7 +127,7 @@ def core_param_count(name: str, input_size: int, hidden_size: int, num_layers: i
 
 def match_hidden_size(
     core: str, target_core: str, target_hidden_size: int, input_size: int, num_layers: int = 1,
-    target_num_layers: int | None = None, max_hidden: int = 1 << 16,
+    target_num_layers: int | None = None, max_hidden: int = 1 << 16, core_kwargs: Mapping[str, Any] | None = None,
 ) -> int:
     """Hidden size at which ``core`` has the parameter count closest to ``target_core`` at ``target_hidden_size``.
 
@@ -106,17 +135,18 @@ def match_hidden_size(
     Parameter count grows monotonically with hidden size, so a bisection finds the closest size.
     """
     target = core_param_count(target_core, input_size, target_hidden_size, target_num_layers or num_layers)
+    options = dict(core_kwargs or {})
     lo, hi = 1, max_hidden
     while lo < hi:
         mid = (lo + hi) // 2
-        if core_param_count(core, input_size, mid, num_layers) < target:
+        if core_param_count(core, input_size, mid, num_layers, **options) < target:
             lo = mid + 1
         else:
             hi = mid
     best = min((h for h in (lo - 1, lo) if h >= 1),
-               key=lambda h: abs(core_param_count(core, input_size, h, num_layers) - target))
+               key=lambda h: abs(core_param_count(core, input_size, h, num_layers, **options) - target))
     return best
 
 
 __all__ = ["CORES", "MemoryCore", "GRUCore", "LSTMCore", "MLPCore", "get_core_class", "make_core", "core_options",
-           "check_core_kwargs", "core_param_count", "match_hidden_size"]
+           "check_core_kwargs", "core_param_count", "match_hidden_size", "file_names_no_imports"]

@@ -151,7 +151,9 @@ def train(cfg: Optional[TrainConfig] = None, *, resume: Optional[str | Path] = N
             if stopped is not None:
                 return stopped
 
-            # 6. final evaluation (unseen levels, and the training pool if any), model, latency, checkpoint
+            # 6. final evaluation (unseen levels, and the training pool if any), model, latency, checkpoint; a signal
+            #    now is noted and this short last stage finishes, so the evaluation is logged and saved with the model
+            _finish_before_stopping()
             logger, step = model.logger, int(model.num_timesteps)
             _count_pending_time(logger, state)
             episodes = cfg.final_eval_episodes if cfg.final_eval_episodes is not None else cfg.eval_episodes
@@ -184,6 +186,9 @@ def train(cfg: Optional[TrainConfig] = None, *, resume: Optional[str | Path] = N
                 release_lock(run_dir)
             if getattr(model, "_logger", None) is not None:
                 model.logger.close()
+            for sig, handler in _FINAL_STAGE_HANDLERS.items():
+                signal.signal(sig, handler)
+            _FINAL_STAGE_HANDLERS.clear()
 
 
 # ---------------------------------------------------------------------------------------------------- the steps
@@ -302,6 +307,20 @@ def _learn(cfg: TrainConfig, model, run_dir: Path, ckpt, start_step: int, eval_e
     print(f"{PROG}: stopped by {state.stop_requested} at step {saved.step:,}; checkpoint saved to {saved.path}; "
           f"continue with: {PROG} --resume {run_dir}", file=sys.stderr, flush=True)
     return state, TrainResult("stopped", run_dir, signal=state.stop_requested)
+
+
+_FINAL_STAGE_HANDLERS: Dict[int, Any] = {}
+
+
+def _finish_before_stopping() -> None:
+    """From here to the end of :func:`train`, SIGINT / SIGTERM do not cut the final evaluation, model and summary
+    short: the first is noted and the run finishes them (seconds); the handlers are restored when train returns."""
+    def on_signal(signum, frame):
+        print(f"{PROG}: {signal.Signals(signum).name} received: finishing the final evaluation and writing the model "
+              "first", file=sys.stderr, flush=True)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        _FINAL_STAGE_HANDLERS.setdefault(sig, signal.signal(sig, on_signal))
 
 
 def _summary(cfg: TrainConfig, model, run_dir: Path, state, result, pool, latency, commit) -> Dict[str, Any]:

@@ -317,3 +317,94 @@ def test_loading_imports_no_module_the_file_names(saved, tmp_path, monkeypatch):
     import importlib
     importlib.import_module("plantedmod")  # the user's own module, imported by the user: now it loads
     assert load_policy(core_file).core_name == "plantedmod:Core"
+
+
+# ------------------------------------------------------------------------------------------------ interrupts
+@pytest.mark.parametrize("when", ["periodic", "final"])
+def test_sigterm_during_an_evaluation_keeps_it_logged_and_saved(tmp_path, capsys, monkeypatch, when):
+    """A SIGTERM in the middle of an evaluation: a periodic one is logged and the run stops with a checkpoint at
+    that step; the final one is finished, logged and written with the model and summary."""
+    import os
+    import signal
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import agents.callbacks as callbacks
+    from agents.cli import main
+
+    evaluate, calls = callbacks.evaluate, []
+
+    def interrupted_evaluate(model, env, *args, **kwargs):
+        calls.append(int(model.num_timesteps))
+        if (when == "periodic" and len(calls) == 2) or (when == "final" and model.num_timesteps >= 512):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return evaluate(model, env, *args, **kwargs)
+
+    monkeypatch.setattr(callbacks, "evaluate", interrupted_evaluate)
+    total = "768" if when == "periodic" else "512"  # periodic evaluations at 256 and 512; the final one at the end
+    code = main([*RUN_ARGS, "eval_freq=256", "checkpoint_freq=512", "--total-timesteps", total, "--logdir",
+                 str(tmp_path)])
+    err = capsys.readouterr().err
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    logged = [e.step for e in acc.Scalars("eval/mean_reward")]
+    if when == "periodic":
+        assert code == 143 and "stopped by SIGTERM" in err
+        assert logged == calls == [256, 512] and _newest(run_dir).name == "step_000000512"
+    else:
+        assert code == 0 and "finishing the final evaluation" in err
+        assert logged[-1] == calls[-1] == 512 and (run_dir / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_kill_9_and_sigterm_at_random_points_never_corrupt_a_run(tmp_path):
+    """A training process killed with SIGKILL or stopped with SIGTERM at random moments, again and again, then
+    resumed: every checkpoint on disk is whole (it passes the resume check), a resume always continues, and the
+    run finishes with its requested steps."""
+    import random as pyrandom
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from agents.rundir import check_checkpoint, list_checkpoints
+
+    rng = pyrandom.Random(7)
+    base = [sys.executable, "-m", "agents.cli", *RUN_ARGS, "checkpoint_freq=64", "eval_freq=256"]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([*base, "--total-timesteps", "4096", "--logdir", str(tmp_path)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = None
+    for attempt in range(8):
+        time.sleep(rng.uniform(4.0, 10.0))
+        proc.send_signal(signal.SIGKILL if attempt % 2 == 0 else signal.SIGTERM)
+        proc.wait(timeout=120)
+        dirs = [p for p in tmp_path.iterdir() if p.is_dir()]
+        if not dirs:
+            run_dir = None
+        else:
+            (run_dir,) = dirs
+            for ckpt in list_checkpoints(run_dir):
+                check_checkpoint(ckpt)  # whole, whatever moment the process died at
+        if run_dir is None or not list_checkpoints(run_dir):  # killed before its first checkpoint: start again
+            for d in dirs:
+                __import__("shutil").rmtree(d)
+            proc = subprocess.Popen([*base, "--total-timesteps", "4096", "--logdir", str(tmp_path)], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            continue
+        if (run_dir / "summary.json").exists():
+            break
+        proc = subprocess.Popen([sys.executable, "-m", "agents.cli", "--resume", str(run_dir), "--no-progress"],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    else:
+        proc.wait(timeout=600)
+    if run_dir is None or not (run_dir / "summary.json").exists():
+        if run_dir is None:
+            (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+        done = subprocess.run([sys.executable, "-m", "agents.cli", "--resume", str(run_dir), "--no-progress"],
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["total_timesteps"] >= 4096 and summary["status"] == "completed"
+    assert summary["sessions"] >= 2  # it was stopped and resumed at least once on the way

@@ -131,6 +131,7 @@ def train(cfg: Optional[TrainConfig] = None, *, resume: Optional[str | Path] = N
             locked = True
             if ckpt is not None:
                 probe_run_dir(run_dir, _needed_bytes(model, cfg))
+                probe_run_dir(run_dir / "checkpoints", 0)  # a read-only checkpoints folder: now, not at the first save
             commit = git_commit()
             try:
                 write_config(run_dir, cfg)
@@ -227,6 +228,17 @@ def _load_checkpoint_model(ckpt, cfg: TrainConfig, train_env, device, trust: boo
     if model.policy.core_name != cfg.core:
         raise SetupError(f"{ckpt.model}: core {model.policy.core_name!r} does not match config.yaml's core "
                          f"{cfg.core!r}")
+    # config.yaml must describe the checkpoint's run: a key that shapes it, edited in the file, is refused
+    for key, trained in (("n_steps", model.n_steps), ("batch_size", model.batch_size), ("gamma", model.gamma),
+                         ("gae_lambda", model.gae_lambda), ("n_envs", model.n_envs), ("seq_len", model.seq_len),
+                         ("carry_state", getattr(model, "carry_state", False)),
+                         ("normalize_advantage", model.normalize_advantage),
+                         ("hidden_size", model.policy.hidden_size), ("num_layers", model.policy.num_layers),
+                         ("shared_core", model.policy.shared_core)):
+        if getattr(cfg, key) != trained:
+            raise SetupError(f"{ckpt.path.parent.parent / 'config.yaml'}: {key}={getattr(cfg, key)!r}, but the "
+                             f"checkpoint was trained with {key}={trained!r}; expected the run's own value (only "
+                             f"{', '.join(RESUME_OPTIONS)} may change on resume)")
     # the optimisation settings come from the config (a resume may change them), so config.yaml tells what runs
     model.learning_rate = make_schedule(cfg.learning_rate)
     model._setup_lr_schedule()

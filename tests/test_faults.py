@@ -408,3 +408,19 @@ def test_kill_9_and_sigterm_at_random_points_never_corrupt_a_run(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["total_timesteps"] >= 4096 and summary["status"] == "completed"
     assert summary["sessions"] >= 2  # it was stopped and resumed at least once on the way
+
+
+def test_an_edited_config_yaml_that_no_longer_describes_the_checkpoint_is_refused(finished_run, tmp_path, capsys):
+    run_dir = _copy_run(finished_run, tmp_path)
+    config = run_dir / "config.yaml"
+    config.write_text(config.read_text().replace("n_steps: 64", "n_steps: 32"))
+    before = _snapshot(run_dir)
+    code, err = _resume(run_dir, capsys)
+    assert code == 2 and "n_steps=32, but the checkpoint was trained with n_steps=64" in err
+    assert _snapshot(run_dir) == before
+    # an edited optimisation setting is what runs, and config.yaml keeps saying so
+    config.write_text(config.read_text().replace("n_steps: 32", "n_steps: 64").replace("ent_coef: 0.0",
+                                                                                        "ent_coef: 0.005"))
+    code, err = _resume(run_dir, capsys)
+    assert code == 0, err
+    assert "ent_coef: 0.005" in config.read_text()

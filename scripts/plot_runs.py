@@ -36,23 +36,38 @@ def main() -> None:
     parser.add_argument("--tags", nargs="+", default=["rollout/ep_rew_mean", "eval/mean_reward"])
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     parser.add_argument("--command", action="append", default=[], help="command that produced the runs (repeatable)")
+    parser.add_argument("--labels", nargs="+", default=None, help="one legend label per run (default: its core)")
+    parser.add_argument("--hline", action="append", default=[], metavar="Y[:TEXT]",
+                        help="a dashed horizontal line on every panel at Y, e.g. 0.9:'reference target'")
     args = parser.parse_args()
     for run in args.runs:
         if not run.is_dir():
             parser.error(f"run directory {str(run)!r} does not exist")
+    if args.labels is not None and len(args.labels) != len(args.runs):
+        parser.error(f"--labels has {len(args.labels)} labels for {len(args.runs)} runs: expected one per run")
+    hlines = []
+    for item in args.hline:
+        y, _, text = item.partition(":")
+        try:
+            hlines.append((float(y), text))
+        except ValueError:
+            parser.error(f"--hline {item!r}: expected Y[:TEXT] with Y a number, e.g. 0.9:target")
 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(args.tags), figsize=(5.5 * len(args.tags), 4.2), squeeze=False)
-    for run in args.runs:
+    for i, run in enumerate(args.runs):
         scalars = read_scalars(run, args.tags)
+        label = args.labels[i] if args.labels is not None else _label(run)
         for ax, tag in zip(axes[0], args.tags):
             if tag in scalars:
                 steps, values, _ = scalars[tag]
-                ax.plot(steps, values, marker="." if len(steps) < 30 else None, label=_label(run))
+                ax.plot(steps, values, marker="." if len(steps) < 30 else None, label=label)
     for ax, tag in zip(axes[0], args.tags):
+        for y, text in hlines:
+            ax.axhline(y, color="grey", linestyle="--", linewidth=1, label=text or None)
         ax.set_title(tag)
         ax.set_xlabel("env steps")
         ax.grid(alpha=0.3)

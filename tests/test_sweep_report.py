@@ -509,3 +509,17 @@ def test_report_metric_may_be_any_logged_tag():
     bounds = report.parse_bounds(["MiniGrid=rollout/ep_rew_mean:0:1"])
     assert report.bounds_for("MiniGrid-MemoryS9-v0", "rollout/ep_rew_mean", runs, bounds)[:2] == (0.0, 1.0)
     assert report.metric_tag("success_rate") == "eval/success_rate"
+
+
+def test_plot_runs_labels_lines_and_bad_labels(sweep_dir, tmp_path):
+    import subprocess
+    runs = [str(sweep.run_dirs(sweep_dir / name)[0]) for name in ("CartPole-P-v1__mlp__hcfg__s0",
+                                                                   "CartPole-P-v1__mlp__hcfg__s1")]
+    script = str(Path(__file__).resolve().parents[1] / "scripts" / "plot_runs.py")
+    out = tmp_path / "p.png"
+    ok = subprocess.run([sys.executable, script, *runs, "--labels", "a", "b", "--hline", "20:target", "--tags",
+                         "eval/mean_reward", "--out", str(out)], capture_output=True, text=True)
+    assert ok.returncode == 0 and out.stat().st_size > 0, ok.stderr
+    bad = subprocess.run([sys.executable, script, *runs, "--labels", "a", "--out", str(out)], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "--labels has 1 labels for 2 runs" in bad.stderr

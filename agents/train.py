@@ -85,7 +85,7 @@ def train(cfg: Optional[TrainConfig] = None, *, resume: Optional[str | Path] = N
     :data:`RESUME_OPTIONS`; its newest checkpoint is checked whole first, and one of an earlier version, whose RNG
     state is a pickle, is taken only with ``trust_checkpoint``). Prints a header line and a final summary line;
     returns a :class:`TrainResult`."""
-    from .callbacks import evaluate, make_logger, measure_act_latency, record_eval
+    from .callbacks import count_pending_time, evaluate, make_logger, measure_act_latency, record_eval
     from .serialization import load_policy
 
     with warnings.catch_warnings():
@@ -105,6 +105,7 @@ def train(cfg: Optional[TrainConfig] = None, *, resume: Optional[str | Path] = N
 
         # 2. envs, 3. model - nothing is written before both are built
         train_env = eval_env = pool_env = model = None
+        final_stage_handlers: Dict[int, Any] = {}
         run_dir: Optional[Path] = Path(resume) if resume is not None else None
         locked = False
         try:
@@ -154,9 +155,9 @@ def train(cfg: Optional[TrainConfig] = None, *, resume: Optional[str | Path] = N
 
             # 6. final evaluation (unseen levels, and the training pool if any), model, latency, checkpoint; a signal
             #    now is noted and this short last stage finishes, so the evaluation is logged and saved with the model
-            _finish_before_stopping()
+            final_stage_handlers = _finish_before_stopping()
             logger, step = model.logger, int(model.num_timesteps)
-            _count_pending_time(logger, state)
+            count_pending_time(logger, state)
             episodes = cfg.final_eval_episodes if cfg.final_eval_episodes is not None else cfg.eval_episodes
             result = evaluate(model, eval_env, episodes, cfg.eval_deterministic, cfg.success_threshold)
             record_eval(logger, result)
@@ -187,9 +188,8 @@ def train(cfg: Optional[TrainConfig] = None, *, resume: Optional[str | Path] = N
                 release_lock(run_dir)
             if getattr(model, "_logger", None) is not None:
                 model.logger.close()
-            for sig, handler in _FINAL_STAGE_HANDLERS.items():
+            for sig, handler in final_stage_handlers.items():
                 signal.signal(sig, handler)
-            _FINAL_STAGE_HANDLERS.clear()
 
 
 # ---------------------------------------------------------------------------------------------------- the steps
@@ -321,18 +321,15 @@ def _learn(cfg: TrainConfig, model, run_dir: Path, ckpt, start_step: int, eval_e
     return state, TrainResult("stopped", run_dir, signal=state.stop_requested)
 
 
-_FINAL_STAGE_HANDLERS: Dict[int, Any] = {}
-
-
-def _finish_before_stopping() -> None:
+def _finish_before_stopping() -> Dict[int, Any]:
     """From here to the end of :func:`train`, SIGINT / SIGTERM do not cut the final evaluation, model and summary
-    short: the first is noted and the run finishes them (seconds); the handlers are restored when train returns."""
+    short: a signal is noted and the run finishes them (seconds). Returns the handlers it replaced, which train
+    restores when it returns."""
     def on_signal(signum, frame):
         print(f"{PROG}: {signal.Signals(signum).name} received: finishing the final evaluation and writing the model "
               "first", file=sys.stderr, flush=True)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        _FINAL_STAGE_HANDLERS.setdefault(sig, signal.signal(sig, on_signal))
+    return {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
 def _summary(cfg: TrainConfig, model, run_dir: Path, state, result, pool, latency, commit) -> Dict[str, Any]:
@@ -579,11 +576,6 @@ def _log_hparams(cfg: TrainConfig, model) -> None:
     metrics = {"eval/mean_reward": 0.0, "rollout/ep_rew_mean": 0.0}
     model.logger.record("hparams", HParam(hp, metrics), exclude=("stdout", "log", "json", "csv"))
     model.logger.dump(step=0)
-
-
-def _count_pending_time(logger, state) -> None:
-    from .callbacks import count_pending_time
-    count_pending_time(logger, state)
 
 
 def _save_or_fail(fn, run_dir: Path):

@@ -43,6 +43,9 @@ def init_gate_bias(rnn: nn.RNNBase, block: int, value: float, name: str) -> None
             getattr(rnn, f"bias_hh_l{k}")[block * H:(block + 1) * H].zero_()
 
 
+_is_tracing = torch._C._is_tracing  # torch.jit.is_tracing's C check, without its Python wrapper (the act path)
+
+
 class MemoryCore(nn.Module):
     """Base class of memory cores.
 
@@ -152,11 +155,11 @@ class MemoryCore(nn.Module):
         return torch.device("cpu")
 
     def _check_state(self, state: torch.Tensor, batch: int) -> None:
-        if torch.jit.is_tracing():  # shapes are fixed while tracing (ONNX export): nothing to check
+        if _is_tracing():  # shapes are fixed while tracing (ONNX export): nothing to check
             return
-        expected = (batch, *self.state_shape)
-        if tuple(state.shape) != expected:
-            raise ValueError(f"state has shape {tuple(state.shape)}: expected {list(expected)} for core {self.name!r}")
+        if state.shape[0] != batch or state.shape[1:] != self.state_shape:
+            raise ValueError(f"state has shape {tuple(state.shape)}: expected {[batch, *self.state_shape]} for core "
+                             f"{self.name!r}")
 
     def _check_sequence(self, x: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor) -> None:
         if x.dim() != 3 or x.shape[-1] != self.input_size:
@@ -167,7 +170,7 @@ class MemoryCore(nn.Module):
         self._check_state(state, B)
 
     def _check_step(self, x: torch.Tensor, state: torch.Tensor, episode_start: Optional[torch.Tensor]) -> None:
-        if torch.jit.is_tracing():
+        if _is_tracing():
             return
         if x.dim() != 2 or x.shape[-1] != self.input_size:
             raise ValueError(f"x has shape {tuple(x.shape)}: expected [B, {self.input_size}]")

@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "core_kwargs.KEY=VALUE; agents.cores.core_options lists a core's options)")
     p.add_argument("--env", metavar="ID", help="env id or alias, e.g. MiniGrid-Memory, MiniGrid-MemoryS9, "
                                                "CartPoleNoVel, CartPole-P-v1 (default MiniGrid-Memory)")
+    p.add_argument("--gym-packages", nargs="+", default=None, metavar="PKG",
+                   help="modules to import before the env id is resolved (packages that register gymnasium envs, "
+                        "e.g. popgym); or give the id as module:EnvId")
     p.add_argument("--seed", type=_int_arg("--seed"), metavar="N", help="random seed (default 0)")
     p.add_argument("--total-timesteps", type=_int_arg("--total-timesteps"), metavar="N",
                    help="env steps to train for (default: the family config's); with --resume: the new total")
@@ -154,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = resolve_config(env=args.env, overrides=_flag_overrides(args), set_items=set_items,
                              config_file=args.config)
-    except envs.UnknownEnvError as exc:
+    except (envs.UnknownEnvError, envs.MissingDependencyError) as exc:
         raise SetupError(str(exc)) from None
     if args.trust_checkpoint:
         raise SetupError("--trust-checkpoint applies only with --resume RUN_DIR")
@@ -197,7 +200,7 @@ def _resume(args: argparse.Namespace) -> int:
 
 def _flag_overrides(args: argparse.Namespace) -> Dict[str, Any]:
     names = ("core", "seed", "total_timesteps", "n_envs", "vec_env", "device", "hidden_size", "match_params",
-             "logdir", "eval_episodes")
+             "logdir", "eval_episodes", "gym_packages")
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 

@@ -64,6 +64,9 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ run
     env: str = _opt("MiniGrid-Memory", "environment id or alias (envs.make_env); picks the family config file")
+    gym_packages: List[str] = _opt([], "modules imported before the env id is resolved: packages that register "
+                                       "gymnasium envs, e.g. [popgym] (or give the id as module:EnvId)",
+                                   pattern=re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*"))
     core: str = _opt("gru", "memory core: a name in agents.CORES or module:Class (a MemoryCore subclass of your own)",
                      core=True)
     seed: int = _opt(0, "seed for python, numpy, torch and the envs", min=0, max=2**32 - 1)
@@ -342,7 +345,8 @@ def _check_rules(name: str, value: Any, meta: Mapping[str, Any], source: str, it
         except ValueError as exc:
             raise ConfigError(f"{name}={value!r} (from {source}): {exc}") from None
     if "pattern" in meta and not meta["pattern"].fullmatch(value):
-        expected = {"device": "auto, cpu, cuda, cuda:N or mps", "match_params": "CORE:HIDDEN, e.g. lstm:128"}.get(
+        expected = {"device": "auto, cpu, cuda, cuda:N or mps", "match_params": "CORE:HIDDEN, e.g. lstm:128",
+                    "gym_packages": "Python module names, e.g. [popgym]"}.get(
             name, f"a string matching {meta['pattern'].pattern}")
         raise _fail(name, value, source, expected)
     if meta.get("match_params"):
@@ -384,9 +388,10 @@ def coerce_value(name: str, value: Any, source: str) -> Any:
             value = [] if text in ("", "[]") else yaml.safe_load(text if text.startswith("[") else f"[{text}]")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise _fail(name, value, source, "a list of positive integers, e.g. [64, 64] or []")
         (item_tp,) = get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise _fail(name, value, source, "a list of positive integers, e.g. [64, 64] or []" if item_tp is int
+                        else "a list, e.g. [popgym] or []")
         out = [_coerce_scalar(name, item_tp, v, source) for v in value]
         for v in out:
             _check_rules(name, v, meta, source, item=True, shown=value)
@@ -488,11 +493,13 @@ FAMILIES: List[Tuple[str, str]] = [
     (r"^MountainCarContinuous", "mountaincar_continuous"),
     (r"^MountainCar", "mountaincar"),
     (r"^LunarLander", "lunarlander"),
+    (r"^popgym-", "popgym"),
 ]
 
 
 def family_for(env_id: str) -> str:
     """The family config name for a canonical env id (``"default"`` when no family matches)."""
+    env_id = env_id.rpartition(":")[2]  # "module:EnvId": the id picks the family
     for pattern, name in FAMILIES:
         if re.match(pattern, env_id):
             return name
@@ -599,7 +606,8 @@ def resolve_config(
     sets = parse_set(set_items)
     base = load_family("default")
     env_given = sets.get("env") or flags.get("env") or env or user.get("env") or base.get("env") or TrainConfig.env
-    env_id = resolve_env(env_given)
+    packages = next((layer["gym_packages"] for layer in (sets, flags, user, base) if "gym_packages" in layer), [])
+    env_id = resolve_env(env_given, packages) if packages else resolve_env(env_given)
     family = family_for(env_id)
     merged: Dict[str, Any] = {}
     for layer in (base, load_family(family) if family != "default" else {}, user, flags, sets):

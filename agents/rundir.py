@@ -69,9 +69,11 @@ class CheckpointError(RunDirError):
 
 
 def run_name(cfg: TrainConfig) -> str:
-    """``<env>__<core>__s<seed>__<YYYYmmdd-HHMMSS>`` (a user core ``pkg.mod:Class`` is named by its class)."""
+    """``<env>__<core>__s<seed>__<YYYYmmdd-HHMMSS>`` (a user core ``pkg.mod:Class`` is named by its class, an env
+    ``module:EnvId`` by its id)."""
     core = cfg.core.rpartition(":")[2]
-    return f"{cfg.env}__{core}__s{cfg.seed}__{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    env = cfg.env.rpartition(":")[2]
+    return f"{env}__{core}__s{cfg.seed}__{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
 @dataclass

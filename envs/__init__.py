@@ -31,11 +31,17 @@ from .registry import (
     make_env,
     register_envs,
     resolve_env_id,
+    split_env_id,
+    qualified_env_id,
+    import_gym_package,
 )
 
 __all__ = [
     "make_env",
     "resolve_env_id",
+    "split_env_id",
+    "qualified_env_id",
+    "import_gym_package",
     "list_env_ids",
     "is_minigrid_id",
     "register_envs",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import re
-from typing import Any
+from typing import Any, Sequence
 
 import gymnasium as gym
 import minigrid  # noqa: F401  (hard dependency; importing it registers the MiniGrid-* ids)
@@ -25,6 +25,9 @@ __all__ = [
     "MissingDependencyError",
     "register_envs",
     "resolve_env_id",
+    "split_env_id",
+    "qualified_env_id",
+    "import_gym_package",
     "list_env_ids",
     "is_minigrid_id",
     "make_env",
@@ -133,14 +136,83 @@ def _close_matches(env_id: str) -> list[str]:
     return matches[:6]
 
 
-def resolve_env_id(env_id: str) -> str:
+def import_gym_package(module: str, env_id: str | None = None) -> None:
+    """Import a module that registers envs with gymnasium (``--gym-packages``, or the ``module`` of
+    ``"module:EnvId"``); a missing or broken one is a one-line :class:`MissingDependencyError`."""
+    if not isinstance(module, str) or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", module):
+        raise UnknownEnvError(f"gym package {module!r}: expected a Python module name such as 'popgym'")
+    what = f"env id {env_id!r} names module {module!r}" if env_id else f"gym package {module!r}"
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        missing = e.name or module
+        raise MissingDependencyError(f"{what}, which cannot be imported ({missing} is not installed): expected an "
+                                     f"installed module (pip install {missing.split('.')[0]})") from None
+    except Exception as e:  # the package's own import failed: say which and why, in one line
+        raise MissingDependencyError(f"{what}, whose import failed ({type(e).__name__}: {_first_line(e)})") from None
+
+
+def split_env_id(env_id: str) -> tuple[str | None, str]:
+    """``"module:EnvId"`` (gymnasium's syntax: import ``module``, then make ``EnvId``) -> ``(module, EnvId)``;
+    a plain id -> ``(None, id)``."""
+    module, sep, name = env_id.rpartition(":")
+    return (module, name) if sep else (None, env_id)
+
+
+#: packages that ``import envs`` imports itself: their ids need no ``module:`` prefix
+_IMPORTED_BY_ENVS = ("gymnasium", "minigrid", "envs")
+
+
+def qualified_env_id(spec: EnvSpec) -> str:
+    """The id that rebuilds ``spec``'s env in a fresh process after ``import envs``: ``spec.id`` for the ids this
+    package, gymnasium and minigrid register; ``"module:id"`` for any other, ``module`` being the env's entry-point
+    module (importing it imports the package that registered the id)."""
+    entry = spec.entry_point
+    module = entry.partition(":")[0] if isinstance(entry, str) else getattr(entry, "__module__", None)
+    if not module or module.split(".")[0] in _IMPORTED_BY_ENVS or module == "__main__":
+        return spec.id
+    return f"{module}:{spec.id}"
+
+
+def resolve_env_id(env_id: str, gym_packages: Sequence[str] = ()) -> str:
     """Map an id or alias to its canonical, gymnasium-registered id; raise :class:`UnknownEnvError` if none.
 
     ``"MiniGrid-Memory"`` -> ``"MiniGrid-MemoryS7-v0"``, ``"MiniGrid-MemoryS9"`` -> ``"MiniGrid-MemoryS9-v0"``;
     an id without ``-vN`` resolves to the latest registered version (``"CartPole-P"`` -> ``"CartPole-P-v1"``).
+    ``"module:EnvId"`` imports ``module`` first and keeps it: ``"popgym:popgym-RepeatPreviousEasy"`` ->
+    ``"popgym:popgym-RepeatPreviousEasy-v0"``. ``gym_packages`` are imported first, in order; an id registered by
+    package ``P`` comes back as ``"P:EnvId"``, one some other module registered as ``"module:EnvId"``
+    (:func:`qualified_env_id`), so the id alone rebuilds the env in a fresh
+    process (``envs.make_env(policy.env_id)``).
     """
     if not isinstance(env_id, str):
         raise UnknownEnvError(f"env id must be a str, got {env_id!r} ({type(env_id).__name__})")
+    module, name = split_env_id(env_id)
+    if module is not None:
+        import_gym_package(module, env_id)
+        try:
+            return f"{module}:{_resolve_plain(name)}"
+        except UnknownEnvError as e:
+            raise UnknownEnvError(f"{e} (after importing {module!r})") from None
+    if isinstance(gym_packages, str):
+        gym_packages = [gym_packages]
+    for package in gym_packages:
+        import_gym_package(package)
+    try:
+        canonical = _resolve_plain(env_id)
+    except UnknownEnvError as e:
+        if gym_packages:
+            raise UnknownEnvError(f"{e} (after importing {', '.join(map(repr, gym_packages))})") from None
+        raise
+    qualified = qualified_env_id(gym.spec(canonical))
+    module = split_env_id(qualified)[0]
+    for package in gym_packages:
+        if module is not None and (module == package or module.startswith(package + ".")):
+            return f"{package}:{canonical}"
+    return qualified
+
+
+def _resolve_plain(env_id: str) -> str:
     if env_id in ALIASES:
         return ALIASES[env_id]
     if env_id in gym.registry:
@@ -155,8 +227,8 @@ def resolve_env_id(env_id: str) -> str:
     matches = _close_matches(env_id)
     hint = f"close matches: {', '.join(matches)}" if matches else "no close match"
     raise UnknownEnvError(
-        f"unknown env id {env_id!r}; {hint} (envs.list_env_ids() lists the project ids; "
-        f"any gymnasium-registered id also works)"
+        f"unknown env id {env_id!r}; {hint} (envs.list_env_ids() lists the project ids; any gymnasium-registered "
+        f"id also works, and 'module:EnvId' or --gym-packages MODULE import the module that registers it)"
     )
 
 
@@ -185,7 +257,8 @@ def make_env(
 
     Args:
         env_id: a project id (:data:`ENV_IDS`), an alias (:data:`ALIASES`), any ``MiniGrid-*`` id, or any
-            other gymnasium id (passed through unwrapped, e.g. ``"CartPole-v1"`` as a fully observed control).
+            other gymnasium id (passed through unwrapped, e.g. ``"CartPole-v1"`` as a fully observed control),
+            also as ``"module:EnvId"`` (``module`` is imported first: the package that registers ``EnvId``).
         view_size: MiniGrid only: the agent's view size (odd int >= 3; minigrid's default is 7).
         action_set: MiniGrid only: ``"all"`` (minigrid's 7 actions, the default) or ``"move"`` (turn left, turn
             right, forward: ``Discrete(3)``, the action numbers unchanged).
@@ -214,7 +287,7 @@ def make_env(
         MissingDependencyError: LunarLander ids without Box2D installed, or any other id whose optional
             package is missing (e.g. the MiniGrid WFC ids without ``minigrid[wfc]``).
     """
-    canonical = resolve_env_id(env_id)
+    canonical = split_env_id(resolve_env_id(env_id))[1]  # "module:EnvId": the module is imported, the id kept
     minigrid_env = is_minigrid_id(canonical)
     if frame_stack is not None and frame_stack != 1:
         if isinstance(frame_stack, bool) or not isinstance(frame_stack, int) or frame_stack < 1:

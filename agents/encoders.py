@@ -89,6 +89,10 @@ class FlatEncoder(nn.Module):
         self.norm = RunningNorm(in_size) if normalize else None
         self.net, self.output_size = build_mlp(in_size, sizes, activation, layer_norm=layer_norm)
 
+    def normalizer_input(self, obs: torch.Tensor) -> torch.Tensor:
+        """What :attr:`norm` sees: the observations (any leading dims) as ``[N, features]``."""
+        return obs.reshape(-1, self.norm.mean.shape[0]).float()
+
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         x = obs.reshape(*obs.shape[: obs.dim() - self.obs_ndim], -1).float()
         if self.norm is not None:
@@ -171,7 +175,70 @@ class CnnEncoder(nn.Module):
         return run_mlp(self.net, self.convs(x)).reshape(*lead, -1)
 
 
-ENCODERS = {"flat": FlatEncoder, "minigrid": MiniGridEncoder, "cnn": CnnEncoder}
+class CombinedEncoder(nn.Module):
+    """Any supported non-Box space (Discrete, MultiDiscrete, MultiBinary, or a Dict / Tuple of those and Box), read
+    from its packed observation ``[..., size]`` (:mod:`agents.obspack`) -> features -> MLP.
+
+    The features are SB3's preprocessing of each part (``stable_baselines3.common.preprocessing.preprocess_obs``),
+    concatenated as SB3's ``CombinedExtractor`` does for a Dict: Box parts flattened (uint8 images scaled to [0, 1]),
+    MultiBinary parts as 0/1 floats, each Discrete value and each MultiDiscrete entry one-hot (counted from the
+    space's ``start``, which SB3's one-hot ignores). Image parts are
+    flattened, not convolved (a Dict holding large images wants a CNN per image: not provided). ``normalize``
+    applies :class:`RunningNorm` to the Box parts only.
+    """
+
+    def __init__(self, observation_space: spaces.Space, sizes: Sequence[int], activation: Type[nn.Module],
+                 normalize: bool = False, layer_norm: bool = False) -> None:
+        super().__init__()
+        from .obspack import ObsPacker
+        from .spaces import space_to_config
+
+        packer = ObsPacker(space_to_config(observation_space))
+        self.packed_size = packer.size
+        box, scale, binary, unit_col, unit_value = [], [], [], [], []
+        for leaf in packer.leaves:
+            cols = list(range(leaf.offset, leaf.offset + leaf.width))
+            if leaf.kind == "Box":
+                sub = observation_space[leaf.path[0]] if leaf.path else observation_space
+                box += cols
+                scale += [1.0 / 255.0 if looks_like_image(sub) else 1.0] * leaf.width
+            elif leaf.kind == "MultiBinary":
+                binary += cols
+            else:  # one unit per (entry, value): the unit is 1 where the entry holds that value
+                for col, n, start in zip(cols, np.broadcast_to(leaf.n, (leaf.width,)),
+                                         np.broadcast_to(leaf.start, (leaf.width,))):
+                    unit_col += [col] * int(n)
+                    unit_value += list(range(int(start), int(start) + int(n)))
+        for name, values, dtype in (("box_cols", box, torch.long), ("box_scale", scale, torch.float32),
+                                    ("binary_cols", binary, torch.long), ("unit_cols", unit_col, torch.long),
+                                    ("unit_values", unit_value, torch.float32)):
+            self.register_buffer(name, torch.as_tensor(values, dtype=dtype), persistent=False)
+        self.norm = RunningNorm(len(box)) if normalize and box else None
+        self.n_features = len(box) + len(binary) + len(unit_col)
+        self.net, self.output_size = build_mlp(self.n_features, sizes, activation, layer_norm=layer_norm)
+
+    def normalizer_input(self, obs: torch.Tensor) -> torch.Tensor:
+        """What :attr:`norm` sees: the Box parts (scaled) of the packed observations, as ``[N, box features]``."""
+        return obs.reshape(-1, self.packed_size).float()[:, self.box_cols] * self.box_scale
+
+    def features(self, obs: torch.Tensor) -> torch.Tensor:
+        """The preprocessed parts, concatenated: ``[..., size]`` packed -> ``[..., n_features]``."""
+        x = obs.float()
+        parts = []
+        if self.box_cols.numel():
+            box = x[..., self.box_cols] * self.box_scale
+            parts.append(self.norm(box) if self.norm is not None else box)
+        if self.binary_cols.numel():
+            parts.append(x[..., self.binary_cols])
+        if self.unit_cols.numel():
+            parts.append((x[..., self.unit_cols] == self.unit_values).to(x.dtype))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return run_mlp(self.net, self.features(obs))
+
+
+ENCODERS = {"flat": FlatEncoder, "minigrid": MiniGridEncoder, "cnn": CnnEncoder, "combined": CombinedEncoder}
 
 
 def looks_like_image(observation_space: spaces.Box) -> bool:
@@ -195,9 +262,17 @@ def looks_like_minigrid(observation_space: spaces.Box) -> bool:
     return bool(np.array_equal(observation_space.high.astype(np.int64), expected))
 
 
-def resolve_encoder(name: str, observation_space: spaces.Box) -> str:
-    """``"auto"`` -> ``"minigrid"`` for MiniGrid's symbolic view, ``"cnn"`` for an image, ``"flat"`` otherwise;
-    other names are checked."""
+def resolve_encoder(name: str, observation_space: spaces.Space) -> str:
+    """``"auto"`` -> ``"combined"`` for any space but a Box, ``"minigrid"`` for MiniGrid's symbolic view, ``"cnn"``
+    for an image, ``"flat"`` otherwise; other names are checked (a non-Box space takes only ``"combined"``)."""
+    if not isinstance(observation_space, spaces.Box):
+        if name not in ("auto", "combined"):
+            raise ValueError(f"encoder {name!r} reads Box observations; the space {observation_space} takes "
+                             "encoder 'combined' (or 'auto')")
+        return "combined"
+    if name == "combined":
+        raise ValueError(f"encoder 'combined' reads non-Box spaces; the space {observation_space} takes 'auto', "
+                         "'flat', 'minigrid' or 'cnn'")
     if name == "auto":
         if looks_like_minigrid(observation_space):
             return "minigrid"
@@ -207,6 +282,6 @@ def resolve_encoder(name: str, observation_space: spaces.Box) -> str:
     return name
 
 
-def make_encoder(name: str, observation_space: spaces.Box, sizes: Sequence[int], activation: Type[nn.Module],
+def make_encoder(name: str, observation_space: spaces.Space, sizes: Sequence[int], activation: Type[nn.Module],
                  normalize: bool = False, layer_norm: bool = False) -> nn.Module:
     return ENCODERS[name](observation_space, sizes, activation, normalize=normalize, layer_norm=layer_norm)

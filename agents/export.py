@@ -3,7 +3,10 @@
 The exported graph is one acting step of the actor (a deployed policy needs no critic), for every core and a dynamic
 batch ``B``::
 
-    inputs   obs            [B, *obs_shape]   the observation space's dtype (float32, or uint8 for MiniGrid)
+    inputs   obs            [B, *obs_shape]   the observation space's dtype (float32, or uint8 for MiniGrid); for
+                                              a Discrete, MultiDiscrete, MultiBinary, Dict or Tuple space the
+                                              packed observation [B, size] float32 (agents.obspack; the layout
+                                              is the manifest's obs_layout, and OnnxPolicy packs for you)
              state          [B, S]            float32, the actor core's state (zeros at the start)
              episode_start  [B]               float32, 1 = zero that env's state before this step
     outputs  action         [B] int64 (Discrete) | [B, n] int64 (MultiDiscrete) | [B, n] float32 (Box, clipped
@@ -48,6 +51,7 @@ from .policy import RecurrentActorCriticPolicy
 from .runtime import (EXPORT_FORMAT, EXPORT_FORMAT_VERSION, INPUT_NAMES, MANIFEST_NAME, OUTPUT_NAMES, ExportError,
                       OnnxPolicy, file_sha256)
 from .serialization import write_atomic
+from .obspack import ObsPacker
 from .spaces import space_to_config
 
 DEFAULT_OPSET = 17
@@ -92,7 +96,7 @@ class ActorStep(nn.Module):
 
 
 def _io_description(policy: RecurrentActorCriticPolicy, step: ActorStep, example_out) -> Dict[str, list]:
-    obs_space = policy.observation_space
+    obs_space = policy.packed_space  # the network's input: the observation space itself for a Box
     action, out, _ = example_out
     act_dtype = "int64" if action.dtype == torch.int64 else "float32"
     return {
@@ -111,14 +115,18 @@ def _io_description(policy: RecurrentActorCriticPolicy, step: ActorStep, example
 
 def _example_inputs(policy: RecurrentActorCriticPolicy, batch: int, seed: int = 0):
     """Observations drawn from the observation space (MiniGrid codes stay valid), a random state, and resets."""
-    space = policy.observation_space
-    space.seed(seed)
-    obs = torch.as_tensor(np.stack([space.sample() for _ in range(batch)]))
+    obs = torch.as_tensor(policy.pack_obs(sample_batch(policy.observation_space, batch, seed)))
     gen = torch.Generator().manual_seed(seed)
     n = int(np.prod(policy.core_pi.state_shape))
     state = torch.randn((batch, n), generator=gen) * 0.5
     starts = (torch.arange(batch) % 3 == 1).to(torch.float32)
     return obs, state, starts
+
+
+def sample_batch(space, batch: int, seed: int = 0):
+    """``batch`` observations drawn from ``space``, batched as a VecEnv returns them (MiniGrid codes stay valid)."""
+    space.seed(seed)
+    return ObsPacker(space_to_config(space)).stack([space.sample() for _ in range(batch)])
 
 
 def export_onnx(policy: RecurrentActorCriticPolicy, path, opset: int = DEFAULT_OPSET) -> Path:
@@ -207,6 +215,7 @@ def parity_check(policy: RecurrentActorCriticPolicy, runtime: OnnxPolicy, steps:
     magnitude seen, at least 1), and the fraction of actions equal to ``policy.act``'s (within 1e-4 for Box)."""
     space = policy.observation_space
     space.seed(seed)
+    stack = ObsPacker(space_to_config(space)).stack
     step = ActorStep(policy).eval()
     t_state = policy.initial_state(batch)
     o_state = runtime.initial_state(batch)
@@ -214,10 +223,10 @@ def parity_check(policy: RecurrentActorCriticPolicy, runtime: OnnxPolicy, steps:
     scale = {"dist_params": 1.0, "state": 1.0, "action": 1.0}
     same = 0
     for t in range(steps):
-        obs = np.stack([space.sample() for _ in range(batch)])
+        obs = stack([space.sample() for _ in range(batch)])
         starts = np.array([t == 0 or t == steps // 2 + b for b in range(batch)])
         with torch.no_grad():
-            _, params, _ = step(torch.as_tensor(obs), t_state[:, : step.state_size],
+            _, params, _ = step(torch.as_tensor(policy.pack_obs(obs)), t_state[:, : step.state_size],
                                 torch.as_tensor(starts, dtype=torch.float32))
             action, t_state = policy.act(obs, t_state, starts, deterministic=True)
         out = runtime.run(obs, o_state, starts)
@@ -317,6 +326,8 @@ def write_export(policy: RecurrentActorCriticPolicy, out_dir, int8: bool = True,
         "state_size": step.state_size,
         "state_shape": list(step.state_shape),
         "observation_space": space_to_config(policy.observation_space),
+        "obs_layout": ObsPacker(space_to_config(policy.observation_space)).layout()
+        if policy.packed_space is not policy.observation_space else None,
         "action_space": space_to_config(policy.action_space),
         "log_std": policy.log_std.detach().tolist() if hasattr(policy, "log_std") else None,
         **_io_description(policy, step, example),

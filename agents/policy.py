@@ -39,6 +39,7 @@ from torch.distributions import Bernoulli, Categorical, Normal
 
 from .cores import MemoryCore, core_options, make_core
 from .encoders import build_mlp, make_encoder, resolve_encoder, run_mlp
+from .obspack import ObsPacker, is_structured
 from .spaces import space_from_config, space_to_config
 
 #: version of the saved policy format (``recurrent_policy.json``); bumped when the layout changes
@@ -56,13 +57,16 @@ def saved_core_kwargs(core: str, core_kwargs: Optional[Dict[str, Any]]) -> Dict[
 
 
 class RecurrentActorCriticPolicy(BasePolicy):
-    """Recurrent actor-critic for Box observations and Box / Discrete / MultiDiscrete / MultiBinary actions.
+    """Recurrent actor-critic for Box, Discrete, MultiDiscrete, MultiBinary, Dict and Tuple observations (the
+    non-Box ones packed into one vector, :mod:`agents.obspack`) and Box / Discrete / MultiDiscrete / MultiBinary
+    actions.
 
     :param core: name of the memory core (``agents.CORES``)
     :param hidden_size: units of the core (per layer)
     :param num_layers: stacked core layers
     :param shared_core: one core for actor and critic (True) or a separate critic core (False)
-    :param encoder: ``"flat"`` (vector MLP), ``"minigrid"`` (symbolic grid), or ``"auto"`` (chosen from the space)
+    :param encoder: ``"flat"`` (vector MLP), ``"minigrid"`` (symbolic grid), ``"cnn"`` (image), ``"combined"``
+        (any non-Box space, SB3's preprocessing), or ``"auto"`` (chosen from the space)
     :param encoder_sizes: hidden layers of the encoder before the core (``[]``: the core sees the raw observation)
     :param normalize_obs: normalise observations with running statistics kept in the policy (flat encoder only)
     :param encoder_norm: LayerNorm on each encoder layer's pre-activations (keeps tanh units off their +-1 plateau)
@@ -104,8 +108,7 @@ class RecurrentActorCriticPolicy(BasePolicy):
         optimizer_kwargs: Optional[Dict[str, Any]] = None,
         use_sde: bool = False,
     ) -> None:
-        if not isinstance(observation_space, spaces.Box):
-            raise ValueError(f"observation space {observation_space} is not supported: expected a Box")
+        obs_cfg = space_to_config(observation_space)  # refuses the spaces the policy cannot take, in one line
         if use_sde and not isinstance(action_space, spaces.Box):
             raise ValueError(f"use_sde=True needs a Box action space, got {action_space}: expected use_sde=False")
         if activation not in ACTIVATIONS:
@@ -133,7 +136,12 @@ class RecurrentActorCriticPolicy(BasePolicy):
         self.env_id = env_id
         self.env_kwargs = dict(env_kwargs) if env_kwargs is not None else None
         self.use_sde = bool(use_sde)
-        self._obs_shape = tuple(observation_space.shape)
+        # Box observations go to the network as they are; any other space is packed into one float32 vector
+        # (agents.obspack), which is what the network, the rollout buffer and an ONNX export see.
+        self._packer = ObsPacker(obs_cfg) if is_structured(obs_cfg) else None
+        self.packed_space = observation_space if self._packer is None else \
+            spaces.Box(-np.inf, np.inf, (self._packer.size,), np.float32)
+        self._obs_shape = tuple(self.packed_space.shape)
 
         self.encoder = make_encoder(self.encoder_name, observation_space, self.encoder_sizes, ACTIVATIONS[activation],
                                     normalize=self.normalize_obs, layer_norm=self.encoder_norm)
@@ -212,10 +220,22 @@ class RecurrentActorCriticPolicy(BasePolicy):
         return data
 
     def update_obs_normalizer(self, observations) -> None:
-        """Fold observations (any leading dims) into the running normalisation statistics, if the policy has them."""
+        """Fold network inputs (:meth:`pack_obs`'s output, any leading dims) into the running normalisation
+        statistics, if the policy has them."""
         norm = getattr(self.encoder, "norm", None)
         if norm is not None:
-            norm.update(torch.as_tensor(np.asarray(observations), device=self.device).reshape(-1, norm.mean.shape[0]))
+            norm.update(self.encoder.normalizer_input(torch.as_tensor(np.asarray(observations), device=self.device)))
+
+    def pack_obs(self, obs) -> np.ndarray:
+        """A batch of observations as the network takes them: the same array for a Box space, the packed
+        ``[B, packed size]`` float32 (:mod:`agents.obspack`) for any other (each part batched, as a VecEnv gives)."""
+        if self._packer is None:
+            return obs
+        packed, single = self._packer.pack(obs)
+        if single:
+            raise ValueError(f"pack_obs() got one unbatched observation of {self.observation_space}: expected a "
+                             "batch, each part with a leading batch dim (as a VecEnv returns it)")
+        return packed
 
     # ------------------------------------------------------------------- state
     @property
@@ -337,6 +357,11 @@ class RecurrentActorCriticPolicy(BasePolicy):
 
     # --------------------------------------------------------------- inference
     def _as_batch(self, obs) -> Tuple[torch.Tensor, bool, bool]:
+        if self._packer is not None:
+            is_torch = isinstance(obs, torch.Tensor) or (isinstance(obs, (dict, tuple, list)) and any(
+                isinstance(v, torch.Tensor) for v in (obs.values() if isinstance(obs, dict) else obs)))
+            packed, single = self._packer.pack(_to_numpy(obs) if is_torch else obs)
+            return torch.as_tensor(packed, device=self.device), is_torch, single
         is_torch = isinstance(obs, torch.Tensor)
         obs_t = obs if is_torch else torch.as_tensor(np.asarray(obs))
         shape = tuple(obs_t.shape)
@@ -345,6 +370,11 @@ class RecurrentActorCriticPolicy(BasePolicy):
         if len(shape) == len(self._obs_shape) + 1 and shape[1:] == self._obs_shape:
             return obs_t.to(self.device), is_torch, False
         raise ValueError(f"observation has shape {shape}: expected {self._obs_shape} or [B, *{self._obs_shape}]")
+
+    def network_input(self, obs) -> torch.Tensor:
+        """One observation or a batch (numpy or torch; a dict / tuple for Dict / Tuple spaces) as the network's
+        input, batched: ``[B, *obs shape]`` for a Box space, ``[B, packed size]`` float32 for any other."""
+        return self._as_batch(obs)[0]
 
     def _starts(self, episode_start, batch: int) -> torch.Tensor:
         if isinstance(episode_start, (bool, np.bool_, int, float)) or episode_start is None:
@@ -404,8 +434,12 @@ class RecurrentActorCriticPolicy(BasePolicy):
         if isinstance(observation, tuple) and len(observation) == 2 and isinstance(observation[1], dict):
             raise ValueError("predict() got a tuple (obs, info): pass only the observation "
                              "(gymnasium's reset() returns (obs, info); SB3's VecEnv.reset() returns obs)")
-        obs = np.asarray(observation)
-        n = 1 if obs.shape == self._obs_shape or obs.ndim == 0 else obs.shape[0]  # act checks the shape
+        if self._packer is not None:
+            obs = observation
+            n = self._packer.pack(observation)[0].shape[0]
+        else:
+            obs = np.asarray(observation)
+            n = 1 if obs.shape == self._obs_shape or obs.ndim == 0 else obs.shape[0]  # act checks the shape
         if state is None:
             state_t = self.initial_state(n)
             episode_start = np.ones(n, dtype=bool)
@@ -418,5 +452,16 @@ class RecurrentActorCriticPolicy(BasePolicy):
 
     def _predict(self, observation: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         # SB3's abstract hook; a recurrent policy needs its state, so ``predict``/``act`` are the entry points.
-        actions, _ = self.act(observation, self.initial_state(observation.shape[0]), True, deterministic)
+        n = self._as_batch(observation)[0].shape[0]
+        actions, _ = self.act(observation, self.initial_state(n), True, deterministic)
         return actions
+
+
+def _to_numpy(obs):
+    """Torch tensors (alone, or the parts of a dict / tuple observation) as numpy arrays."""
+    conv = lambda v: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v  # noqa: E731
+    if isinstance(obs, dict):
+        return {k: conv(v) for k, v in obs.items()}
+    if isinstance(obs, (tuple, list)):
+        return tuple(conv(v) for v in obs)
+    return conv(obs)

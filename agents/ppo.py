@@ -49,7 +49,8 @@ def _positive_int(name: str, value: Any, allow_none: bool = False) -> Optional[i
 class RecurrentPPO(PPO):
     """PPO whose policy carries memory through a core from ``agents.CORES``.
 
-    :param policy: ``"MlpPolicy"`` (the recurrent actor-critic; the encoder follows ``policy_kwargs["encoder"]``)
+    :param policy: ``"MlpPolicy"`` (the recurrent actor-critic for every observation space, also named
+        ``"MultiInputPolicy"``; the encoder follows ``policy_kwargs["encoder"]``)
     :param env: a ``VecEnv``, a gymnasium env, or a registered id
     :param core: memory core name (``"gru"``, ``"lstm"``, ``"mlp"``, ...)
     :param hidden_size: core units per layer
@@ -75,6 +76,7 @@ class RecurrentPPO(PPO):
     policy_aliases: ClassVar[Dict[str, Type[RecurrentActorCriticPolicy]]] = {
         "MlpPolicy": RecurrentActorCriticPolicy,
         "RecurrentPolicy": RecurrentActorCriticPolicy,
+        "MultiInputPolicy": RecurrentActorCriticPolicy,  # SB3's name for Dict observations: the same policy here
     }
     policy: RecurrentActorCriticPolicy
     rollout_buffer: RecurrentRolloutBuffer
@@ -115,6 +117,8 @@ class RecurrentPPO(PPO):
         _init_setup_model: bool = True,
     ) -> None:
         policy_kwargs = dict(policy_kwargs or {})
+        if isinstance(policy, str) and policy in self.policy_aliases:
+            policy = self.policy_aliases[policy]  # one policy for every space (SB3 asks for MultiInputPolicy on Dict)
         if _init_setup_model:
             get_core_class(core)  # unknown core: clear error before anything is built
             policy_kwargs.setdefault("core", core)
@@ -170,7 +174,11 @@ class RecurrentPPO(PPO):
     def _detect_env_id(self) -> Optional[str]:
         try:
             spec = self.env.get_attr("spec", indices=[0])[0] if self.env is not None else None
-            return spec.id if spec is not None else None
+            if spec is None:
+                return None
+            from envs import qualified_env_id
+
+            return qualified_env_id(spec)
         except Exception:  # an env without a spec is fine: the id is only informative
             return None
 
@@ -187,7 +195,7 @@ class RecurrentPPO(PPO):
         chunk_len = self.seq_len or self.n_steps
         chunked = all(c.resets_in_kernel for c in cores) and chunk_len * self.n_envs <= self.batch_size
         self.rollout_buffer = RecurrentRolloutBuffer(
-            self.n_steps, self.observation_space, self.action_space, self.policy.state_size, device=self.device,
+            self.n_steps, self.policy.packed_space, self.action_space, self.policy.state_size, device=self.device,
             gamma=self.gamma, gae_lambda=self.gae_lambda, n_envs=self.n_envs, seq_len=self.seq_len,
             chunked=chunked,
         )
@@ -224,8 +232,9 @@ class RecurrentPPO(PPO):
         while n_steps < n_rollout_steps:
             if self.use_sde and self.sde_sample_freq > 0 and n_steps > 0 and n_steps % self.sde_sample_freq == 0:
                 self.policy.reset_noise(env.num_envs)  # new exploration weights every sde_sample_freq steps
+            obs = self.policy.pack_obs(self._last_obs)  # the network's input (packed for non-Box spaces)
             with torch.no_grad():
-                obs_tensor = obs_as_tensor(self._last_obs, self.device)
+                obs_tensor = obs_as_tensor(obs, self.device)
                 starts = torch.as_tensor(self._last_episode_starts, dtype=torch.float32, device=self.device)
                 if self.carry_state:
                     starts = torch.zeros_like(starts)
@@ -251,14 +260,14 @@ class RecurrentPPO(PPO):
             for idx, done in enumerate(dones):
                 if done and infos[idx].get("terminal_observation") is not None \
                         and infos[idx].get("TimeLimit.truncated", False):
-                    terminal_obs = self.policy.obs_to_tensor(infos[idx]["terminal_observation"])[0]
+                    terminal_obs = self.policy.network_input(infos[idx]["terminal_observation"])
                     with torch.no_grad():
                         terminal_value = self.policy.predict_values(
                             terminal_obs, new_state[idx: idx + 1], torch.zeros(1, device=self.device))[0]
                     rewards[idx] += self.gamma * terminal_value.item()
 
             rollout_buffer.add_state(state)
-            rollout_buffer.add(self._last_obs, actions, rewards, self._last_episode_starts, values, log_probs)
+            rollout_buffer.add(obs, actions, rewards, self._last_episode_starts, values, log_probs)
             self._last_obs = new_obs
             self._last_episode_starts = dones
             state = new_state
@@ -268,7 +277,8 @@ class RecurrentPPO(PPO):
             starts = torch.as_tensor(dones, dtype=torch.float32, device=self.device)
             if self.carry_state:
                 starts = torch.zeros_like(starts)
-            values = self.policy.predict_values(obs_as_tensor(new_obs, self.device), state, starts)
+            values = self.policy.predict_values(obs_as_tensor(self.policy.pack_obs(new_obs), self.device), state,
+                                                starts)
         rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
         callback.update_locals(locals())
         callback.on_rollout_end()

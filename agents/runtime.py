@@ -28,6 +28,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from .obspack import ObsPacker, is_structured
+
 EXPORT_FORMAT = "recurrent-agents-onnx"
 EXPORT_FORMAT_VERSION = 1
 MANIFEST_NAME = "export.json"
@@ -154,6 +156,9 @@ class OnnxPolicy:
         inputs = {d["name"]: d for d in self.manifest["inputs"]}
         self.obs_shape = tuple(inputs["obs"]["shape"][1:])
         self.obs_dtype = np.dtype(inputs["obs"]["dtype"])
+        space = self.manifest["observation_space"]
+        #: packs Discrete / MultiDiscrete / MultiBinary / Dict / Tuple observations as the torch policy does
+        self._packer = ObsPacker(space) if is_structured(space) else None
         self.state_size = int(self.manifest["state_size"])
         self.env_id = self.manifest.get("env_id")
         #: keyword arguments of ``envs.make_env`` the policy was trained with (e.g. ``{"frame_stack": 4}``)
@@ -192,6 +197,8 @@ class OnnxPolicy:
         return np.zeros((int(batch_size), self.state_size), dtype=np.float32)
 
     def _batch(self, obs) -> Tuple[np.ndarray, bool]:
+        if self._packer is not None:
+            return self._packer.pack(obs)
         obs = np.asarray(obs)
         if obs.shape == self.obs_shape:
             return obs[None].astype(self.obs_dtype, copy=False), True
@@ -239,7 +246,7 @@ class OnnxPolicy:
         """Act with the state kept inside the wrapper (call :meth:`reset` first to choose the batch size; a single
         observation uses batch 1). ``episode_start=True`` zeroes the kept state before this step."""
         state = getattr(self, "_state", None)
-        n = 1 if np.asarray(obs).shape == self.obs_shape else np.asarray(obs).shape[0]
+        n = self._batch(obs)[0].shape[0]
         if state is None:
             state = self.initial_state(n)
         elif state.shape[0] != n:

@@ -86,6 +86,7 @@ def train(cfg: Optional[TrainConfig] = None, *, resume: Optional[str | Path] = N
     state is a pickle, is taken only with ``trust_checkpoint``). Prints a header line and a final summary line;
     returns a :class:`TrainResult`."""
     from .callbacks import count_pending_time, evaluate, make_logger, measure_act_latency, record_eval
+    from .obspack import obs_at
     from .serialization import load_policy
 
     with warnings.catch_warnings():
@@ -167,7 +168,7 @@ def train(cfg: Optional[TrainConfig] = None, *, resume: Optional[str | Path] = N
                 record_eval(logger, pool, prefix="eval_pool")
             _save_or_fail(lambda: model.save(run_dir / "model.zip"), run_dir)
             latency = measure_act_latency(load_policy(run_dir / "model.zip", device=model.device),
-                                          eval_env.reset()[0], n=cfg.latency_steps)
+                                          obs_at(eval_env.reset(), 0), n=cfg.latency_steps)
             for key, value in latency.items():
                 logger.record(f"latency/{key}", value)
             logger.dump(step=step)
@@ -475,15 +476,16 @@ def size_core(cfg: TrainConfig) -> Optional[str]:
     try:
         encoder_name = resolve_encoder(cfg.encoder, env.observation_space)
         encoder = make_encoder(encoder_name, env.observation_space, cfg.encoder_sizes, ACTIVATIONS[cfg.activation],
-                               normalize=cfg.normalize_obs and encoder_name == "flat", layer_norm=cfg.encoder_norm)
+                               normalize=cfg.normalize_obs and encoder_name in ("flat", "combined"),
+                               layer_norm=cfg.encoder_norm)
     except ValueError as exc:
         raise SetupError(f"encoder={cfg.encoder!r} for {cfg.env}: {_one_line(exc)}") from None
     finally:
         env.close()
-    if cfg.normalize_obs and encoder_name != "flat":
-        raise SetupError(f"normalize_obs=true (env {cfg.env}, encoder {encoder_name}): only the flat encoder "
-                         "normalizes observations (MiniGrid's are integer codes, embedded); expected "
-                         "normalize_obs=false")
+    if cfg.normalize_obs and getattr(encoder, "norm", None) is None:
+        raise SetupError(f"normalize_obs=true (env {cfg.env}, encoder {encoder_name}): only Box observations (or "
+                         "the Box parts of a Dict / Tuple) are normalized, not codes, one-hots or images; "
+                         "expected normalize_obs=false")
     if cfg.encoder_norm and not len(encoder.net):  # the built encoder says whether it has layers
         raise SetupError(f"encoder_norm=true with encoder_sizes={list(cfg.encoder_sizes)} ({encoder_name} encoder): "
                          "no encoder layer to normalise; expected at least one size in encoder_sizes")
@@ -591,6 +593,21 @@ def _print_header(cfg: TrainConfig, model, run_dir: Path, matched: Optional[str]
     print(f"{PROG}: {cfg.env} | core {cfg.core} ({size}, {param_count(model):,} parameters, "
           f"{model.policy.core_pi.kernel_in_use} kernel) | {cfg.n_envs} envs ({cfg.vec_env}) | {model.device} | "
           f"{cfg.total_timesteps:,} steps | {what} | run: {run_dir}", flush=True)
+    note = rollout_rounding(cfg, start_step)
+    if note:
+        print(f"{PROG}: note: {note}", flush=True)
+
+
+def rollout_rounding(cfg: TrainConfig, start_step: int = 0) -> Optional[str]:
+    """A note when ``total_timesteps`` is not a whole number of rollouts (training runs whole rollouts, so it takes
+    more steps than asked); ``None`` when it is."""
+    rollout = cfg.n_envs * cfg.n_steps
+    todo = cfg.total_timesteps - start_step
+    runs = start_step + -(-todo // rollout) * rollout
+    if runs == cfg.total_timesteps:
+        return None
+    return (f"total_timesteps={cfg.total_timesteps:,} is not a whole number of rollouts ({cfg.n_envs} envs x "
+            f"{cfg.n_steps} steps = {rollout:,}); training runs whole rollouts, so it will take {runs:,} steps")
 
 
 def _print_done(cfg: TrainConfig, summary: Dict[str, Any], result: Dict[str, Any], run_dir: Path) -> None:

@@ -80,8 +80,8 @@ def test_act_types_and_batching():
 
 
 def test_unsupported_spaces_and_options_are_clear_errors():
-    with pytest.raises(ValueError, match="observation space .* expected a Box"):
-        RecurrentActorCriticPolicy(spaces.Discrete(3), spaces.Discrete(2))
+    with pytest.raises(ValueError, match=r"space Text\(.* is not supported: expected Box, Discrete"):
+        RecurrentActorCriticPolicy(spaces.Text(3), spaces.Discrete(2))
     with pytest.raises(ValueError, match="activation 'sigmoidish' is unknown"):
         RecurrentActorCriticPolicy(spaces.Box(-1, 1, (2,)), spaces.Discrete(2), activation="sigmoidish")
     with pytest.raises(ValueError, match="unknown core 'transformer'"):

@@ -15,8 +15,8 @@ A size is ``hN`` (``--hidden-sizes``), ``pm-CORE<H>`` (``--match-params CORE:H``
 parameter count at H units, CORE itself at H units) or ``hcfg`` (neither flag: the env family config's size).
 
 Layout. Each cell trains with ``--logdir OUT/<cell-id>/``, so its run directory is the only
-``<env>__<core>__s<seed>__<time>/`` inside it; ``<cell-id>`` = ``<env>__<label>__<size>__s<seed>`` (env id
-canonical). Next to the run directory: ``train.log`` (the run's stdout and stderr) and ``cell.json`` (what the sweep
+``<env>__<core>__s<seed>__<time>/`` inside it; ``<cell-id>`` = ``<env>__<label>__<size>__s<seed>`` (env id as
+given, less any `module:` prefix). Next to the run directory: ``train.log`` (the run's stdout and stderr) and ``cell.json`` (what the sweep
 ran, exit status, wall seconds, the training process's peak RSS). ``OUT/sweep.json`` records every invocation (its
 command, commit and machine): ``scripts/report.py OUT`` quotes it under every figure.
 
@@ -195,7 +195,7 @@ def build_cells(labels: Sequence[str], env_ids: Sequence[str], seeds: Sequence[i
                     if sets:
                         argv += ["--set", *sets]
                     shown = f"{label}@{variant}" if variant else label
-                    cell_id = f"{env}__{shown}__{tag}__s{seed}"
+                    cell_id = f"{env.rpartition(':')[2]}__{shown}__{tag}__s{seed}"  # "module:EnvId": bare id
                     try:
                         cfg = resolve_config(env=env, overrides=overrides, set_items=sets, config_file=config)
                     except ConfigError as exc:

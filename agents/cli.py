@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
 
 #: string flags and what a value must be (the message for an empty one)
 _NON_EMPTY = {"resume": "the path of a run directory", "env": "an env id, e.g. MiniGrid-Memory",
-              "core": "a core name (gru, lstm, mlp) or module:Class", "match_params": "CORE:HIDDEN, e.g. lstm:128",
+              "core": "a core name (gru, lstm, mlp, mingru, lru, ffm, s6) or module:Class", "match_params": "CORE:HIDDEN, e.g. lstm:128",
               "config": "the path of a YAML file", "logdir": "a directory", "device": "auto, cpu, cuda or cuda:N"}
 
 

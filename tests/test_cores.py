@@ -136,7 +136,7 @@ def test_bad_shapes_name_what_was_received(name):
 
 
 def test_unknown_core_lists_the_known_ones():
-    with pytest.raises(ValueError, match=r"unknown core 'gur' \(did you mean gru\?\): expected one of gru, lstm, mlp"):
+    with pytest.raises(ValueError, match=r"unknown core 'gur' \(did you mean gru\?\): expected one of ffm, gru, lru, lstm, mingru, mlp, s6"):
         get_core_class("gur")
 
 
@@ -147,7 +147,9 @@ def test_parameter_counts():
     assert core_param_count("lstm", 64, 128) == 4 * (128 * 64 + 128 * 128 + 2 * 128)
 
 
-@pytest.mark.parametrize("core,target", [("gru", "lstm"), ("lstm", "gru"), ("mlp", "lstm"), ("mlp", "gru")])
+@pytest.mark.parametrize("core,target", [("gru", "lstm"), ("lstm", "gru"), ("mlp", "lstm"), ("mlp", "gru"),
+                                         *[(c, "lstm") for c in ("mingru", "lru", "ffm", "s6")],
+                                         *[("lstm", c) for c in ("mingru", "lru", "ffm", "s6")]])
 @pytest.mark.parametrize("target_hidden", [64, 128, 256])
 def test_match_hidden_size_within_two_percent(core, target, target_hidden):
     h = match_hidden_size(core, target, target_hidden, input_size=64)

@@ -112,7 +112,7 @@ def test_onnx_matches_torch_over_an_episode_with_a_mid_sequence_reset(tmp_path, 
     np.testing.assert_allclose(reset, fresh, atol=1e-6)
 
 
-@pytest.mark.parametrize("core", ["gru", "lstm", "mlp"])
+@pytest.mark.parametrize("core", ["gru", "lstm", "mlp", "mingru", "lru", "ffm", "s6"])
 def test_batched_onnx_equals_batched_torch_with_per_env_resets(tmp_path, core):
     policy, env = make_policy(core, "cartpole-p")
     write_export(policy, tmp_path, int8=False, check=False)
@@ -126,6 +126,19 @@ def test_batched_onnx_equals_batched_torch_with_per_env_resets(tmp_path, core):
         a_o, o_state = runtime.act(obs, o_state, starts)
         np.testing.assert_array_equal(a_o, a_t)
         np.testing.assert_allclose(o_state, t_state[:, : runtime.state_size].numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("core", ["mingru", "lru", "ffm", "s6"])
+def test_scan_cores_export_with_the_state_as_inputs_and_outputs(tmp_path, core):
+    """The scan cores' acting step in ONNX: float32 parity with torch over steps with resets (export's own check),
+    the int8 file written and its agreement reported."""
+    policy, env = make_policy(core, "cartpole-p", num_layers=2)
+    manifest = write_export(policy, tmp_path, int8=True, check=True)
+    assert manifest["state_size"] == int(np.prod(policy.core_pi.state_shape))
+    parity = manifest["parity"]
+    assert parity["fp32"]["max_abs_dist_params"] < 1e-4 and parity["fp32"]["max_abs_state"] < 1e-4
+    assert parity["fp32"]["action_agreement"] == 1.0
+    assert 0.0 <= parity["int8"]["action_agreement"] <= 1.0 and (tmp_path / FILES["int8"]).is_file()
 
 
 @pytest.mark.parametrize("core", ["gru", "lstm"])

@@ -19,14 +19,22 @@ from typing import Any, Dict, Iterator, Mapping, Type
 import torch
 
 from .base import MemoryCore
+from .ffm import FFMCore
 from .gru import GRUCore
+from .lru import LRUCore
 from .lstm import LSTMCore
+from .mingru import MinGRUCore
 from .mlp import MLPCore
+from .s6 import S6Core
 
 CORES: Dict[str, Type[MemoryCore]] = {
     "gru": GRUCore,
     "lstm": LSTMCore,
     "mlp": MLPCore,
+    "mingru": MinGRUCore,
+    "lru": LRUCore,
+    "ffm": FFMCore,
+    "s6": S6Core,
 }
 
 
@@ -148,5 +156,5 @@ def match_hidden_size(
     return best
 
 
-__all__ = ["CORES", "MemoryCore", "GRUCore", "LSTMCore", "MLPCore", "get_core_class", "make_core", "core_options",
+__all__ = ["CORES", "MemoryCore", "GRUCore", "LSTMCore", "MLPCore", "MinGRUCore", "LRUCore", "FFMCore", "S6Core", "get_core_class", "make_core", "core_options",
            "check_core_kwargs", "core_param_count", "match_hidden_size", "file_names_no_imports"]

@@ -1,0 +1,77 @@
+"""The scan behind the linear-recurrence cores (minGRU, LRU, FFM, S6): ``h_t = a_t * h_{t-1} + b_t``, elementwise.
+
+``a`` and ``b`` hold every step at once (``[T, B, ...]``, computed from the inputs in one batched call), so a whole
+sequence costs one elementwise scan. An episode reset at step ``t`` is ``a_t = 0``: the state carried in is dropped
+and ``h_t = b_t`` (:func:`reset_decay`). Complex recurrences (LRU, FFM) keep real and imaginary parts in a trailing
+dimension of size 2 (``complex=True``), so every op is real: the same code runs in training, in ``step`` and in an
+ONNX graph, which has no complex type.
+
+Two ways to run it, equal up to float rounding (tests/test_linear_cores.py checks values and gradients):
+
+* ``"loop"``: ``T`` steps of one multiply-add each;
+* ``"parallel"``: Hillis & Steele's inclusive scan over the pairs ``(a, b)`` with ``(a2, b2) o (a1, b1) =
+  (a2 a1, a2 b1 + b2)``: ``ceil(log2 T)`` rounds of whole-tensor ops, ``O(T log T)`` work but few, large ops.
+
+``"auto"`` picks by length (``PARALLEL_FROM``; ``scripts/bench_kernels.py --scan`` measures both at the grid's
+shapes, results in ``results/kernels.md``).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+#: sequences at least this long run the parallel scan under method="auto" (shorter ones loop)
+PARALLEL_FROM = 16
+
+METHODS = ("auto", "loop", "parallel")
+
+
+def cmul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Complex product of tensors whose last dimension (size 2) holds real and imaginary parts."""
+    xr, xi = x[..., 0], x[..., 1]
+    yr, yi = y[..., 0], y[..., 1]
+    return torch.stack((xr * yr - xi * yi, xr * yi + xi * yr), dim=-1)
+
+
+def _mul(x: torch.Tensor, y: torch.Tensor, complex: bool) -> torch.Tensor:
+    return cmul(x, y) if complex else x * y
+
+
+def reset_decay(a: torch.Tensor, episode_start: Optional[torch.Tensor]) -> torch.Tensor:
+    """``a [T, B, ...]`` with the steps where ``episode_start [T, B]`` is set zeroed (the state carried in is dropped
+    there). ``a`` may broadcast over ``T`` and ``B`` (shape ``[1, 1, ...]``): the result is then full size."""
+    if episode_start is None:
+        return a
+    keep = 1.0 - episode_start.to(dtype=a.dtype)
+    return a * keep.reshape(*keep.shape, *([1] * (a.dim() - 2)))
+
+
+def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, complex: bool = False,
+                method: str = "auto") -> torch.Tensor:
+    """Every state of ``h_t = a_t * h_{t-1} + b_t`` for ``t = 0 .. T-1``, from ``h_{-1} = h0``.
+
+    ``b [T, B, ...]``; ``a`` the same shape or broadcastable to it; ``h0 [B, ...]``. With ``complex=True`` the last
+    dimension (size 2) holds real and imaginary parts and the products are complex. Returns ``h [T, B, ...]``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"scan method {method!r}: expected one of {', '.join(METHODS)}")
+    T = b.shape[0]
+    a = a.expand_as(b)
+    if method == "loop" or (method == "auto" and T < PARALLEL_FROM):
+        hs = []
+        h = h0
+        for t in range(T):
+            h = _mul(a[t], h, complex) + b[t]
+            hs.append(h)
+        return torch.stack(hs, dim=0)
+    # fold h0 into the first step, then combine pairs 1, 2, 4, ... steps apart
+    b = torch.cat((_mul(a[:1], h0.unsqueeze(0), complex) + b[:1], b[1:]), dim=0)
+    d = 1
+    while d < T:
+        b = torch.cat((b[:d], _mul(a[d:], b[:-d], complex) + b[d:]), dim=0)
+        if 2 * d < T:  # the decays are needed only for a further round
+            a = torch.cat((a[:d], _mul(a[d:], a[:-d], complex)), dim=0)
+        d *= 2
+    return b

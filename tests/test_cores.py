@@ -230,3 +230,54 @@ def test_gate_bias_must_be_finite(core, option):
             make_core(core, 4, 6, **{option: bad})
         assert str(info.value) == f"{option}={bad!r}: expected a finite number"
     assert make_core(core, 4, 6, **{option: 2}).rnn.bias_ih_l0[6] == 2.0  # an int is a number
+
+
+@pytest.mark.parametrize("name", ["gru", "lstm"])
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_recurrent_dropout_with_a_mask_of_ones_is_the_plain_core(name, num_layers):
+    """The masked step loop (the recurrent-dropout path) computes the same cell as the kernels: all-ones masks
+    give the plain core's outputs, states and gradients over a sequence with resets."""
+    core = make_core(name, 6, 8, num_layers, recurrent_dropout=0.5)
+    x, starts, state0 = _inputs(core)
+    ones = torch.ones(num_layers, x.shape[1], 8)
+    core.eval()  # eval mode: forward_sequence does not drop
+    plain = _grads(core, lambda: core.forward_sequence(x, state0, starts))
+    masked = _grads(core, lambda: core.masked_sequence(x, state0, starts, ones))
+    y_plain, s_plain = core.forward_sequence(x, state0, starts)
+    y_mask, s_mask = core.masked_sequence(x, state0, starts, ones)
+    torch.testing.assert_close(y_mask, y_plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s_mask, s_plain, atol=1e-5, rtol=1e-5)
+    for a, b in zip(masked, plain):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["gru", "lstm"])
+def test_recurrent_dropout_draws_one_mask_per_sequence_in_training_only(name):
+    torch.manual_seed(0)
+    p, H = 0.25, 64
+    core = make_core(name, 6, H, 1, recurrent_dropout=p)
+    x, starts, state0 = _inputs(core, T=12, B=50)
+    core.train()
+    torch.manual_seed(5)
+    y, s = core.forward_sequence(x, state0, starts)
+    torch.manual_seed(5)
+    masks = core.recurrent_masks(50)  # the same draw: one [B, H] mask for every step of the sequence
+    y_ref, s_ref = core.masked_sequence(x, state0, starts, masks)
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(s, s_ref)
+    values = masks.unique()
+    assert values[0] == 0.0 and values[1:].tolist() == pytest.approx([1.0 / (1.0 - p)]) and len(values) == 2
+    assert abs((masks == 0).float().mean().item() - p) < 0.03
+    ones = torch.ones_like(masks)
+    assert not torch.allclose(y, core.masked_sequence(x, state0, starts, ones)[0])  # it really drops
+    core.eval()  # evaluation and acting never drop
+    y_eval, _ = core.forward_sequence(x, state0, starts)
+    torch.testing.assert_close(y_eval, core.masked_sequence(x, state0, starts, ones)[0], atol=1e-5, rtol=1e-5)
+    y_step, _ = _stepwise(core.train(), x, state0, starts)
+    torch.testing.assert_close(y_step, y_eval, atol=1e-5, rtol=1e-5)
+
+
+def test_recurrent_dropout_must_be_a_probability():
+    for bad in (-0.1, 1.0, float("nan"), "0.2", True):
+        with pytest.raises(ValueError, match="expected a probability in \\[0, 1\\)"):
+            make_core("gru", 4, 6, recurrent_dropout=bad)

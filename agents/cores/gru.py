@@ -18,6 +18,7 @@ from typing import Optional, Tuple
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ..kernels import fused
 from .base import init_gate_bias
@@ -28,8 +29,9 @@ class GRUCore(TorchRNNCore):
     name = "gru"
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, kernel: Optional[str] = None,
-                 update_bias: Optional[float] = None) -> None:
+                 update_bias: Optional[float] = None, recurrent_dropout: float = 0.0) -> None:
         super().__init__(input_size, hidden_size, num_layers)
+        self._set_recurrent_dropout(recurrent_dropout)
         self.rnn = nn.GRU(input_size, hidden_size, num_layers=num_layers)
         if update_bias is not None:
             self.init_update_bias(update_bias)
@@ -53,6 +55,19 @@ class GRUCore(TorchRNNCore):
         hs = []
         for k in range(self.num_layers):
             x = torch.gru_cell(x, state[:, k], w[4 * k], w[4 * k + 1], w[4 * k + 2], w[4 * k + 3])
+            hs.append(x)
+        return x, torch.stack(hs, dim=1)
+
+    def _masked_step(self, x: torch.Tensor, state: torch.Tensor,
+                     masks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        w = self.rnn._flat_weights
+        hs = []
+        for k in range(self.num_layers):
+            h = state[:, k]
+            ir, iz, i_n = F.linear(x, w[4 * k], w[4 * k + 2]).chunk(3, dim=1)
+            hr, hz, h_n = F.linear(h * masks[k], w[4 * k + 1], w[4 * k + 3]).chunk(3, dim=1)
+            r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
+            x = (1.0 - z) * torch.tanh(i_n + r * h_n) + z * h
             hs.append(x)
         return x, torch.stack(hs, dim=1)
 

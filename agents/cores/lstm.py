@@ -18,6 +18,7 @@ from typing import Optional, Tuple
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ..kernels import fused
 from .base import init_gate_bias
@@ -28,8 +29,9 @@ class LSTMCore(TorchRNNCore):
     name = "lstm"
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, kernel: Optional[str] = None,
-                 forget_bias: Optional[float] = None) -> None:
+                 forget_bias: Optional[float] = None, recurrent_dropout: float = 0.0) -> None:
         super().__init__(input_size, hidden_size, num_layers)
+        self._set_recurrent_dropout(recurrent_dropout)
         self.rnn = nn.LSTM(input_size, hidden_size, num_layers=num_layers)
         if forget_bias is not None:
             self.init_forget_bias(forget_bias)
@@ -57,6 +59,20 @@ class LSTMCore(TorchRNNCore):
             hs.append(h)
             cs.append(c)
             x = h
+        return x, torch.stack(hs + cs, dim=1)
+
+    def _masked_step(self, x: torch.Tensor, state: torch.Tensor,
+                     masks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        w = self.rnn._flat_weights
+        L = self.num_layers
+        hs, cs = [], []
+        for k in range(L):
+            gates = F.linear(x, w[4 * k], w[4 * k + 2]) + F.linear(state[:, k] * masks[k], w[4 * k + 1], w[4 * k + 3])
+            i, f, g, o = gates.chunk(4, dim=1)
+            c = torch.sigmoid(f) * state[:, L + k] + torch.sigmoid(i) * torch.tanh(g)
+            x = torch.sigmoid(o) * torch.tanh(c)
+            hs.append(x)
+            cs.append(c)
         return x, torch.stack(hs + cs, dim=1)
 
     # --------------------------------------------------------------- sequences

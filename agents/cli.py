@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--core", metavar="CORE",
                    help=f"memory core: {', '.join(sorted(CORES))} (default gru; mlp is the memoryless control) or "
                         "module:Class, a MemoryCore subclass of your own")
+    p.add_argument("--env-kwargs", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="keyword arguments of the env's constructor, e.g. --env-kwargs length=100 (rl-zoo3's flag; "
+                        "same as --set env_kwargs.KEY=VALUE; recorded in the run's config and saved policies)")
     p.add_argument("--core-kwargs", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="the core's own options, e.g. --core-kwargs forget_bias=1.0 (same as --set "
                         "core_kwargs.KEY=VALUE; agents.cores.core_options lists a core's options)")
@@ -153,7 +156,11 @@ def run(args: argparse.Namespace) -> int:
     for item in args.core_kwargs:
         if not item.partition("=")[0].strip() or "=" not in item:
             raise SetupError(f"--core-kwargs {item!r}: expected KEY=VALUE, e.g. --core-kwargs forget_bias=1.0")
-    set_items = list(args.set) + [f"core_kwargs.{item}" for item in args.core_kwargs]
+    for item in args.env_kwargs:
+        if not item.partition("=")[0].strip() or "=" not in item:
+            raise SetupError(f"--env-kwargs {item!r}: expected KEY=VALUE, e.g. --env-kwargs length=100")
+    set_items = (list(args.set) + [f"core_kwargs.{item}" for item in args.core_kwargs]
+                 + [f"env_kwargs.{item}" for item in args.env_kwargs])
     try:
         cfg = resolve_config(env=args.env, overrides=_flag_overrides(args), set_items=set_items,
                              config_file=args.config)
@@ -180,7 +187,7 @@ def _resume(args: argparse.Namespace) -> int:
         raise SetupError("--print-config shows the config of a new run; the config of a run to resume is "
                          "RUN_DIR/config.yaml")
     flags = _flag_overrides(args)
-    given = set(flags) | {name for name in ("env", "config", "core_kwargs") if getattr(args, name)}
+    given = set(flags) | {name for name in ("env", "config", "core_kwargs", "env_kwargs") if getattr(args, name)}
     allowed = ("total_timesteps", "device", "vec_env")
     extra = sorted(given - set(allowed))
     if extra:

@@ -55,7 +55,7 @@ def _opt(default: Any, doc: str, **rules: Any) -> Any:
 
 #: The TrainConfig keys that are ``envs.make_env`` options (how train_agent builds each env; export manifests
 #: record them so an exported policy's env can be rebuilt).
-ENV_OPTIONS = ("view_size", "action_set", "obs_mode", "tile_size", "max_episode_steps", "frame_stack")
+ENV_OPTIONS = ("view_size", "action_set", "obs_mode", "tile_size", "max_episode_steps", "frame_stack", "env_kwargs")
 
 
 @dataclass
@@ -90,6 +90,8 @@ class TrainConfig:
                                          "as an image, read by a CNN encoder); null: symbolic",
                                    choices=("symbolic", "rgb"))
     tile_size: Optional[int] = _opt(None, "MiniGrid obs_mode=rgb only: pixels per grid cell (null: 8)", min=1)
+    env_kwargs: Dict[str, Any] = _opt({}, "keyword arguments of the env's constructor (gymnasium.make(env, **env_kwargs)"
+                                      "), e.g. --env-kwargs length=100; recorded in saved policies")
     max_episode_steps: Optional[int] = _opt(None, "episode step limit (null: the env's own)", min=1)
     frame_stack: int = _opt(1, "observations stacked into one (the frame-stacking control: a memoryless core "
                                "given the last k observations); 1: no stacking", min=1)
@@ -402,7 +404,8 @@ def coerce_value(name: str, value: Any, source: str) -> Any:
 
 
 def _coerce_mapping(name: str, value: Any, meta: Mapping[str, Any], source: str) -> Dict[str, Any]:
-    example = {"core_kwargs": "{forget_bias: 1.0}", "train_wrappers": "{memory_aids: {cue_start: 0.25}}"}[name]
+    example = {"core_kwargs": "{forget_bias: 1.0}", "env_kwargs": "{length: 100}",
+               "train_wrappers": "{memory_aids: {cue_start: 0.25}}"}[name]
     if value is None:
         return {}
     if isinstance(value, str):

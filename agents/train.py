@@ -398,7 +398,7 @@ def env_kwargs(cfg: TrainConfig) -> Dict[str, Any]:
     from .config import ENV_OPTIONS
     # unset options and minigrid's own action set are make_env's defaults: left out
     return {k: getattr(cfg, k) for k in ENV_OPTIONS
-            if getattr(cfg, k) is not None and (k, getattr(cfg, k)) != ("action_set", "all")}
+            if getattr(cfg, k) not in (None, {}) and (k, getattr(cfg, k)) != ("action_set", "all")}
 
 
 def make_envs(cfg: TrainConfig, seed: int, vecnormalize: Optional[Path] = None, trust: bool = False):

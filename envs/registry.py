@@ -16,6 +16,7 @@ from .masked import MASKED_ENVS, MaskedEnvSpec
 from .levels import LevelPool, validate_n_levels
 from .minigrid_obs import (ACTION_SETS, OBS_MODES, MiniGridMoveActions, MiniGridSymbolicObs, rgb_view,
                            validate_tile_size, validate_view_size)
+from .tmaze import register_tmaze
 from .train_wrappers import apply_train_wrappers, check_train_wrappers
 
 __all__ = [
@@ -75,6 +76,7 @@ def register_envs() -> None:
     Runs at ``import envs``; call it again only if something cleared gymnasium's registry.
     The base env's entry point is stored as a string, so registering LunarLander ids never needs Box2D.
     """
+    register_tmaze()
     for masked in MASKED_ENVS.values():
         spec = _gym_spec(masked)
         current = gym.registry.get(spec.id)
@@ -117,8 +119,9 @@ def is_minigrid_id(env_id: str) -> bool:
 
 
 def list_env_ids(include_minigrid: bool = True, include_aliases: bool = False) -> list[str]:
-    """Project ids: the masked ids (:data:`ENV_IDS`), then every registered ``MiniGrid-*`` id, then aliases."""
-    ids = list(ENV_IDS)
+    """Project ids: the masked ids (:data:`ENV_IDS`) and the T-Maze ids, then every registered ``MiniGrid-*`` id, then
+    aliases."""
+    ids = list(ENV_IDS) + sorted(k for k in gym.registry if k.startswith("TMaze-"))
     if include_minigrid:
         ids += sorted(k for k in gym.registry if is_minigrid_id(k))
     if include_aliases:
@@ -236,7 +239,7 @@ def _box2d_available() -> bool:
     return importlib.util.find_spec("Box2D") is not None
 
 
-_COMMON_KWARGS = "render_mode, max_episode_steps, frame_stack, n_levels, wrappers"
+_COMMON_KWARGS = "render_mode, max_episode_steps, frame_stack, n_levels, wrappers, env_kwargs"
 
 
 def make_env(
@@ -251,6 +254,7 @@ def make_env(
     frame_stack: int | None = None,
     n_levels: int | None = None,
     wrappers: dict[str, dict[str, Any]] | None = None,
+    env_kwargs: dict[str, Any] | None = None,
     **unexpected: Any,
 ) -> gym.Env:
     """Build one env exactly as training does (the trainer calls this once per vec-env worker).
@@ -275,6 +279,9 @@ def make_env(
         wrappers: training-time wrappers by name with their options, ``{name: {option: value}}``, from
             :data:`envs.train_wrappers.TRAIN_WRAPPERS` (opt-in task aids; each checks that it applies to the env).
             They wrap the base env, inside the observation wrappers. ``None``: none.
+        env_kwargs: keyword arguments of the env's own constructor, passed to ``gymnasium.make`` (e.g.
+            ``{"length": 100}`` for ``TMaze-v0``; train_agent's ``--env-kwargs length=100``). A keyword the env does
+            not take is a one-line ``ValueError``.
 
     Returns:
         ``gymnasium.make(id)`` for masked and passthrough ids; ``MiniGridSymbolicObs(gymnasium.make(id))``
@@ -295,9 +302,9 @@ def make_env(
         if obs_mode == "rgb":
             raise ValueError(f"frame_stack={frame_stack} stacks flat observations; with obs_mode='rgb' (images) "
                              "expected frame_stack=1")
-        env = make_env(canonical, view_size=view_size, action_set=action_set, obs_mode=obs_mode,
+        env = make_env(env_id, view_size=view_size, action_set=action_set, obs_mode=obs_mode,
                        tile_size=tile_size, render_mode=render_mode, n_levels=n_levels,
-                       max_episode_steps=max_episode_steps, wrappers=wrappers, **unexpected)
+                       max_episode_steps=max_episode_steps, wrappers=wrappers, env_kwargs=env_kwargs, **unexpected)
         return stack_frames(env, frame_stack)
 
     if unexpected:
@@ -329,7 +336,12 @@ def make_env(
         if not minigrid_env and action_set != "all":
             raise ValueError(f"action_set={action_set!r} applies only to MiniGrid-* ids, not {canonical!r}")
 
-    make_kwargs: dict[str, Any] = {}
+    if env_kwargs is None:
+        env_kwargs = {}
+    if not isinstance(env_kwargs, dict) or not all(isinstance(k, str) and k.isidentifier() for k in env_kwargs):
+        raise ValueError(f"env_kwargs={env_kwargs!r}: expected a mapping of keyword names to values, e.g. "
+                         "{'length': 100}")
+    make_kwargs: dict[str, Any] = dict(env_kwargs)
     if render_mode is not None:
         if not isinstance(render_mode, str):
             raise ValueError(f"render_mode must be None or a str such as 'rgb_array', got {render_mode!r}")
@@ -392,11 +404,14 @@ def _first_line(e: BaseException) -> str:
 
 
 def _make(canonical: str, make_kwargs: dict[str, Any]) -> gym.Env:
-    """``gymnasium.make`` that turns a missing optional package into a one-line MissingDependencyError."""
+    """``gymnasium.make`` that turns a missing optional package into a one-line MissingDependencyError and a keyword
+    the env does not take into a one-line ValueError."""
     try:
         return gym.make(canonical, **make_kwargs)
     except MissingDependencyError:
         raise
+    except TypeError as e:
+        raise ValueError(f"{canonical} does not accept these arguments {make_kwargs}: {_first_line(e)}") from e
     except (DependencyNotInstalled, ImportError) as e:
         raise MissingDependencyError(
             f"{canonical} needs a package that is not installed: {_first_line(e)}"

@@ -193,7 +193,7 @@ def run_main(argv, capsys) -> tuple[int, str, str]:
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["--core", "gruu"], "unknown core 'gruu' (did you mean gru?)"),
+    (["--core", "gruu"], "unknown core 'gruu' (did you mean gru, mingru?)"),
     (["--core", "nosuchpkg.cores:Core"], "cannot import module 'nosuchpkg.cores'"),
     (["--core", "agents.policy:RecurrentActorCriticPolicy"], "expected a subclass of agents.cores.MemoryCore"),
     (["--core-kwargs", "alpha=1"], "core 'gru' has no option 'alpha'"),

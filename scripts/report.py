@@ -484,7 +484,7 @@ def plot(result: Dict[str, Any], out: Path, footer: str) -> List[Path]:
         axes[0].legend(fontsize=7)
         fig.suptitle(f"{env}: {metric_label(e['metric'])} over seeds")
         finish(fig, height)
-        path = out / f"curves_{env}.png"
+        path = out / f"curves_{env.rpartition(':')[2]}.png"  # "module:EnvId": no colon in a file name
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
@@ -532,7 +532,7 @@ def markdown(result: Dict[str, Any], prov: Dict[str, Any], sweep_info: Dict[str,
         lines += [f"## {env}", "",
                   f"Metric: {metric_label(e['metric'])}; {th}; AUC normalized to [{_fmt(e['bounds'][0])}, "
                   f"{_fmt(e['bounds'][1])}] ({e['bounds_kind']}).", ""]
-        fig = out / f"curves_{env}.png"
+        fig = out / f"curves_{env.rpartition(':')[2]}.png"
         if fig in figures:
             lines += [f"![{env} learning curves]({fig.name})", ""]
         lines += ["| core | size | hidden | seeds | parameters (core) | final IQM [95% CI] | norm. AUC IQM [95% CI] | "

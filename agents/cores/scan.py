@@ -12,8 +12,10 @@ Two ways to run it, equal up to float rounding (tests/test_linear_cores.py check
 * ``"parallel"``: Hillis & Steele's inclusive scan over the pairs ``(a, b)`` with ``(a2, b2) o (a1, b1) =
   (a2 a1, a2 b1 + b2)``: ``ceil(log2 T)`` rounds of whole-tensor ops, ``O(T log T)`` work but few, large ops.
 
-``"auto"`` picks by length (``PARALLEL_FROM``; ``scripts/bench_kernels.py --scan`` measures both at the grid's
-shapes, results in ``results/kernels.md``).
+``"auto"`` takes the parallel scan for real recurrences of at least ``PARALLEL_FROM`` steps and the loop otherwise:
+on this CPU the loop was as fast or faster at 8-32 steps for every core and at every length for the complex ones
+(the parallel scan's complex products cost more than they save); ``scripts/bench_scan.py`` measures both at the
+training shapes (``results/scan.md``).
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from typing import Optional
 
 import torch
 
-#: sequences at least this long run the parallel scan under method="auto" (shorter ones loop)
-PARALLEL_FROM = 16
+#: real sequences at least this long run the parallel scan under method="auto" (results/scan.md)
+PARALLEL_FROM = 64
 
 METHODS = ("auto", "loop", "parallel")
 
@@ -59,7 +61,7 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, complex: boo
         raise ValueError(f"scan method {method!r}: expected one of {', '.join(METHODS)}")
     T = b.shape[0]
     a = a.expand_as(b)
-    if method == "loop" or (method == "auto" and T < PARALLEL_FROM):
+    if method == "loop" or (method == "auto" and (complex or T < PARALLEL_FROM)):
         hs = []
         h = h0
         for t in range(T):

@@ -3,8 +3,8 @@
 For each env (CartPole-P-v1: 2 floats; MiniGrid-Memory: the symbolic view and actions of configs/minigrid_memory.yaml) and
 each hidden size H, the policy train_agent builds (its family config, ``agents.train.build_model``) is timed:
 
-* equal hidden size: gru, lstm and mlp at H units;
-* equal parameters: gru and mlp sized to the core parameter count of an LSTM at H (``agents.match_hidden_size``,
+* equal hidden size: every core of ``--cores`` (default gru, lstm, mlp) at H units;
+* equal parameters: every other core sized to the core parameter count of an LSTM at H (``agents.match_hidden_size``,
   same core input size), beside that LSTM.
 
 Per configuration: ``policy.act`` (eager torch, inference mode inside act, deterministic, state not reset) at batch 1
@@ -37,6 +37,8 @@ import benchlib  # noqa: E402
 from benchlib import time_per_call_us  # noqa: E402
 
 ENVS = ("CartPole-P-v1", "MiniGrid-Memory")
+#: the cores timed unless --cores says otherwise
+DEFAULT_CORES = ("gru", "lstm", "mlp")
 
 
 def build_policy(env_id: str, core: str, hidden: int, device: str = "cpu"):
@@ -57,21 +59,22 @@ def build_policy(env_id: str, core: str, hidden: int, device: str = "cpu"):
     return policy, obs, cfg.env
 
 
-def configurations(env_id: str, hidden_sizes: List[int], device: str = "cpu") -> List[Dict[str, Any]]:
+def configurations(env_id: str, hidden_sizes: List[int], device: str = "cpu",
+                   cores: tuple = DEFAULT_CORES) -> List[Dict[str, Any]]:
     """[{view, core, hidden, policy, obs}] for one env: equal hidden size, then equal parameters (vs LSTM)."""
     from agents import core_param_count, match_hidden_size
 
     out = []
     for h in hidden_sizes:
         built = {}
-        for core in ("gru", "lstm", "mlp"):
+        for core in dict.fromkeys(("lstm",) + tuple(cores)):  # the LSTM is the equal-parameters reference
             policy, obs, canonical = build_policy(env_id, core, h, device)
             built[core] = policy
             out.append({"env": canonical, "view": "equal hidden", "group": f"H={h}", "core": core, "hidden": h,
                         "policy": policy, "obs": obs})
         input_size = built["lstm"].core_pi.input_size
         target = core_param_count("lstm", input_size, h)
-        for core in ("gru", "mlp"):
+        for core in (c for c in cores if c != "lstm"):
             hm = match_hidden_size(core, "lstm", h, input_size)
             policy, obs, canonical = build_policy(env_id, core, hm, device)
             out.append({"env": canonical, "view": "equal params", "group": f"lstm:{h} ({target:,} core params)",
@@ -162,6 +165,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="hidden 64 and 256, fewer calls (< 30 s; rough)")
     parser.add_argument("--hidden-sizes", default=None, help="comma list (default 64,128,256,512; quick: 64,256)")
     parser.add_argument("--envs", default=",".join(ENVS), help=f"comma list (default {','.join(ENVS)})")
+    parser.add_argument("--cores", default=",".join(DEFAULT_CORES),
+                        help=f"comma list of cores (default {','.join(DEFAULT_CORES)}; e.g. gru,lstm,mlp,mingru,lru,ffm,s6)")
     parser.add_argument("--batch", type=int, default=16, help="the batch-N size (default 16)")
     parser.add_argument("--n", type=int, default=None, help="timed calls per round (default 300; quick: 150)")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up calls per round (default 50; quick: 30)")
@@ -188,7 +193,8 @@ def main(argv=None) -> int:
         args.exports = False  # ONNX Runtime runs here on the CPU: its rows belong to the CPU table
     t0 = time.perf_counter()
 
-    configs = [c for env_id in args.envs.split(",") for c in configurations(env_id.strip(), hidden, device)]
+    cores = tuple(c.strip() for c in args.cores.split(",") if c.strip())
+    configs = [c for env_id in args.envs.split(",") for c in configurations(env_id.strip(), hidden, device, cores)]
     unique = list({id(c["policy"]): c for c in configs}.values())  # the equal-params LSTM is the equal-hidden one
     samples: Dict[int, Dict[str, List[Dict[str, float]]]] = {id(c["policy"]): {} for c in unique}
     calls = {id(c["policy"]): timers(c, batch, args.exports) for c in unique}

@@ -143,13 +143,19 @@ def test_scan_cores_export_with_the_state_as_inputs_and_outputs(tmp_path, core):
 
 @pytest.mark.parametrize("core", ["gru", "lstm"])
 def test_int8_export_is_smaller_and_close(tmp_path, core):
+    """The int8 graph of an untrained policy (random weights, logits scaled up) stays close to torch over the export's
+    parity run (12 steps x 3 envs, resets inside): logits and state within 0.02 (about 0.001-0.006 here; per-tensor
+    scales without reduce_range drift to ~0.12), at most one of the 36 actions different. Whether int8 costs return
+    on a trained policy (claim C10) is checked by tests/test_learning.py on the policies it trains."""
     policy, env = make_policy(core, "cartpole-p")
     manifest = write_export(policy, tmp_path, int8=True, check=True)
     files = manifest["files"]
     assert files["int8"]["bytes"] < 0.7 * files["fp32"]["bytes"]  # hidden 24: per-channel scales weigh in
     parity = manifest["parity"]
     assert parity["fp32"]["max_abs_dist_params"] < 1e-4 and parity["fp32"]["action_agreement"] == 1.0
-    assert parity["int8"]["action_agreement"] >= 0.75, parity["int8"]
+    int8 = parity["int8"]
+    assert int8["max_abs_dist_params"] < 0.02 and int8["max_abs_state"] < 0.02, int8
+    assert int8["action_agreement"] >= 35 / 36, int8
     import onnx  # the int8 graph really holds int8 weights for the recurrent products and the linear layers
     model = onnx.load(str(tmp_path / FILES["int8"]))
     ops = [n.op_type for n in model.graph.node]

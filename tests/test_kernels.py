@@ -19,6 +19,17 @@ if os.environ.get(kernels.ENV_KERNEL) == "stock":  # explicitly opted out of bui
     pytest.skip(f"{kernels.ENV_KERNEL}=stock", allow_module_level=True)
 
 
+@pytest.fixture
+def fused_kernels():
+    """Skip where the fused kernels cannot be built (no compiler or ninja), naming why; the tests of that case itself
+    (``failing_build`` below) run everywhere."""
+    if not kernels.available():
+        pytest.skip("the fused kernels cannot be built on this machine: " + (kernels._error or "").splitlines()[0])
+
+
+needs_fused = pytest.mark.usefixtures("fused_kernels")
+
+
 def _pair(name, F, H, L, seed=0, dtype=torch.float32):
     """A fused core and a stock core with the same weights."""
     torch.manual_seed(seed)
@@ -66,6 +77,7 @@ RESET_SHAPES = [(9, 4, 5, 8), (24, 6, 10, 16)] + [
     (_rng.randint(2, 40), _rng.randint(1, 9), _rng.randint(1, 24), _rng.randint(1, 45)) for _ in range(2)]
 
 
+@needs_fused
 @pytest.mark.parametrize("name", RECURRENT)
 @pytest.mark.parametrize("num_layers", [1, 2])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}-B{}-F{}-H{}".format(*s))
@@ -84,6 +96,7 @@ def test_matches_torch_rnn_without_resets(name, num_layers, shape):
     _assert_grads(g_f, g_r)
 
 
+@needs_fused
 @pytest.mark.parametrize("name", RECURRENT)
 @pytest.mark.parametrize("num_layers", [1, 2])
 @pytest.mark.parametrize("shape", RESET_SHAPES, ids=lambda s: "T{}-B{}-F{}-H{}".format(*s))
@@ -107,6 +120,7 @@ def test_matches_stepwise_reference_with_resets(name, num_layers, shape):
     torch.testing.assert_close(y_f2, y_f)
 
 
+@needs_fused
 @pytest.mark.parametrize("name", RECURRENT)
 def test_saturated_gates_stay_finite_and_match(name):
     """Pre-activations far outside the exp's range (|x| up to ~1e3): the float kernel clamps, never overflows."""
@@ -124,6 +138,7 @@ def test_saturated_gates_stay_finite_and_match(name):
     _assert_grads(g_f, g_r, atol=1e-4, rtol=1e-3)  # large magnitudes: float round-off of long sums
 
 
+@needs_fused
 @pytest.mark.parametrize("name", RECURRENT)
 @pytest.mark.parametrize("num_layers", [1, 2])
 def test_gradcheck_float64(name, num_layers):
@@ -147,6 +162,7 @@ def test_gradcheck_float64(name, num_layers):
                                     eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
+@needs_fused
 @pytest.mark.parametrize("name", RECURRENT)
 def test_float64_core_matches_stock(name):
     fast, slow = _pair(name, 5, 6, 2, dtype=torch.float64)
@@ -160,6 +176,7 @@ def test_float64_core_matches_stock(name):
     torch.testing.assert_close(s_f, s_r, atol=1e-12, rtol=1e-10)
 
 
+@needs_fused
 @pytest.mark.parametrize("name", RECURRENT)
 @pytest.mark.parametrize("num_layers", [1, 2])
 @pytest.mark.parametrize("B", [1, 6])
@@ -184,6 +201,7 @@ def test_fused_step_matches_stock_step(name, num_layers, B):
     torch.testing.assert_close(s_a, s_b, atol=1e-6, rtol=1e-5)
 
 
+@needs_fused
 @pytest.mark.parametrize("name", RECURRENT)
 def test_step_under_autograd_has_correct_gradients(name):
     fast, slow = _pair(name, 4, 6, 2, seed=11)
@@ -199,6 +217,7 @@ def test_step_under_autograd_has_correct_gradients(name):
     _assert_grads(g_f, g_r)
 
 
+@needs_fused
 @pytest.mark.parametrize("name", RECURRENT)
 def test_backward_twice_with_retained_graph(name):
     fast, _ = _pair(name, 3, 5, 1)
@@ -213,6 +232,7 @@ def test_backward_twice_with_retained_graph(name):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
+@needs_fused
 @pytest.mark.parametrize("name", RECURRENT)
 def test_state_dict_is_the_same_whichever_kernel(name):
     fast, slow = _pair(name, 3, 5, 2)
@@ -228,6 +248,7 @@ class _Act(torch.nn.Module):
         return self.core.step(x, s)
 
 
+@needs_fused
 @pytest.mark.parametrize("name", RECURRENT)
 def test_tracing_and_export_take_the_stock_path(name):
     """A trace or an export (ONNX) must record torch ops, not bake in the extension call's outputs."""
@@ -244,6 +265,7 @@ def test_tracing_and_export_take_the_stock_path(name):
 
 
 # ----------------------------------------------------------------------------------------------- kernel option
+@needs_fused
 @pytest.mark.parametrize("name", RECURRENT)
 def test_kernel_option(name, monkeypatch):
     with pytest.raises(ValueError, match=r"kernel='fast': expected one of 'auto', 'fused', 'stock'"):
@@ -259,15 +281,61 @@ def test_kernel_option(name, monkeypatch):
         make_core(name, 3, 4)
 
 
+@needs_fused
 @pytest.mark.parametrize("name", RECURRENT)
 def test_fused_rejects_what_it_cannot_run(name):
     core = make_core(name, 3, 4, kernel="fused")
     with pytest.raises(ValueError, match="kernel='fused' runs on CPU float32/float64"):
         core.forward_sequence(torch.randn(2, 1, 3, dtype=torch.float64), core.initial_state(1), torch.zeros(2, 1))
-    auto = make_core(name, 3, 4)  # "auto" quietly takes the stock path there (which then complains as torch does)
-    assert auto.kernel_in_use == "fused"
-    with pytest.raises(ValueError, match=r"x has shape \(2, 1, 5\): expected \[T, B, 3\]"):
-        auto.forward_sequence(torch.randn(2, 1, 5), auto.initial_state(1), torch.zeros(2, 1))
+    with pytest.raises(ValueError, match="kernel='fused' runs on CPU float32/float64"):
+        core.to(torch.bfloat16).step(torch.randn(1, 3, dtype=torch.bfloat16),
+                                     core.initial_state(1).to(torch.bfloat16), torch.zeros(1))
+
+
+@needs_fused
+@pytest.mark.parametrize("name", RECURRENT)
+def test_auto_takes_the_stock_path_where_fused_cannot_run(name, monkeypatch):
+    """kernel='auto' on tensors the fused kernels do not take (bfloat16 here) runs the stock path: the same outputs,
+    state and gradients as a kernel='stock' core with the same weights, sequences with resets and steps alike, and the
+    extension is never called. A mixed-dtype call gets torch's own error, not the fused path's."""
+    torch.manual_seed(6)
+    auto = make_core(name, 3, 4, 2)
+    assert auto.kernel == "auto" and auto.kernel_in_use == "fused"  # the kernels are there: float32 runs them
+    stock = make_core(name, 3, 4, 2, kernel="stock")
+    stock.load_state_dict(auto.state_dict())
+    reference = make_core(name, 3, 4, 2, kernel="stock")  # float32, step by step
+    reference.load_state_dict(auto.state_dict())
+    auto, stock = auto.to(torch.bfloat16), stock.to(torch.bfloat16)
+    assert auto.kernel_in_use == "stock"
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("the fused kernel was called on bfloat16 tensors")
+
+    monkeypatch.setattr(auto.fused, "sequence_fn", not_here)
+    monkeypatch.setattr(auto.fused, "step_fn", not_here)
+    x = torch.randn(7, 2, 3).to(torch.bfloat16)
+    state0 = torch.randn(2, *auto.state_shape).to(torch.bfloat16)
+    starts = torch.zeros(7, 2)
+    starts[3, 1] = 1.0
+    gy, gs = torch.randn(7, 2, 4).to(torch.bfloat16), torch.randn(2, *auto.state_shape).to(torch.bfloat16)
+    seq = lambda c, x_, s_: c.forward_sequence(x_, s_, starts)  # noqa: E731
+    y_a, s_a, g_a = _run(seq, auto, x, state0, gy, gs)
+    y_s, s_s, g_s = _run(seq, stock, x, state0, gy, gs)
+    torch.testing.assert_close(y_a, y_s, atol=0, rtol=0)
+    torch.testing.assert_close(s_a, s_s, atol=0, rtol=0)
+    _assert_grads(g_a, g_s, atol=0, rtol=0)
+    with torch.no_grad():  # and the stock path is right: the float32 step-by-step result, to bfloat16's precision
+        y_r, s_r = _stepwise(reference, x.float(), state0.float(), starts)
+    torch.testing.assert_close(y_a.float(), y_r, atol=3e-2, rtol=0)
+    torch.testing.assert_close(s_a.float(), s_r, atol=3e-2, rtol=0)
+    with torch.no_grad():  # the rollout's step path
+        step_a, step_s = auto.step(x[0], state0, starts[3]), stock.step(x[0], state0, starts[3])
+    for a, b in zip(step_a, step_s):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    mixed = make_core(name, 3, 4)
+    with pytest.raises((RuntimeError, ValueError), match="dtype") as info:
+        mixed.forward_sequence(torch.randn(2, 1, 3, dtype=torch.float64), mixed.initial_state(1), torch.zeros(2, 1))
+    assert "kernel='fused'" not in str(info.value)
 
 
 @pytest.fixture

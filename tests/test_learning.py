@@ -4,7 +4,11 @@ CartPole-P-v1 hides both velocities; a policy that sees only the current (x, the
 (tests/test_envs.py shows the best memoryless linear controller stays far below 500). A recurrent core can recover
 the velocities from consecutive positions.
 
-Slow (about 3-4 minutes on 2 CPU cores): run with ``python -m pytest -m slow``; CI runs it.
+Seed 0 trains the full 100k steps (and must keep what it learned; its int8 export is checked against claim C10);
+seeds 1 and 2 train 40,960 steps and must reach 475, as every GRU and LSTM run of the 5-seed sweep did by 30,720
+(results/comparison_rnorm/comparison.json, steps_to_threshold).
+
+Slow (about 6 minutes on 2 CPU cores): run with ``python -m pytest -m slow``; CI runs it.
 """
 
 import sys
@@ -42,8 +46,9 @@ class PeriodicEval(BaseCallback):
         return True
 
 
-def train(core: str, seed: int = 0, model_out: dict | None = None) -> list:
-    """Train with exactly what ``train_agent --env CartPole-P-v1 --core CORE`` uses (configs/cartpole.yaml)."""
+def train(core: str, seed: int = 0, model_out: dict | None = None, steps: int = STEPS) -> list:
+    """Train with exactly what ``train_agent --env CartPole-P-v1 --core CORE`` uses (configs/cartpole.yaml), for
+    ``steps`` steps (the config's learning rate is constant, so a shorter run is the start of a longer one)."""
     torch.set_num_threads(1)
     cfg = resolve_config(env=ENV_ID, overrides={"core": core, "seed": seed})
     env, unused = make_envs(cfg, seed)  # train_agent's training env (reward scaling per the config)
@@ -51,8 +56,8 @@ def train(core: str, seed: int = 0, model_out: dict | None = None) -> list:
     eval_env = make_vec_env(lambda: envs.make_env(ENV_ID), n_envs=1, seed=seed + 10_000)
     model = build_model(cfg, env)
     callback = PeriodicEval(eval_env)
-    model.learn(STEPS, callback=callback)
-    print(f"{core}: eval returns every {EVAL_EVERY} steps: {[round(r) for r in callback.returns]}")
+    model.learn(steps, callback=callback)
+    print(f"{core} seed {seed}: eval returns every {EVAL_EVERY} steps: {[round(r) for r in callback.returns]}")
     if model_out is not None:
         model_out["model"] = model
     return callback.returns
@@ -68,17 +73,31 @@ def test_recurrent_core_learns_cartpole_p_where_the_control_cannot(core, control
     trained = {}
     returns = train(core, model_out=trained)
     assert max(returns) >= 450, returns
-    # and keeps it: without reward scaling most seeds fell back late; with it 13 of 15 sweep runs end at 500 (seed 0,
-    # the one trained here, among them), so this guards the recipe, not every seed
+    # and keeps it: without reward scaling most seeds fell back late; with it the 5-seed sweep's final IQMs are 498
+    # [316, 500] (GRU) and 500 [500, 500] (LSTM) (results/comparison_rnorm/), so this guards the recipe on seed 0,
+    # not every seed
     assert np.mean(returns[-3:]) >= 400, returns
     assert max(control_returns) < 200, control_returns
     assert np.mean(returns[-3:]) > 2 * np.mean(control_returns[-3:]), (returns, control_returns)
-    check_int8_return(trained["model"].policy, tmp_path)
+    check_int8_return(trained["model"].policy, tmp_path, max_change=INT8_MAX_CHANGE[core])
 
 
-def check_int8_return(policy, tmp_path, episodes: int = 10):
-    """The trained policy exported to ONNX: float32 gives the torch return exactly; int8 stays within 10% (+5) of it
-    on the same episodes (scripts/bench_export.py measures this over the 5-seed sweep: results/export.md)."""
+@pytest.mark.parametrize("core", ["gru", "lstm"])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_recurrent_core_learns_cartpole_p_on_other_seeds(core, seed):
+    returns = train(core, seed=seed, steps=40_960)
+    assert max(returns) >= 475, returns
+
+
+# C10 ("int8 GRUs lose < 1%"): results/export.md measured int8 - torch = +0.0 on each of the 5 trained GRU policies
+# and at most 1.2 of 107.5 (1.1%) on the LSTM's, so the GRU is held to the claim and the LSTM to its measured spread
+INT8_MAX_CHANGE = {"gru": 0.01, "lstm": 0.02}
+
+
+def check_int8_return(policy, tmp_path, max_change: float, episodes: int = 10):
+    """The trained policy exported to ONNX: float32 gives the torch return exactly; int8 moves the mean return over
+    the same episodes by at most ``max_change`` of it and picks torch's action on at least 99% of the steps (the
+    5-seed sweep's policies: 99.8-100%, results/export.md; scripts/bench_export.py)."""
     pytest.importorskip("onnxruntime")
     from agents.export import write_export
     from agents.runtime import OnnxPolicy
@@ -91,8 +110,10 @@ def check_int8_return(policy, tmp_path, episodes: int = 10):
     fp, i8 = OnnxPolicy(tmp_path, "fp32"), OnnxPolicy(tmp_path, "int8")
     ref = play(stateful(lambda o, s, e: policy.act(o, s, e, deterministic=True), policy.initial_state(1)), env, seeds)
     onnx_fp = play(stateful(fp.act, fp.initial_state(1)), env, seeds)
-    onnx_i8 = play(stateful(i8.act, i8.initial_state(1)), env, seeds)
+    onnx_i8 = play(stateful(i8.act, i8.initial_state(1)), env, seeds,
+                   reference=stateful(lambda o, s, e: policy.act(o, s, e, deterministic=True), policy.initial_state(1)))
     print(f"returns over {episodes} episodes: torch {ref['mean_return']:.1f}, onnx {onnx_fp['mean_return']:.1f}, "
-          f"int8 {onnx_i8['mean_return']:.1f}")
+          f"int8 {onnx_i8['mean_return']:.1f} (int8 = torch on {100 * onnx_i8['action_agreement']:.1f}% of steps)")
     assert onnx_fp["mean_return"] == ref["mean_return"], (onnx_fp, ref)
-    assert abs(onnx_i8["mean_return"] - ref["mean_return"]) <= 0.1 * ref["mean_return"] + 5, (onnx_i8, ref)
+    assert abs(onnx_i8["mean_return"] - ref["mean_return"]) <= max_change * ref["mean_return"], (onnx_i8, ref)
+    assert onnx_i8["action_agreement"] >= 0.99, onnx_i8

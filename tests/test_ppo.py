@@ -13,6 +13,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.utils import LinearSchedule
 
+import envs  # noqa: F401  (registers the masked ids, e.g. CartPole-P-v1, with gymnasium)
 from agents import CORES, RecurrentPPO, load_policy
 from agents.buffer import RecurrentRolloutBuffer
 from agents.policy import RecurrentActorCriticPolicy
@@ -144,10 +145,35 @@ def test_predict_follows_sb3_semantics(name):
         model.predict(np.zeros(3, np.float32))
 
 
+def _episode_returns(policy, gym_id, seed, n_episodes, carry=True):
+    """Returns of ``n_episodes`` deterministic episodes played by hand with ``policy.act``: one env reset with ``seed``
+    and then unseeded, as a seeded single-env VecEnv does; the state is carried within an episode and zeroed at its
+    start (``carry=False``: zeroed at every step, i.e. no memory)."""
+    env = gym.make(gym_id)
+    obs, _ = env.reset(seed=seed)
+    out = []
+    while len(out) < n_episodes:
+        state, start, total, done = policy.initial_state(1), True, 0.0, False
+        while not done:
+            action, state = policy.act(obs, state, episode_start=start or not carry, deterministic=True)
+            obs, reward, terminated, truncated, _ = env.step(int(action))
+            start, total, done = False, total + float(reward), terminated or truncated
+        out.append(total)
+        obs, _ = env.reset()
+    return out
+
+
 def test_evaluate_policy_works_on_recurrent_ppo():
+    """SB3's evaluate_policy passes the state and episode starts through predict: its episode returns are exactly
+    those of the same episodes played by hand with the state carried, and differ from a memoryless replay."""
     model = small_model("gru")
-    mean, std = evaluate_policy(model, model.get_env(), n_eval_episodes=4, deterministic=True)
-    assert mean > 0
+    with torch.no_grad():  # larger logits and a stronger recurrence, so the state visibly changes the actions
+        model.policy.action_net.weight.mul_(50.0)
+        model.policy.core_pi.rnn.weight_hh_l0.mul_(3.0)
+    eval_env = make_vec_env("CartPole-v1", n_envs=1, seed=123)
+    returns, _ = evaluate_policy(model, eval_env, n_eval_episodes=5, deterministic=True, return_episode_rewards=True)
+    assert returns == _episode_returns(model.policy, "CartPole-v1", 123, 5)
+    assert returns != _episode_returns(model.policy, "CartPole-v1", 123, 5, carry=False)  # the state matters here
 
 
 # --------------------------------------------------------------------- training
@@ -296,8 +322,29 @@ def test_ent_coef_schedule_sets_each_updates_entropy_bonus():
 
 @pytest.mark.parametrize("env_id", ["Pendulum-v1", "Acrobot-v1"])
 def test_learn_box_and_other_discrete(env_id):
+    """A Box action space (Gaussian head) and a 3-action Discrete one train end to end: the steps are counted, the
+    rollout stores actions of the space's shape, every update runs, the core and the action head move, and the
+    trained model acts inside the space."""
     model = small_model("lstm", gym_id=env_id, seq_len=5)
-    model.learn(64)
+    space = model.action_space
+    core_before = [p.detach().clone() for p in model.policy.core_pi.parameters()]
+    head_before = [p.detach().clone() for p in model.policy.action_net.parameters()]
+    std_before = model.policy.log_std.detach().clone() if isinstance(space, spaces.Box) else None
+    model.learn(64)  # two rollouts of 2 envs x 16 steps, 2 epochs each
+    assert model.num_timesteps == 64 and model._n_updates == 4
+    assert np.isfinite(model.logger.name_to_value["train/grad_norm"])
+    actions = model.rollout_buffer.actions  # the second rollout, as the policy sampled it (before clipping)
+    if isinstance(space, spaces.Box):
+        assert actions.shape == (16, 2, *space.shape) and np.isfinite(actions).all()
+        assert not torch.equal(std_before, model.policy.log_std)  # the Gaussian's std is learned
+    else:
+        assert actions.shape == (16, 2, 1)
+        assert set(np.unique(actions).tolist()) <= set(range(space.n)) and len(np.unique(actions)) > 1
+    assert any(not torch.equal(b, a) for b, a in zip(core_before, model.policy.core_pi.parameters()))
+    assert any(not torch.equal(b, a) for b, a in zip(head_before, model.policy.action_net.parameters()))
+    obs = np.stack([model.observation_space.sample() for _ in range(64)])
+    acted, _ = model.predict(obs, deterministic=False)
+    assert acted.shape == (64, *space.shape) and all(space.contains(np.asarray(a, dtype=space.dtype)) for a in acted)
 
 
 def test_same_seed_same_result():
@@ -327,14 +374,34 @@ class _Truncating(gym.Env):
 
 
 def test_truncation_bootstraps_from_terminal_value():
+    """A truncated step's reward becomes r + gamma * V(final observation), V seen through the critic's memory of that
+    episode (its steps 0..4, then the final observation): computed here over the whole episode as one sequence, and
+    checked to differ from the value through a zeroed state or the state before the last step."""
+    gamma = 0.9
     env = make_vec_env(_Truncating, n_envs=1, seed=0)
-    model = RecurrentPPO("MlpPolicy", env, core="gru", hidden_size=8, n_steps=10, batch_size=10, seed=0, gamma=0.9)
+    model = RecurrentPPO("MlpPolicy", env, core="gru", hidden_size=8, n_steps=10, batch_size=10, seed=0, gamma=gamma)
+    with torch.no_grad():  # a critic whose value depends visibly on its memory
+        model.policy.value_net.weight.mul_(50.0)
+    model.train = lambda: None  # keep the rollout's weights, so the values below are the ones it used
     model.learn(10)
     rewards = model.rollout_buffer.rewards[:, 0]
-    truncated_steps = [4, 9]
-    assert all(abs(rewards[t] - 1.0) > 1e-6 for t in truncated_steps)  # 1 + gamma * V(final obs)
-    assert all(rewards[t] == 1.0 for t in range(10) if t not in truncated_steps)
 
+    def value_after(observations):
+        """V of the last of ``observations``, the critic having seen the others from a fresh episode start."""
+        obs = torch.tensor(observations, dtype=torch.float32).view(-1, 1, 1)
+        starts = torch.zeros(len(observations), 1)
+        starts[0] = 1.0
+        with torch.no_grad():
+            values, _, _ = model.policy.evaluate_actions(obs, torch.zeros(len(observations), 1, 1), starts,
+                                                         model.policy.initial_state(1))
+        return values[-1].item()
+
+    own = value_after([0, 1, 2, 3, 4, 5])  # the episode's observations 0..4, then its final observation 5
+    for wrong in (value_after([5]), value_after([0, 1, 2, 3, 5])):  # zeroed state; state before the last step
+        assert abs(own - wrong) > 1e-3, (own, wrong)  # so a bootstrap through either would fail below
+    for t in (4, 9):  # both episodes are truncated after 5 steps, the second in the same way as the first
+        assert rewards[t] == pytest.approx(1.0 + gamma * own, abs=1e-5), (t, rewards[t], own)
+    assert all(rewards[t] == 1.0 for t in range(10) if t not in (4, 9))
 
 def test_nan_loss_is_a_clear_error():
     model = small_model("gru")
@@ -347,11 +414,11 @@ def test_nan_loss_is_a_clear_error():
 # ----------------------------------------------------------------- save and load
 @pytest.mark.parametrize("name", ALL_CORES)
 def test_save_load_act_round_trip(name, tmp_path):
-    model = small_model(name, env_id="CartPole-P-v1", ent_coef=LinearSchedule(0.05, 0.0, 1.0))
+    model = small_model(name, gym_id="CartPole-P-v1", ent_coef=LinearSchedule(0.05, 0.0, 1.0))
     model.learn(32)
     path = tmp_path / "run" / "model.zip"
     model.save(path)
-    obs = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+    obs = np.random.default_rng(0).normal(size=(20, 2)).astype(np.float32)
     starts = np.zeros(20, bool)
     starts[[0, 9]] = True
 
@@ -363,7 +430,7 @@ def test_save_load_act_round_trip(name, tmp_path):
         return out
 
     policy = load_policy(path)
-    assert policy.env_id == "CartPole-P-v1" and not policy.training
+    assert policy.env_id == "CartPole-P-v1" and not policy.training  # read from the training env's spec
     reference = rollout(lambda o, st, s: model.policy.act(o, st, s), model.policy.initial_state(1))
     assert rollout(lambda o, st, s: policy.act(o, st, s), policy.initial_state(1)) == reference
     assert load_policy(tmp_path / "run").env_id == "CartPole-P-v1"  # a run directory works too
@@ -374,6 +441,19 @@ def test_save_load_act_round_trip(name, tmp_path):
     for p, q in zip(model.policy.parameters(), loaded.policy.parameters()):
         torch.testing.assert_close(p, q)
     assert not list(path.parent.glob("*.tmp.zip"))  # the atomic save leaves no temp file
+
+
+def test_env_id_is_read_from_the_env_or_taken_as_given(tmp_path):
+    """Without env_id the id comes from the training env's spec (None for an env without one); a given env_id is
+    recorded as given, also where the env has no spec to read."""
+    cases = [(make_vec_env("Acrobot-v1", n_envs=1), None, "Acrobot-v1"),
+             (make_vec_env(_Truncating, n_envs=1), None, None),
+             (make_vec_env(_Truncating, n_envs=1), "my-counter-task", "my-counter-task")]
+    for i, (env, given, expected) in enumerate(cases):
+        model = RecurrentPPO("MlpPolicy", env, core="gru", hidden_size=8, n_steps=8, batch_size=8, env_id=given)
+        assert model.policy.env_id == expected
+        model.save(tmp_path / f"m{i}.zip")
+        assert load_policy(tmp_path / f"m{i}.zip").env_id == expected
 
 
 def test_load_policy_needs_no_pickle(tmp_path, monkeypatch):
@@ -472,7 +552,7 @@ def test_encoder_norm_keeps_tanh_units_off_the_plateau_and_travels(tmp_path):
             saturated[layer_norm] = float((out.abs() >= 0.99).float().mean())
         assert saturated[False] > 0.5 and saturated[True] < 0.05, (name, saturated)
 
-    model = small_model("gru", env_id="CartPole-P-v1", policy_kwargs=dict(encoder_norm=True))
+    model = small_model("gru", policy_kwargs=dict(encoder_norm=True))
     model.learn(32)
     assert any(isinstance(m, torch.nn.LayerNorm) for m in model.policy.encoder.modules())
     model.save(tmp_path / "m.zip")

@@ -47,6 +47,14 @@ def test_sequence_equals_steps_with_resets(name, num_layers):
     torch.testing.assert_close(s_seq, s_step, atol=1e-5, rtol=1e-5)
 
 
+def _grads(core, run):
+    """The gradients of sum(y^2) w.r.t. ``core``'s parameters, ``y`` the first output of ``run()``."""
+    core.zero_grad()
+    y, _ = run()
+    y.pow(2).sum().backward()
+    return [p.grad.clone() for p in core.parameters()]
+
+
 def _all_grads(core, run, x, state0):
     """The gradients of sum(y^2) + sum(final state) w.r.t. ``x``, ``state0`` and every parameter of ``core``."""
     x = x.detach().clone().requires_grad_(True)

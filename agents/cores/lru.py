@@ -23,6 +23,7 @@ from typing import Tuple
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .linear import LinearRecurrentCore
 
@@ -37,8 +38,11 @@ class LRULayer(nn.Module):
         self.nu_log = nn.Parameter(nu_log)
         self.theta_log = nn.Parameter(theta_log)
         self.gamma_log = nn.Parameter(torch.log(torch.sqrt(1.0 - lam_abs ** 2)))
-        self.B = nn.Parameter(torch.randn(size, input_size, 2) / math.sqrt(2 * input_size))
-        self.C = nn.Parameter(torch.randn(size, size, 2) / math.sqrt(size))
+        # B and C complex, as real and imaginary parts (contiguous, so each product is one plain matmul)
+        self.B_re = nn.Parameter(torch.randn(size, input_size) / math.sqrt(2 * input_size))
+        self.B_im = nn.Parameter(torch.randn(size, input_size) / math.sqrt(2 * input_size))
+        self.C_re = nn.Parameter(torch.randn(size, size) / math.sqrt(size))
+        self.C_im = nn.Parameter(torch.randn(size, size) / math.sqrt(size))
         if input_size == size:
             self.D = nn.Parameter(torch.randn(size))
             self.skip = None
@@ -74,11 +78,11 @@ class LRUCore(LinearRecurrentCore):
 
     def _coefficients(self, k: int, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         layer = self.layers[k]
-        B = layer.B * torch.exp(layer.gamma_log)[:, None, None]  # gamma folded into B: [N, F, 2]
-        bx = torch.stack((x @ B[..., 0].t(), x @ B[..., 1].t()), dim=-1)  # [T, B, N, 2]
+        gamma = torch.exp(layer.gamma_log)
+        bx = torch.stack((F.linear(x, layer.B_re) * gamma, F.linear(x, layer.B_im) * gamma), dim=-1)  # [T, B, N, 2]
         return layer.decay()[None, None], bx, x
 
     def _readout(self, k: int, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         layer = self.layers[k]
-        y = h[..., 0] @ layer.C[..., 0].t() - h[..., 1] @ layer.C[..., 1].t()  # Re(C h)
+        y = F.linear(h[..., 0], layer.C_re) - F.linear(h[..., 1], layer.C_im)  # Re(C h)
         return y + (layer.D * x if layer.skip is None else layer.skip(x))

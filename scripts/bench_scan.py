@@ -4,8 +4,7 @@ For every core (mingru, lru, ffm, s6), sequence length T and batch B (hidden 128
 random steps as in training), forward+backward through ``core.forward_sequence`` with ``scan="loop"`` and
 ``scan="parallel"`` and the same weights, interleaved round-robin, median of ``--repeats`` timings; and the batch-1
 ``core.step`` time (the act path, where both are one multiply-add). One torch thread. The ratio loop/parallel above
-1 means the parallel scan is faster; ``agents/cores/scan.py``'s ``PARALLEL_FROM`` is the length from which
-``scan="auto"`` takes it. Writes results/scan.json and results/scan.md (commit, CPU, torch version, command).
+1 means the parallel scan is faster; ``scan="auto"`` (``agents/cores/scan.py``) takes the one this table favours. Writes results/scan.json and results/scan.md (commit, CPU, torch version, command).
 
     python scripts/bench_scan.py                       # the grid: about 2 min on 2 shared CPU cores
     python scripts/bench_scan.py --T 8 16 --cores lru  # a slice

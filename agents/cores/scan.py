@@ -8,14 +8,14 @@ ONNX graph, which has no complex type.
 
 Two ways to run it, equal up to float rounding (tests/test_linear_cores.py checks values and gradients):
 
-* ``"loop"``: ``T`` steps of one multiply-add each;
+* ``"loop"``: ``T`` steps of one multiply-add each (in training one autograd node, whose backward runs the
+  recurrence's adjoint from the end);
 * ``"parallel"``: Hillis & Steele's inclusive scan over the pairs ``(a, b)`` with ``(a2, b2) o (a1, b1) =
   (a2 a1, a2 b1 + b2)``: ``ceil(log2 T)`` rounds of whole-tensor ops, ``O(T log T)`` work but few, large ops.
 
-``"auto"`` takes the parallel scan for real recurrences of at least ``PARALLEL_FROM`` steps and the loop otherwise:
-on this CPU the loop was as fast or faster at 8-32 steps for every core and at every length for the complex ones
-(the parallel scan's complex products cost more than they save); ``scripts/bench_scan.py`` measures both at the
-training shapes (``results/scan.md``).
+``"auto"`` is the loop: on this CPU, at the training shapes, the loop as one autograd node trained 1.5-11x faster
+than the parallel scan for every core (``scripts/bench_scan.py``, ``results/scan.md``); the parallel scan stays as
+an option for machines with more parallel width.
 """
 
 from __future__ import annotations
@@ -23,9 +23,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-
-#: real sequences at least this long run the parallel scan under method="auto" (results/scan.md)
-PARALLEL_FROM = 64
 
 METHODS = ("auto", "loop", "parallel")
 
@@ -39,6 +36,48 @@ def cmul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def _mul(x: torch.Tensor, y: torch.Tensor, complex: bool) -> torch.Tensor:
     return cmul(x, y) if complex else x * y
+
+
+def _conj_mul(x: torch.Tensor, y: torch.Tensor, complex: bool) -> torch.Tensor:
+    """``conj(x) * y`` (complex pairs) or ``x * y``: how a gradient flows back through a product by ``x``."""
+    if not complex:
+        return x * y
+    xr, xi = x[..., 0], x[..., 1]
+    yr, yi = y[..., 0], y[..., 1]
+    return torch.stack((xr * yr + xi * yi, xr * yi - xi * yr), dim=-1)
+
+
+class _LoopScan(torch.autograd.Function):
+    """The loop as one autograd node: the forward fills the states without recording T small ops, the backward
+    runs the recurrence's adjoint, ``g_t = dL/dh_t + conj(a_{t+1}) g_{t+1}``, from the end (``dL/db_t = g_t``,
+    ``dL/da_t = conj(h_{t-1}) g_t``, ``dL/dh0 = conj(a_0) g_0``)."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, complex: bool) -> torch.Tensor:
+        h = torch.empty_like(b)
+        prev = h0
+        for t in range(b.shape[0]):
+            prev = _mul(a[t], prev, complex) + b[t]
+            h[t] = prev
+        ctx.complex = complex
+        ctx.save_for_backward(a, h, h0)
+        return h
+
+    @staticmethod
+    def backward(ctx, grad_h: torch.Tensor):
+        a, h, h0 = ctx.saved_tensors
+        complex = ctx.complex
+        T = h.shape[0]
+        grad_b = torch.empty_like(grad_h)
+        g = grad_h[T - 1]
+        grad_b[T - 1] = g
+        for t in range(T - 2, -1, -1):
+            g = grad_h[t] + _conj_mul(a[t + 1], g, complex)
+            grad_b[t] = g
+        prev = torch.cat((h0.unsqueeze(0), h[:-1]), dim=0)
+        grad_a = _conj_mul(prev, grad_b, complex)
+        grad_h0 = _conj_mul(a[0], grad_b[0], complex)
+        return grad_a, grad_b, grad_h0, None
 
 
 def reset_decay(a: torch.Tensor, episode_start: Optional[torch.Tensor]) -> torch.Tensor:
@@ -61,7 +100,9 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, complex: boo
         raise ValueError(f"scan method {method!r}: expected one of {', '.join(METHODS)}")
     T = b.shape[0]
     a = a.expand_as(b)
-    if method == "loop" or (method == "auto" and (complex or T < PARALLEL_FROM)):
+    if method in ("loop", "auto"):
+        if T > 1 and torch.is_grad_enabled() and (a.requires_grad or b.requires_grad or h0.requires_grad):
+            return _LoopScan.apply(a.contiguous(), b.contiguous(), h0, complex)
         hs = []
         h = h0
         for t in range(T):

@@ -13,7 +13,7 @@ Two ways to run it, equal up to float rounding (tests/test_linear_cores.py check
 * ``"parallel"``: Hillis & Steele's inclusive scan over the pairs ``(a, b)`` with ``(a2, b2) o (a1, b1) =
   (a2 a1, a2 b1 + b2)``: ``ceil(log2 T)`` rounds of whole-tensor ops, ``O(T log T)`` work but few, large ops.
 
-``"auto"`` is the loop: on this CPU, at the training shapes, the loop as one autograd node trained 1.5-11x faster
+``"auto"`` is the loop: on this CPU, at the training shapes, the loop as one autograd node trained 1.2-11x faster
 than the parallel scan for every core (``scripts/bench_scan.py``, ``results/scan.md``); the parallel scan stays as
 an option for machines with more parallel width.
 """

@@ -68,7 +68,8 @@ class RecurrentActorCriticPolicy(BasePolicy):
     :param encoder: ``"flat"`` (vector MLP), ``"minigrid"`` (symbolic grid), ``"cnn"`` (image), ``"combined"``
         (any non-Box space, SB3's preprocessing), or ``"auto"`` (chosen from the space)
     :param encoder_sizes: hidden layers of the encoder before the core (``[]``: the core sees the raw observation)
-    :param normalize_obs: normalise observations with running statistics kept in the policy (flat encoder only)
+    :param normalize_obs: normalise observations with running statistics kept in the policy (flat encoder, and the
+        Box parts under the combined encoder)
     :param encoder_norm: LayerNorm on each encoder layer's pre-activations (keeps tanh units off their +-1 plateau)
     :param net_arch: ``{"pi": [...], "vf": [...]}`` layers of the actor / critic heads after the core
     :param activation: activation of encoder and heads (``tanh``, ``relu``, ``elu``, ``gelu``, ``leaky_relu``)

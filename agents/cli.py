@@ -153,12 +153,11 @@ def run(args: argparse.Namespace) -> int:
         return _resume(args)
     import envs
 
-    for item in args.core_kwargs:
-        if not item.partition("=")[0].strip() or "=" not in item:
-            raise SetupError(f"--core-kwargs {item!r}: expected KEY=VALUE, e.g. --core-kwargs forget_bias=1.0")
-    for item in args.env_kwargs:
-        if not item.partition("=")[0].strip() or "=" not in item:
-            raise SetupError(f"--env-kwargs {item!r}: expected KEY=VALUE, e.g. --env-kwargs length=100")
+    for flag, items, example in (("core-kwargs", args.core_kwargs, "forget_bias=1.0"),
+                                 ("env-kwargs", args.env_kwargs, "length=100")):
+        for item in items:
+            if not item.partition("=")[0].strip() or "=" not in item:
+                raise SetupError(f"--{flag} {item!r}: expected KEY=VALUE, e.g. --{flag} {example}")
     set_items = (list(args.set) + [f"core_kwargs.{item}" for item in args.core_kwargs]
                  + [f"env_kwargs.{item}" for item in args.env_kwargs])
     try:

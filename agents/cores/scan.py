@@ -13,9 +13,7 @@ Two ways to run it, equal up to float rounding (tests/test_linear_cores.py check
 * ``"parallel"``: Hillis & Steele's inclusive scan over the pairs ``(a, b)`` with ``(a2, b2) o (a1, b1) =
   (a2 a1, a2 b1 + b2)``: ``ceil(log2 T)`` rounds of whole-tensor ops, ``O(T log T)`` work but few, large ops.
 
-``"auto"`` is the loop: on this CPU, at the training shapes, the loop as one autograd node trained 1.2-11x faster
-than the parallel scan for every core (``scripts/bench_scan.py``, ``results/scan.md``); the parallel scan stays as
-an option for machines with more parallel width.
+``"auto"`` is the loop, the faster of the two at the training shapes on CPU (``results/scan.md``).
 """
 
 from __future__ import annotations
@@ -42,9 +40,7 @@ def _conj_mul(x: torch.Tensor, y: torch.Tensor, complex: bool) -> torch.Tensor:
     """``conj(x) * y`` (complex pairs) or ``x * y``: how a gradient flows back through a product by ``x``."""
     if not complex:
         return x * y
-    xr, xi = x[..., 0], x[..., 1]
-    yr, yi = y[..., 0], y[..., 1]
-    return torch.stack((xr * yr + xi * yi, xr * yi - xi * yr), dim=-1)
+    return cmul(torch.stack((x[..., 0], -x[..., 1]), dim=-1), y)
 
 
 class _LoopScan(torch.autograd.Function):

@@ -29,7 +29,7 @@ def _reference(a, b, h0, starts, complex):
 
 
 @pytest.mark.parametrize("complex", [False, True])
-@pytest.mark.parametrize("method", ["loop", "parallel"])
+@pytest.mark.parametrize("method", ["fused", "loop", "parallel"])
 @pytest.mark.parametrize("T", [1, 2, 5, 16, 37])
 def test_scan_equals_the_recurrence_values_and_gradients(complex, method, T):
     torch.manual_seed(T)
@@ -54,7 +54,7 @@ def test_scan_equals_the_recurrence_values_and_gradients(complex, method, T):
 def test_a_reset_drops_the_state_carried_in():
     a, b = torch.ones(4, 1, 1), torch.zeros(4, 1, 1)
     starts = torch.tensor([[False], [False], [True], [False]])
-    for method in ("loop", "parallel"):
+    for method in ("fused", "loop", "parallel"):
         h = linear_scan(reset_decay(a, starts), b, torch.full((1, 1), 7.0), method=method)
         assert h.flatten().tolist() == [7.0, 7.0, 0.0, 0.0]
 
@@ -66,19 +66,20 @@ def test_cmul_is_the_complex_product():
 
 
 def test_unknown_scan_method_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"scan='tree': expected one of auto, loop, parallel"):
+    with pytest.raises(ValueError, match=r"scan='tree': expected one of auto, fused, loop, parallel"):
         make_core("lru", 3, 4, scan="tree")
 
 
 @pytest.mark.parametrize("name", LINEAR)
 @pytest.mark.parametrize("num_layers", [1, 2])
-def test_loop_and_parallel_scans_train_the_same_core(name, num_layers):
-    """The two scan methods give one core the same outputs, states and gradients over a long sequence with
+def test_every_scan_method_trains_the_same_core(name, num_layers):
+    """The three scan methods give one core the same outputs, states and gradients over a long sequence with
     resets (test_cores.py checks each against steps)."""
     torch.manual_seed(0)
     T, B, F, H = 40, 3, 5, 6
-    cores = [make_core(name, F, H, num_layers, scan=m) for m in ("loop", "parallel")]
-    cores[1].load_state_dict(cores[0].state_dict())
+    cores = [make_core(name, F, H, num_layers, scan=m) for m in ("loop", "parallel", "fused")]
+    for core in cores[1:]:
+        core.load_state_dict(cores[0].state_dict())
     x = torch.randn(T, B, F)
     starts = torch.rand(T, B) < 0.1
     state0 = torch.randn(B, *cores[0].state_shape)
@@ -88,10 +89,37 @@ def test_loop_and_parallel_scans_train_the_same_core(name, num_layers):
         (y.pow(2).sum() + s.pow(2).sum()).backward()
         outs.append((y, s))
         grads.append([p.grad for p in core.parameters()])
-    torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(outs[0][1], outs[1][1], atol=1e-5, rtol=1e-4)
-    for g0, g1 in zip(*grads):
-        torch.testing.assert_close(g0, g1, atol=1e-4, rtol=1e-4)
+    for k in (1, 2):
+        torch.testing.assert_close(outs[0][0], outs[k][0], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(outs[0][1], outs[k][1], atol=1e-5, rtol=1e-4)
+        for g0, g1 in zip(grads[0], grads[k]):
+            torch.testing.assert_close(g0, g1, atol=1e-4, rtol=1e-4)
+
+
+def test_auto_takes_the_fused_scan_and_the_loop_where_it_cannot(monkeypatch):
+    """``scan="auto"`` runs the C++ scan on CPU floats (the torch loop never runs), the loop in bfloat16 and under
+    ``RECURRENT_AGENTS_KERNEL=stock``; ``scan="fused"`` refuses tensors it cannot run."""
+    from agents.cores import scan as scan_module
+
+    core = make_core("lru", 3, 4)
+    assert core.kernel_in_use == "fused"
+    x, starts = torch.randn(6, 2, 3), torch.zeros(6, 2, dtype=torch.bool)
+    calls = []
+    real_fused = scan_module.fused_scan
+    monkeypatch.setattr(scan_module, "fused_scan", lambda *a: calls.append(1) or real_fused(*a))
+    core.forward_sequence(x, core.initial_state(2), starts)
+    assert calls == [1]
+    core.to(torch.bfloat16).forward_sequence(x.bfloat16(), core.initial_state(2), starts)
+    assert calls == [1] and core.kernel_in_use == "loop"
+    core.float()
+    monkeypatch.setenv("RECURRENT_AGENTS_KERNEL", "stock")
+    monkeypatch.setattr(scan_module.scan_applies.__globals__["_kernels"], "_module", None)
+    assert core.kernel_in_use == "loop"
+    core.forward_sequence(x, core.initial_state(2), starts)
+    assert calls == [1]
+    with pytest.raises(ValueError, match=r"scan='fused' runs on CPU float32/float64 tensors"):
+        linear_scan(torch.ones(2, 1, 1, dtype=torch.bfloat16), torch.ones(2, 1, 1, dtype=torch.bfloat16),
+                    torch.ones(1, 1, dtype=torch.bfloat16), method="fused")
 
 
 def test_mingru_is_the_papers_recurrence():

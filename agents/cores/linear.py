@@ -19,13 +19,13 @@ import torch
 from torch import nn
 
 from .base import MemoryCore
+from ..kernels.fused import scan_applies
 from .scan import METHODS, linear_scan, reset_decay
 
 
 class LinearRecurrentCore(MemoryCore):
     """Base class of the scan cores. State: ``[B, num_layers, state_width]``."""
 
-    kernel_in_use = "scan"
     #: True when the recurrence is complex (the state holds real and imaginary parts in a trailing dim of 2)
     complex_state: bool = False
     layers: nn.ModuleList
@@ -52,6 +52,17 @@ class LinearRecurrentCore(MemoryCore):
         return self.input_size if k == 0 else self.hidden_size
 
     # ----------------------------------------------------------------- interface
+    @property
+    def kernel_in_use(self) -> str:
+        """``"fused"`` where the scan runs the C++ kernel (``scan`` "auto" or "fused" on CPU float parameters, the
+        kernels built), else the torch scan: ``"loop"`` or ``"parallel"``."""
+        if self.scan in ("auto", "fused"):
+            p = next(self.parameters())
+            if p.is_cpu and p.dtype in (torch.float32, torch.float64) and scan_applies(self.scan, p, p, p):
+                return "fused"
+            return "loop"
+        return self.scan
+
     @property
     def resets_in_kernel(self) -> bool:
         return True  # a reset is a zero decay inside the scan: sequences with resets are one call

@@ -6,14 +6,18 @@ and ``h_t = b_t`` (:func:`reset_decay`). Complex recurrences (LRU, FFM) keep rea
 dimension of size 2 (``complex=True``), so every op is real: the same code runs in training, in ``step`` and in an
 ONNX graph, which has no complex type.
 
-Two ways to run it, equal up to float rounding (tests/test_linear_cores.py checks values and gradients):
+Three ways to run it, equal up to float rounding (tests/test_linear_cores.py checks values and gradients):
 
-* ``"loop"``: ``T`` steps of one multiply-add each (in training one autograd node, whose backward runs the
-  recurrence's adjoint from the end);
+* ``"fused"``: the whole scan, forward and its adjoint backward, in one C++ call each (``scan_forward`` /
+  ``scan_backward`` in agents/kernels/rnn_kernels.cpp, built with the GRU/LSTM kernels; CPU float32/float64);
+* ``"loop"``: ``T`` torch steps of one multiply-add each (in training one autograd node, whose backward runs the
+  recurrence's adjoint, ``g_t = dL/dh_t + conj(a_{t+1}) g_{t+1}``, from the end);
 * ``"parallel"``: Hillis & Steele's inclusive scan over the pairs ``(a, b)`` with ``(a2, b2) o (a1, b1) =
   (a2 a1, a2 b1 + b2)``: ``ceil(log2 T)`` rounds of whole-tensor ops, ``O(T log T)`` work but few, large ops.
 
-``"auto"`` is the loop, the faster of the two at the training shapes on CPU (``results/scan.md``).
+``"auto"`` is the fused kernel where it applies (CPU floats, the kernels build, ``$RECURRENT_AGENTS_KERNEL`` is not
+``stock``, not tracing/exporting) and the loop elsewhere; the fastest at the training shapes on CPU
+(``results/scan.md``). An ONNX export traces the loop.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from typing import Optional
 
 import torch
 
-METHODS = ("auto", "loop", "parallel")
+from ..kernels.fused import fused_scan, scan_applies
+
+METHODS = ("auto", "fused", "loop", "parallel")
 
 
 def cmul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -96,7 +102,9 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, complex: boo
         raise ValueError(f"scan method {method!r}: expected one of {', '.join(METHODS)}")
     T = b.shape[0]
     a = a.expand_as(b)
-    if method in ("loop", "auto"):
+    if method in ("auto", "fused") and T > 0 and scan_applies(method, a, b, h0):
+        return fused_scan(a, b, h0, complex)
+    if method in ("loop", "auto", "fused"):
         if T > 1 and torch.is_grad_enabled() and (a.requires_grad or b.requires_grad or h0.requires_grad):
             return _LoopScan.apply(a.contiguous(), b.contiguous(), h0, complex)
         hs = []

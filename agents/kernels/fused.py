@@ -191,3 +191,55 @@ class FusedRNN:
         if not bool(episode_start.any()):
             return None
         return (1.0 - episode_start.to(dtype=like.dtype)).contiguous()
+
+
+# ------------------------------------------------------------------------------------------------ linear scan
+class ScanFunction(torch.autograd.Function):
+    """``h_t = a_t * h_{t-1} + b_t`` over ``[T, ...]`` in one kernel call each way (``scan_forward`` /
+    ``scan_backward`` in rnn_kernels.cpp); ``a``, ``b``, ``h0`` contiguous, of one CPU float dtype."""
+
+    @staticmethod
+    def forward(ctx, a, b, h0, complex):
+        T = b.shape[0]
+        h = _kernels._module.scan_forward(a.view(T, -1), b.view(T, -1), h0.reshape(-1), complex).view_as(b)
+        ctx.complex = complex
+        ctx.save_for_backward(a, h, h0)
+        return h
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_h):
+        a, h, h0 = ctx.saved_tensors
+        T = h.shape[0]
+        ga, gb, gh0 = _kernels._module.scan_backward(a.view(T, -1), h.view(T, -1), h0.reshape(-1),
+                                                     grad_h.reshape(T, -1), ctx.complex)
+        return ga.view_as(a), gb.view_as(h), gh0.view_as(h0), None
+
+
+def scan_applies(method: str, a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> bool:
+    """Whether :func:`linear_scan` with ``method`` ("auto" or "fused") runs the fused kernel on these tensors.
+
+    ``"auto"`` takes it for CPU float32/float64 tensors of one dtype, outside tracing/export/compile, where the
+    kernels build and ``$RECURRENT_AGENTS_KERNEL`` is not ``stock``; ``"fused"`` raises where it cannot."""
+    dtype = b.dtype
+    fits = (a.is_cpu and b.is_cpu and h0.is_cpu and dtype in _FLOATS and a.dtype is dtype and h0.dtype is dtype)
+    if method == "fused":
+        if not fits:
+            raise ValueError(f"scan='fused' runs on CPU float32/float64 tensors of one dtype; got a {a.dtype} on "
+                             f"{a.device}, b {b.dtype} on {b.device}, h0 {h0.dtype} on {h0.device}")
+        load()
+        return not _capturing()
+    if not fits or _capturing():
+        return False
+    if _kernels._module is not None:
+        return True
+    return check_kernel_option(None) != "stock" and _kernels.available()
+
+
+def fused_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, complex: bool) -> torch.Tensor:
+    """Every state of the scan (``a`` already the full shape of ``b``), through the fused kernel."""
+    a, b, h0 = a.contiguous(), b.contiguous(), h0.contiguous()
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad or h0.requires_grad):
+        return ScanFunction.apply(a, b, h0, complex)
+    T = b.shape[0]
+    return _kernels._module.scan_forward(a.view(T, -1), b.view(T, -1), h0.reshape(-1), complex).view_as(b)

@@ -1,4 +1,5 @@
-// Fused CPU sequence and step kernels for the GRU and LSTM memory cores (agents/cores/gru.py, lstm.py).
+// Fused CPU sequence and step kernels for the GRU and LSTM memory cores (agents/cores/gru.py, lstm.py), and the
+// elementwise linear scan of the linear-recurrence cores (agents/cores/scan.py; at the end of this file).
 //
 // One layer per call for sequences (the Python autograd functions in fused.py chain layers), all layers per call
 // for single steps. Gate order and equations are PyTorch's:
@@ -520,14 +521,123 @@ std::vector<Tensor> lstm_step(const Tensor& x_, const Tensor& state_, const std:
   return {x, new_state};
 }
 
+// ================================================================================================ linear scan
+// h_t = a_t * h_{t-1} + b_t, elementwise, for the linear-recurrence cores (agents/cores/scan.py). a, b [T, N],
+// h0 [N], all contiguous; complex: N counts floats, (re, im) pairs adjacent, and the products are complex. A reset is
+// a_t = 0, already in `a`. Forward returns h [T, N]; backward runs the adjoint g_t = dL/dh_t + conj(a_{t+1}) g_{t+1}
+// from the end and returns (dL/da, dL/db, dL/dh0) with dL/db_t = g_t, dL/da_t = conj(h_{t-1}) g_t.
+template <typename s_t>
+void scan_forward_impl(const s_t* a, const s_t* b, const s_t* h0, s_t* h, int64_t T, int64_t N, bool complex) {
+  const s_t* prev = h0;
+  for (int64_t t = 0; t < T; ++t) {
+    const s_t* at_ = a + t * N;
+    const s_t* bt = b + t * N;
+    s_t* ht = h + t * N;
+    if (complex) {
+      for (int64_t i = 0; i < N; i += 2) {
+        const s_t ar = at_[i], ai = at_[i + 1], pr = prev[i], pi = prev[i + 1];
+        ht[i] = ar * pr - ai * pi + bt[i];
+        ht[i + 1] = ar * pi + ai * pr + bt[i + 1];
+      }
+    } else {
+      for (int64_t i = 0; i < N; ++i) ht[i] = at_[i] * prev[i] + bt[i];
+    }
+    prev = ht;
+  }
+}
+
+template <typename s_t>
+void scan_backward_impl(const s_t* a, const s_t* h, const s_t* h0, const s_t* gh, s_t* ga, s_t* gb, s_t* gh0,
+                        int64_t T, int64_t N, bool complex) {
+  for (int64_t t = T - 1; t >= 0; --t) {
+    s_t* g = gb + t * N;
+    const s_t* ght = gh + t * N;
+    const s_t* prev = t > 0 ? h + (t - 1) * N : h0;
+    s_t* gat = ga + t * N;
+    if (t == T - 1) {
+      for (int64_t i = 0; i < N; ++i) g[i] = ght[i];
+    } else {
+      const s_t* an = a + (t + 1) * N;  // g_t = dL/dh_t + conj(a_{t+1}) g_{t+1}
+      const s_t* gn = gb + (t + 1) * N;
+      if (complex) {
+        for (int64_t i = 0; i < N; i += 2) {
+          const s_t ar = an[i], ai = an[i + 1], xr = gn[i], xi = gn[i + 1];
+          g[i] = ght[i] + ar * xr + ai * xi;
+          g[i + 1] = ght[i + 1] + ar * xi - ai * xr;
+        }
+      } else {
+        for (int64_t i = 0; i < N; ++i) g[i] = ght[i] + an[i] * gn[i];
+      }
+    }
+    if (complex) {
+      for (int64_t i = 0; i < N; i += 2) {
+        const s_t pr = prev[i], pi = prev[i + 1], xr = g[i], xi = g[i + 1];
+        gat[i] = pr * xr + pi * xi;
+        gat[i + 1] = pr * xi - pi * xr;
+      }
+    } else {
+      for (int64_t i = 0; i < N; ++i) gat[i] = prev[i] * g[i];
+    }
+  }
+  if (complex) {
+    for (int64_t i = 0; i < N; i += 2) {
+      const s_t ar = a[i], ai = a[i + 1], xr = gb[i], xi = gb[i + 1];
+      gh0[i] = ar * xr + ai * xi;
+      gh0[i + 1] = ar * xi - ai * xr;
+    }
+  } else {
+    for (int64_t i = 0; i < N; ++i) gh0[i] = a[i] * gb[i];
+  }
+}
+
+void check_scan(const Tensor& a, const Tensor& b, const Tensor& h0, bool complex, const char* name) {
+  const auto dtype = b.scalar_type();
+  check_cpu(a, "a", dtype);
+  check_cpu(b, "b", dtype);
+  check_cpu(h0, "h0", dtype);
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && h0.dim() == 1 && a.sizes() == b.sizes() && h0.size(0) == b.size(1),
+              name, ": expected a, b [T, N] and h0 [N]");
+  TORCH_CHECK(a.is_contiguous() && b.is_contiguous() && h0.is_contiguous(), name, ": expected contiguous tensors");
+  TORCH_CHECK(!complex || b.size(1) % 2 == 0, name, ": complex scan needs an even N (re, im pairs)");
+}
+
+Tensor scan_forward(const Tensor& a, const Tensor& b, const Tensor& h0, bool complex) {
+  NoGrad guard;
+  check_scan(a, b, h0, complex, "scan_forward");
+  Tensor h = at::empty_like(b);
+  AT_DISPATCH_FLOATING_TYPES(b.scalar_type(), "scan_forward", [&] {
+    scan_forward_impl<scalar_t>(a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(),
+                                h.data_ptr<scalar_t>(), b.size(0), b.size(1), complex);
+  });
+  return h;
+}
+
+std::vector<Tensor> scan_backward(const Tensor& a, const Tensor& h, const Tensor& h0, const Tensor& grad_h,
+                                  bool complex) {
+  NoGrad guard;
+  check_scan(a, h, h0, complex, "scan_backward");
+  const Tensor gh = grad_h.contiguous();
+  check_cpu(gh, "grad_h", h.scalar_type());
+  TORCH_CHECK(gh.sizes() == h.sizes(), "scan_backward: grad_h must have h's shape");
+  Tensor ga = at::empty_like(h), gb = at::empty_like(h), gh0 = at::empty_like(h0);
+  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "scan_backward", [&] {
+    scan_backward_impl<scalar_t>(a.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(),
+                                 gh.data_ptr<scalar_t>(), ga.data_ptr<scalar_t>(), gb.data_ptr<scalar_t>(),
+                                 gh0.data_ptr<scalar_t>(), h.size(0), h.size(1), complex);
+  });
+  return {ga, gb, gh0};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "recurrent-agents fused CPU GRU/LSTM kernels (sequence forward/backward with in-loop resets, steps)";
+  m.doc() = "recurrent-agents fused CPU kernels (GRU/LSTM sequences with in-loop resets, steps; linear scan)";
   m.def("gru_forward", &gru_forward);
   m.def("gru_backward", &gru_backward);
   m.def("lstm_forward", &lstm_forward);
   m.def("lstm_backward", &lstm_backward);
   m.def("gru_step", &gru_step);
   m.def("lstm_step", &lstm_step);
+  m.def("scan_forward", &scan_forward);
+  m.def("scan_backward", &scan_backward);
 }

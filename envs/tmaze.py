@@ -19,6 +19,13 @@ and below it::
   penalty so that the walk right is easy to learn and the task tests memory, not exploration). The optimal return
   is 1; ``info["is_success"]`` at the last step says whether the goal was the cued one.
 
+``walk="auto"`` is a variant that keeps the cue, the corridor and the memory length but takes the walk out of the
+task: every action before the junction moves the agent right (so it is never behind and no penalty is ever due), and
+only the last action, the turn, is the agent's. In the paper's form (``walk="agent"``, the default) the agent must
+move right on every one of the ``length`` steps to be at the junction when the episode ends; a policy that samples
+its actions reaches it with probability ``p(right) ** length``, so at long lengths learning the walk, not holding the
+cue, is what an on-policy learner spends its budget on. The span study reports which form each number comes from.
+
 A policy without memory sees the same ``[1, 0]`` at the junction whatever the cue, so it succeeds in half of the
 episodes at best; one that remembers the first observation succeeds in all (``tests/test_tmaze.py``). The memory
 length is ``length`` steps. Ids: ``TMaze-v0`` (``length`` 10, any other through ``env_kwargs`` / ``--env-kwargs
@@ -37,6 +44,9 @@ from gymnasium import spaces
 #: lengths that get their own id, TMaze-L<L>-v0
 LENGTHS = (10, 25, 50, 100, 250, 500, 1000)
 
+#: who walks the corridor: the agent (the paper's task) or the env (only the turn at the junction is the agent's)
+WALKS = ("agent", "auto")
+
 #: actions: (dx, dy) of right, up, left, down
 MOVES = ((1, 0), (0, 1), (-1, 0), (0, -1))
 RIGHT, UP, LEFT, DOWN = range(4)
@@ -45,9 +55,12 @@ RIGHT, UP, LEFT, DOWN = range(4)
 class TMazeEnv(gym.Env):
     metadata = {"render_modes": []}
 
-    def __init__(self, length: int = 10, penalty: Optional[float] = None, goal_reward: float = 1.0) -> None:
+    def __init__(self, length: int = 10, penalty: Optional[float] = None, goal_reward: float = 1.0,
+                 walk: str = "agent") -> None:
         if isinstance(length, bool) or not isinstance(length, numbers.Integral) or length < 1:
             raise ValueError(f"length={length!r}: expected a positive integer (the corridor's cells)")
+        if walk not in WALKS:
+            raise ValueError(f"walk={walk!r}: expected one of {', '.join(WALKS)}")
         if penalty is None:
             penalty = -1.0 / int(length)
         if isinstance(penalty, bool) or not isinstance(penalty, numbers.Real) or not penalty <= 0:
@@ -55,6 +68,7 @@ class TMazeEnv(gym.Env):
         if isinstance(goal_reward, bool) or not isinstance(goal_reward, numbers.Real) or not goal_reward > 0:
             raise ValueError(f"goal_reward={goal_reward!r}: expected a positive number")
         self.length, self.penalty, self.goal_reward = int(length), float(penalty), float(goal_reward)
+        self.walk = walk
         self.episode_length = self.length + 1
         self.observation_space = spaces.Box(-1.0, 1.0, (2,), dtype=np.float32)
         self.action_space = spaces.Discrete(4)
@@ -76,7 +90,7 @@ class TMazeEnv(gym.Env):
     def step(self, action):
         if not self.action_space.contains(action):
             raise ValueError(f"action {action!r}: expected an integer in [0, 4)")
-        dx, dy = MOVES[int(action)]
+        dx, dy = MOVES[RIGHT if self.walk == "auto" and self.x < self.length else int(action)]
         x, y = self.x + dx, self.y + dy
         if (y == 0 and 0 <= x <= self.length) or (x == self.length and abs(y) == 1 and self.y == 0):
             self.x, self.y = x, y

@@ -74,7 +74,23 @@ def test_penalty_for_falling_behind_and_the_failure_return():
     assert rewards == [0.0] * 4 + [1.0]
 
 
+def test_auto_walk_keeps_the_cue_and_the_length_and_leaves_only_the_turn_to_the_agent():
+    length = 6
+    env = TMazeEnv(length=length, walk="auto")
+    for goal in (-1, 1):
+        obs, rewards, info = _episode(env, lambda obs, t: DOWN if t < length else (UP if goal > 0 else DOWN), goal)
+        assert len(rewards) == length + 1 and obs[0].tolist() == [0.0, goal] and obs[length].tolist() == [1.0, 0.0]
+        assert np.all(obs[1:length] == 0) and rewards == [0.0] * length + [1.0] and info["is_success"]
+        _, rewards, info = _episode(env, lambda obs, t: UP if goal < 0 else DOWN, goal)  # the wrong turn
+        assert rewards == [0.0] * (length + 1) and not info["is_success"]
+    # the agent's walk: the same actions leave it at the start, behind from the first step
+    _, rewards, info = _episode(TMazeEnv(length=length), lambda obs, t: DOWN, 1)
+    assert rewards == [-1 / length] * length + [0.0] and not info["is_success"]
+
+
 def test_bad_options_are_one_line_errors():
+    with pytest.raises(ValueError, match=r"walk='run': expected one of agent, auto"):
+        TMazeEnv(walk="run")
     with pytest.raises(ValueError, match=r"length=0: expected a positive integer"):
         TMazeEnv(length=0)
     with pytest.raises(ValueError, match=r"penalty=0.5: expected a number <= 0"):

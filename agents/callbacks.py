@@ -116,8 +116,10 @@ class EvalCallback(BaseCallback):
     """Evaluate every ``eval_freq`` env steps (at the first rollout start at or past each multiple), log eval/*."""
 
     def __init__(self, eval_env: VecEnv, state: RunState, eval_freq: int, n_episodes: int, deterministic: bool,
-                 success_threshold: Optional[float], pool_env: Optional[VecEnv] = None) -> None:
+                 success_threshold: Optional[float], pool_env: Optional[VecEnv] = None,
+                 stop_at_success: Optional[float] = None) -> None:
         super().__init__()
+        self.stop_at_success = stop_at_success
         self.eval_env, self.state, self.eval_freq, self.pool_env = eval_env, state, eval_freq, pool_env
         self.n_episodes, self.deterministic, self.success_threshold = n_episodes, deterministic, success_threshold
         self.next_eval: Optional[int] = None
@@ -137,9 +139,11 @@ class EvalCallback(BaseCallback):
             pool = evaluate(self.model, self.pool_env, self.n_episodes, self.deterministic, self.success_threshold)
             record_eval(self.logger, pool, prefix="eval_pool")
         self.logger.dump(step=self.num_timesteps)
+        if self.stop_at_success is not None and result.get("success_rate", 0.0) >= self.stop_at_success:
+            self.state.solved_step = self.num_timesteps  # learn() ends at the next env step, before it is trained on
 
     def _on_step(self) -> bool:
-        return True
+        return self.state.solved_step is None
 
 
 class CheckpointCallback(BaseCallback):

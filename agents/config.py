@@ -116,6 +116,9 @@ class TrainConfig:
     eval_deterministic: bool = _opt(True, "evaluate with the most likely action instead of sampling")
     success_threshold: Optional[float] = _opt(
         None, "an eval episode succeeds when its return is > this (MiniGrid: 0); null: no success rate")
+    stop_at_success: Optional[float] = _opt(
+        None, "end training at the first evaluation whose success rate is >= this (needs success_threshold and "
+              "eval_freq > 0; the final evaluation still follows); null: train the whole budget", gt=0, max=1)
     latency_steps: int = _opt(1000, "batch-1 act calls timed after training (after 100 warm-up calls)", min=10)
     # ------------------------------------------------------------------ network
     hidden_size: int = _opt(64, "core units per layer", min=1)
@@ -191,6 +194,9 @@ class TrainConfig:
             raise ConfigError(f"batch_size={self.batch_size} is larger than a rollout (n_steps={self.n_steps} x "
                               f"n_envs={self.n_envs} = {self.n_steps * self.n_envs} steps): expected at most "
                               f"{self.n_steps * self.n_envs}")
+        if self.stop_at_success is not None and (self.success_threshold is None or self.eval_freq == 0):
+            raise ConfigError(f"stop_at_success={self.stop_at_success}: needs success_threshold (got "
+                              f"{self.success_threshold}) and eval_freq > 0 (got {self.eval_freq})")
         if self.n_steps * self.n_envs < 2:
             raise ConfigError(f"n_steps={self.n_steps} x n_envs={self.n_envs} = {self.n_steps * self.n_envs} steps "
                               "per rollout: expected at least 2 (advantages are normalized over a minibatch)")
@@ -497,6 +503,7 @@ FAMILIES: List[Tuple[str, str]] = [
     (r"^MountainCar", "mountaincar"),
     (r"^LunarLander", "lunarlander"),
     (r"^popgym-", "popgym"),
+    (r"^TMaze-", "tmaze"),
 ]
 
 

@@ -87,8 +87,9 @@ class RunState:
     rollout_start_step: int = 0  #: step counter at the start of the current rollout (not saved)
     stop_requested: Optional[str] = None  #: name of the signal that asked to stop (not saved)
     last_eval: Optional[Dict[str, float]] = None  #: most recent evaluation (not saved)
+    solved_step: Optional[int] = None  #: step of the evaluation that reached ``stop_at_success`` (training ended)
 
-    _SAVED = ("rollout_s", "update_s", "wall_s", "sessions")
+    _SAVED = ("rollout_s", "update_s", "wall_s", "sessions", "solved_step")
 
     def to_json(self) -> Dict[str, Any]:
         return {k: getattr(self, k) for k in self._SAVED}

@@ -269,7 +269,7 @@ def _learn(cfg: TrainConfig, model, run_dir: Path, ckpt, start_step: int, eval_e
         StopOnRequestCallback(state),
         BoundaryLogCallback(state),
         EvalCallback(eval_env, state, cfg.eval_freq, cfg.eval_episodes, cfg.eval_deterministic,
-                     cfg.success_threshold, pool_env=pool_env),
+                     cfg.success_threshold, pool_env=pool_env, stop_at_success=cfg.stop_at_success),
         CheckpointCallback(run_dir, state, cfg.checkpoint_freq, cfg.keep_checkpoints,
                            on_save=lambda c: last.update(ckpt=c)),
         bar,
@@ -312,6 +312,11 @@ def _learn(cfg: TrainConfig, model, run_dir: Path, ckpt, start_step: int, eval_e
         bar.close()
 
     if state.stop_requested is None:
+        if state.solved_step is not None:  # the env step taken after that evaluation was never trained on
+            model.num_timesteps = state.solved_step
+            model.logger.discard_pending()
+            bar.write(f"{PROG}: evaluation success {100 * state.last_eval['success_rate']:.0f}% >= stop_at_success "
+                      f"at step {state.solved_step:,}: training ends here")
         return state, None
     # the unfinished rollout was never trained on: the checkpoint's step is the start of that rollout
     model.num_timesteps = state.rollout_start_step
@@ -350,6 +355,7 @@ def _summary(cfg: TrainConfig, model, run_dir: Path, state, result, pool, latenc
         "core_parameters": _core_param_count(model),
         "total_timesteps": step,
         "requested_timesteps": cfg.total_timesteps,
+        "solved_step": state.solved_step,
         "n_updates": int(model._n_updates),
         "eval_mean_return": result["mean_reward"],
         "eval_std_return": result["std_reward"],

@@ -8,8 +8,9 @@ nn.GRU / nn.LSTM call), through the core interface (``core.forward_sequence``) w
 - forward only (``torch.no_grad``),
 
 median of ``--repeats`` timings, the contenders interleaved round-robin so that machine noise hits all alike; and
-the per-step latency of ``core.step`` (the ``act`` path, inference mode) at B = 1 and B = 8 (rollouts). One torch
-thread. Writes results/kernels.json and results/kernels.md (commit, CPU, torch version, command).
+the per-step latency of ``core.step`` (the ``act`` path, inference mode) at B = 1 and B = 8 (rollouts). Then every
+registered core with its default kernel (the linear cores' fused scan included): forward+backward with resets at
+``--all-T`` (B 8, H 128) against the fused GRU, and batch-1 step latency. One torch thread. Writes results/kernels.json and results/kernels.md (commit, CPU, torch version, command).
 
     python scripts/bench_kernels.py                          # the full grid: ~3-5 min on 2 shared CPU cores
     python scripts/bench_kernels.py --T 32 --B 8 --H 64 128  # a slice
@@ -29,7 +30,7 @@ import torch
 from benchlib import provenance, time_per_call_us, write_results
 
 from agents import kernels
-from agents.cores import make_core
+from agents.cores import CORES as CORE_REGISTRY, make_core
 
 CORES = ("gru", "lstm")
 KERNELS = ("stock", "fused")
@@ -104,6 +105,59 @@ def step_rows(batches: List[int], hiddens: List[int], F: int, n: int) -> List[Di
     return rows
 
 
+def every_core_rows(Ts: List[int], B: int, H: int, F: int, repeats: int, min_time_s: float,
+                    step_calls: int) -> List[Dict[str, object]]:
+    """Every registered memory core with its default kernel (fused GRU/LSTM, fused scan for the linear cores):
+    forward+backward over ``[T, B]`` with resets (5% of steps), median ms, contenders interleaved; then batch-1
+    ``core.step`` p50 us."""
+    names = [n for n in CORE_REGISTRY if n != "mlp"]
+    rows = []
+    for T in Ts:
+        g = torch.Generator().manual_seed(T)
+        x = torch.randn(T, B, F, generator=g)
+        starts = torch.rand(T, B, generator=g) < 0.05
+        fns: Dict[str, Callable[[], object]] = {}
+        for name in names:
+            torch.manual_seed(0)
+            core = make_core(name, F, H, 1)
+            xg = x.clone().requires_grad_(True)
+            sg = (torch.randn(B, *core.state_shape, generator=g) * 0.1).requires_grad_(True)
+            gy = torch.randn(T, B, H, generator=g)
+
+            def fwd_bwd(core=core, xg=xg, sg=sg, gy=gy):
+                y, _ = core.forward_sequence(xg, sg, starts)
+                (y * gy).sum().backward()
+
+            fns[name] = fwd_bwd
+        inner = {k: _calibrate(fn, min_time_s) for k, fn in fns.items()}
+        samples: Dict[str, List[float]] = {k: [] for k in fns}
+        for _ in range(repeats):
+            for k, fn in fns.items():
+                t = time.perf_counter()
+                for _ in range(inner[k]):
+                    fn()
+                samples[k].append((time.perf_counter() - t) / inner[k] * 1e3)
+        ms = {k: statistics.median(v) for k, v in samples.items()}
+        for name in names:
+            rows.append({"core": name, "T": T, "B": B, "H": H, "F": F, "fb_ms": ms[name],
+                         "kernel": make_core(name, F, H, 1).kernel_in_use, "gru_over_core": ms["gru"] / ms[name]})
+    if step_calls:
+        for name in names:
+            torch.manual_seed(0)
+            core = make_core(name, F, H, 1)
+            x1, state = torch.randn(1, F), core.initial_state(1)
+
+            def act(core=core, x1=x1, state=state):
+                with torch.inference_mode():
+                    core.step(x1, state)
+
+            p50 = time_per_call_us(act, warmup=200, n=step_calls)["p50_us"]
+            for r in rows:
+                if r["core"] == name:
+                    r["step_b1_p50_us"] = p50
+    return rows
+
+
 def _gmean(values: List[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
 
@@ -118,6 +172,8 @@ def main() -> None:
     parser.add_argument("--min-time-ms", type=float, default=20.0, help="each timing loops the call this long at least")
     parser.add_argument("--step-calls", type=int, default=2000, help="calls per step-latency measurement (0: skip)")
     parser.add_argument("--name", default="kernels", help="results file stem")
+    parser.add_argument("--all-T", type=int, nargs="*", default=[32, 128, 512],
+                        help="sequence lengths of the every-core table (B 8, H 128; none: skip it)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -157,6 +213,16 @@ def main() -> None:
             print(f"  B={s['B']:2d} H={s['H']:4d}  GRU stock {s['gru_stock_p50_us']:6.1f} "
                   f"fused {s['gru_fused_p50_us']:6.1f} | LSTM stock {s['lstm_stock_p50_us']:6.1f} "
                   f"fused {s['lstm_fused_p50_us']:6.1f}", flush=True)
+
+    every = []
+    if args.all_T:
+        print("every core, default kernel, fwd+bwd with resets, B=8 H=128 (median ms; x = fused GRU / core)",
+              flush=True)
+        every = every_core_rows(args.all_T, 8, 128, F, args.repeats, args.min_time_ms / 1e3, args.step_calls)
+        for r in every:
+            step = f"  act B=1 p50 {r['step_b1_p50_us']:6.1f} us" if "step_b1_p50_us" in r else ""
+            print(f"  {r['core']:7s} ({r['kernel']:5s}) T={r['T']:4d}  {r['fb_ms']:8.2f} ms  x {r['gru_over_core']:5.2f}"
+                  f"{step}", flush=True)
 
     # ------------------------------------------------------------------ targets
     n = len(rows)
@@ -208,6 +274,29 @@ def main() -> None:
             table.append(f"| {s['B']} | {s['H']} | {s['gru_stock_p50_us']:.1f} | {s['gru_fused_p50_us']:.1f} | "
                          f"{s['lstm_stock_p50_us']:.1f} | {s['lstm_fused_p50_us']:.1f} |")
         table.append("")
+    if every:
+        names = list(dict.fromkeys(r["core"] for r in every))
+        Ts = list(dict.fromkeys(r["T"] for r in every))
+        at = {(r["core"], r["T"]): r for r in every}
+        table += ["## Every core, forward + backward with resets (ms)", "",
+                  "Each registered core with its default kernel (`kernel` column: the fused GRU/LSTM kernels, the "
+                  "fused scan of the linear cores), B = 8, H = 128, input 64, resets at 5% of the steps; "
+                  "`x` = fused GRU time / core time (> 1: faster than the fused GRU). Act: batch-1 `core.step` "
+                  "p50, inference mode.", "",
+                  "| core | kernel | " + " | ".join(f"T={T} ms | x" for T in Ts) + " | act B=1 p50 us |",
+                  "|---|---|" + "---|---|" * len(Ts) + "---|"]
+        for name in names:
+            cells = " | ".join(f"{at[name, T]['fb_ms']:.2f} | {at[name, T]['gru_over_core']:.2f}" for T in Ts)
+            step = at[name, Ts[0]].get("step_b1_p50_us")
+            table.append(f"| {name} | {at[name, Ts[0]]['kernel']} | {cells} | "
+                         f"{'' if step is None else f'{step:.1f}'} |")
+        table.append("")
+        if 128 in Ts:
+            scan = [n for n in names if at[n, 128]["kernel"] == "fused" and n not in ("gru", "lstm")]
+            fast = [n for n in scan if at[n, 128]["gru_over_core"] >= 3.0]
+            summary["scan_cores_3x_fused_gru_at_T128"] = f"{len(fast)}/{len(scan)}"
+            table += [f"- scan cores >= 3x faster than the fused GRU at T=128: {len(fast)}/{len(scan)} "
+                      f"({', '.join(fast) or 'none'}).", ""]
     table += ["## Targets", "",
               f"- fused GRU >= 3x nn.GRU (fwd+bwd): {summary['gru_fb_at_least_3x']}/{n} shapes; speedup gmean "
               f"{summary['gru_fb_speedup_gmean']:.2f}x, range {summary['gru_fb_speedup_min']:.2f}-"
@@ -220,7 +309,7 @@ def main() -> None:
               f"- kernel load: {build_s:.1f} s in this run (a first build on this machine takes ~35-45 s).", ""]
     command = "python scripts/bench_kernels.py" + "".join(f" {a}" for a in sys.argv[1:])
     payload = {"provenance": provenance(command), "settings": vars(args), "summary": summary, "sequence": rows,
-               "step_latency": steps}
+               "step_latency": steps, "every_core": every}
     write_results(args.name, payload, table)
     print(f"wrote results/{args.name}.json and results/{args.name}.md")
 

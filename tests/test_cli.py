@@ -541,3 +541,36 @@ def test_train_levels_trains_on_a_pool_and_evaluates_both(tmp_path, capsys, monk
     assert True in seen and False in seen and seen.count(True) == seen.count(False)
     cfg = TrainConfig.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()), "config.yaml")
     assert cfg.train_levels == 4 and cfg.carry_state is True
+
+
+def test_stop_at_success_ends_training_at_the_first_evaluation_that_reaches_it(tmp_path, capsys, monkeypatch):
+    """An evaluation whose success rate reaches stop_at_success ends training there (the steps after it untrained,
+    not counted); the final evaluation still runs; a threshold no evaluation reaches changes nothing."""
+    import agents.callbacks as callbacks
+
+    evaluate, calls = callbacks.evaluate, []
+
+    def scripted_evaluate(model, env, n_episodes, *args, **kwargs):
+        calls.append(int(model.num_timesteps))
+        result = evaluate(model, env, n_episodes, *args, **kwargs)
+        return {**result, "success_rate": 1.0 if model.num_timesteps >= 256 else 0.0}
+
+    monkeypatch.setattr(callbacks, "evaluate", scripted_evaluate)
+    code, _, err = run_main(["--core", "gru", "--logdir", str(tmp_path / "a"), "--total-timesteps", "1024",
+                             "--n-envs", "2", "--no-progress", "--set", *TINY_SET, "success_threshold=0",
+                             "stop_at_success=0.9"], capsys)
+    assert code == 0, err
+    summary = json.loads((only_run_dir(tmp_path / "a") / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["solved_step"] == 256 and summary["total_timesteps"] == 256
+    assert summary["requested_timesteps"] == 1024 and calls == [128, 256, 256]  # 2 periodic evaluations, the final
+    assert "training ends here" in err
+    calls.clear()
+    code, _, err = run_main(["--core", "gru", "--logdir", str(tmp_path / "b"), "--total-timesteps", "384",
+                             "--n-envs", "2", "--no-progress", "--set", *TINY_SET, "success_threshold=0",
+                             "stop_at_success=1.0", "eval_freq=1000"], capsys)
+    assert code == 0, err
+    summary = json.loads((only_run_dir(tmp_path / "b") / "summary.json").read_text())
+    assert summary["solved_step"] is None and summary["total_timesteps"] == 384
+    code, _, err = run_main(["--core", "mlp", "--print-config", "--set", "stop_at_success=0.9",
+                             "success_threshold=null"], capsys)
+    assert code == 2 and "stop_at_success=0.9: needs success_threshold" in err

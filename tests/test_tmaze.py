@@ -111,7 +111,8 @@ def test_env_kwargs_reach_the_env_and_survive_save_load_and_export(tmp_path, cap
 
     code = main(["--core", "gru", "--env", "TMaze-v0", "--env-kwargs", "length=7", "--total-timesteps", "256",
                  "--logdir", str(tmp_path), "--no-progress", "--eval-episodes", "2", "--set", "n_envs=2",
-                 "n_steps=64", "batch_size=64", "n_epochs=1", "hidden_size=8", "eval_freq=0", "checkpoint_freq=0"])
+                 "n_steps=64", "batch_size=64", "n_epochs=1", "hidden_size=8", "eval_freq=0", "checkpoint_freq=0",
+                 "final_eval_episodes=2"])
     out = capsys.readouterr().out
     assert code == 0, out
     (run_dir,) = list(tmp_path.iterdir())

@@ -1,0 +1,221 @@
+"""Memory span on the passive T-Maze (envs/tmaze.py): how long a corridor each core carries the cue across.
+
+Run (resumable: the same command continues where it stopped; each length is one ``scripts/sweep.py`` invocation
+into the same directory)::
+
+    python scripts/span_study.py run --cores gru,lstm,mingru,lru,ffm,s6,mlp --lengths 10,25,100,250,500,1000 \\
+        --seeds 0-2 --out results/runs/span_auto --workers 2
+    python scripts/span_study.py report results/runs/span_auto --out results/span_auto
+
+Protocol (the same for every core and length; a core is sized to a 128-unit LSTM's parameters):
+
+- one rollout segment is one whole episode: ``n_steps = length + 1`` with 8 envs whose episodes start together, so
+  training backpropagates through every step from the cue to the turn, with no padding and no cut; one minibatch
+  per rollout (8 episodes), 10 epochs (configs/tmaze.yaml);
+- the budget is ``--updates`` rollouts per run (``8 x updates`` episodes, ``8 x updates x (length + 1)`` steps);
+  a run ends early at the first evaluation (every 10 updates, 20 deterministic episodes) with a success rate of
+  ``--solved`` or more (``stop_at_success``); its final evaluation (100 episodes) is its result;
+- lengths run shortest first, and a core goes on to the next length only while at least one of its seeds solved the
+  last (final success >= ``--solved``): the lengths it skips are reported as not reached. A memoryless core is at
+  50% by construction, so the control stops after the first length.
+
+``--walk auto`` (default) is the T-Maze variant in which the env walks the corridor and the agent only turns (the
+memory length is unchanged); ``--walk agent`` is the paper's task, where the walk must be learned too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from benchlib import ROOT, provenance
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from report import bootstrap_ci, footer_text, load_runs, sweep_info_of  # noqa: E402
+from sweep import parse_seeds  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+from envs.tmaze import LENGTHS, WALKS  # noqa: E402
+
+PROG = "span_study"
+N_ENVS = 8
+EVAL_EVERY = 10  # updates between evaluations
+
+
+def _ints(text: str, name: str) -> List[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"{PROG}: --{name} {text!r}: expected a comma list of integers") from None
+
+
+def env_id(length: int) -> str:
+    return f"TMaze-L{length}-v0"
+
+
+def sweep_command(cores: Sequence[str], length: int, args: argparse.Namespace) -> List[str]:
+    n = length + 1
+    return [sys.executable, str(ROOT / "scripts" / "sweep.py"), "--cores", ",".join(cores), "--envs", env_id(length),
+            "--seeds", args.seeds, "--match-params", args.match_params,
+            "--total-timesteps", str(args.updates * N_ENVS * n), "--n-envs", str(N_ENVS),
+            "--set", f"n_steps={n}", f"batch_size={N_ENVS * n}", f"eval_freq={EVAL_EVERY * N_ENVS * n}",
+            f"stop_at_success={args.solved}", f"env_kwargs.walk={args.walk}",
+            "--out", str(args.out), "--workers", str(args.workers)]
+
+
+def results_of(out: Path) -> Dict[tuple, Dict[str, Any]]:
+    """(core, length, seed) -> the finished run's summary."""
+    found = {}
+    for run in load_runs(out):
+        length = int((run.config.get("env_kwargs") or {}).get("length") or run.env.split("-L")[-1].split("-")[0])
+        found[run.summary["core"], length, run.seed] = {**run.summary, "run": run}
+    return found
+
+
+def run(args: argparse.Namespace) -> int:
+    cores = [c for c in args.cores.split(",") if c]
+    lengths = sorted(_ints(args.lengths, "lengths"))
+    bad = [n for n in lengths if n not in LENGTHS]
+    if bad:
+        raise SystemExit(f"{PROG}: --lengths {bad}: expected lengths with their own id, among {list(LENGTHS)}")
+    seeds = parse_seeds(args.seeds)
+    alive = list(cores)
+    for length in lengths:
+        if not alive:
+            break
+        cmd = sweep_command(alive, length, args)
+        print(f"{PROG}: length {length}: {', '.join(alive)}\n  {shlex.join(cmd)}", flush=True)
+        code = subprocess.call(cmd, cwd=ROOT)
+        if code not in (0, 1):
+            return code
+        found = results_of(Path(args.out))
+        alive = [c for c in alive if any((found.get((c, length, s)) or {}).get("eval_success_rate", 0.0) >= args.solved
+                                         for s in seeds)]
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- report
+def report(args: argparse.Namespace) -> int:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(args.out)
+    found = results_of(Path(args.sweep))
+    if not found:
+        raise SystemExit(f"{PROG}: no finished runs under {args.sweep}")
+    cores = list(dict.fromkeys(c for c, _, _ in sorted(found, key=lambda k: (k[1], k[0]))))
+    lengths = sorted({n for _, n, _ in found})
+    rows = []
+    for core in cores:
+        for n in lengths:
+            runs = [found[k] for k in sorted(found) if k[0] == core and k[1] == n]
+            if not runs:
+                continue
+            success = np.array([r["eval_success_rate"] for r in runs], dtype=float)
+            _, lo, hi = bootstrap_ci(success, statistic=np.mean)
+            solved = [r for r in runs if r["eval_success_rate"] >= args.solved]
+            steps = [r["solved_step"] for r in runs if r.get("solved_step") is not None]
+            rows.append({"core": core, "length": n, "seeds": len(runs), "success": float(success.mean()),
+                         "ci": [float(lo), float(hi)], "solved": len(solved),
+                         "median_solved_step": float(np.median(steps)) if steps else None,
+                         "train_s": float(np.mean([r["wall_s"] for r in runs])),
+                         "steps": float(np.mean([r["total_timesteps"] for r in runs])),
+                         "params": runs[0]["core_parameters"], "kernel": runs[0]["kernel"],
+                         "per_seed": [float(s) for s in success]})
+    longest = {}
+    for core in cores:
+        ok = [r["length"] for r in rows if r["core"] == core and 2 * r["solved"] > r["seeds"]]
+        longest[core] = max(ok) if ok else None
+    runs_all = [v["run"] for v in found.values()]
+    info = sweep_info_of(Path(args.sweep), runs_all)
+    command = "python scripts/span_study.py report " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    prov = provenance(command)
+    footer = footer_text(prov, info["commands"][:1] + ([f"... {len(info['commands']) - 1} more (see the .md)"]
+                                                      if len(info["commands"]) > 1 else []), command)
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for core in cores:
+        mine = [r for r in rows if r["core"] == core]
+        xs = [r["length"] for r in mine]
+        ys = [r["success"] for r in mine]
+        line, = ax.plot(xs, ys, marker="o", label=f"{core} (longest solved: {longest[core] or '-'})")
+        ax.fill_between(xs, [r["ci"][0] for r in mine], [r["ci"][1] for r in mine], alpha=0.15,
+                        color=line.get_color())
+    ax.axhline(0.5, color="grey", ls=":", lw=1, label="no memory (50%)")
+    ax.set_xscale("log")
+    ax.set_xlabel("memory length L (corridor cells)")
+    ax.set_ylabel("final success rate (mean over seeds, 95% bootstrap CI)")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"Passive T-Maze (walk={args.walk_label}): success vs memory length")
+    ax.legend(fontsize=8, loc="lower left")
+    fig.text(0.01, 0.005, footer, fontsize=5, family="monospace", va="bottom")
+    fig.subplots_adjust(bottom=0.25)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = out_dir / "span.png"
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+    md = [f"# Memory span on the passive T-Maze (walk={args.walk_label})", "",
+          f"![success vs length]({png.name})", "",
+          f"Commit {prov['commit']}, {prov['date']}; runs at commit(s) {', '.join(info['run_commits'])}; "
+          f"machine: {'; '.join(info['machines'])}.", "",
+          "Reproduce:", "", "```"] + info["commands"] + [command, "```", "",
+          f"Success: final evaluation, 100 deterministic episodes; `solved`: seeds with success >= {args.solved}; "
+          "longest solved: the longest length a majority of seeds solved. `-` after a length: the core was not run "
+          "there (no seed solved a shorter length).", "",
+          "| core | params | " + " | ".join(f"L={n}" for n in lengths) + " | longest solved |",
+          "|---|---|" + "---|" * len(lengths) + "---|"]
+    for core in cores:
+        cells = []
+        for n in lengths:
+            r = next((r for r in rows if r["core"] == core and r["length"] == n), None)
+            cells.append("-" if r is None else f"{r['success']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}] "
+                         f"({r['solved']}/{r['seeds']})")
+        params = next(r["params"] for r in rows if r["core"] == core)
+        md.append(f"| {core} | {params:,} | " + " | ".join(cells) + f" | {longest[core] or '-'} |")
+    md += ["", "Training cost per run (mean over seeds): seconds, env steps, and the median step at which solved runs "
+           "stopped.", "", "| core | L | train s | steps | median solved step |", "|---|---|---|---|---|"]
+    for r in rows:
+        med = "-" if r["median_solved_step"] is None else f"{r['median_solved_step']:,.0f}"
+        md.append(f"| {r['core']} | {r['length']} | {r['train_s']:.0f} | {r['steps']:,.0f} | {med} |")
+    (out_dir / "span.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    (out_dir / "span.json").write_text(json.dumps({"provenance": prov, "rows": rows, "longest": longest,
+                                                   "sweep": info}, indent=1, default=str), encoding="utf-8")
+    print("\n".join(md[9:]))
+    print(f"wrote {png}, {out_dir / 'span.md'}, {out_dir / 'span.json'}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="train every core at every length (resumable)")
+    p.add_argument("--cores", default="gru,lstm,mingru,lru,ffm,s6,mlp")
+    p.add_argument("--lengths", default="10,25,100,250,500,1000")
+    p.add_argument("--seeds", default="0-2")
+    p.add_argument("--updates", type=int, default=300, help="rollouts (of 8 episodes) per run at most")
+    p.add_argument("--solved", type=float, default=0.95, help="success rate that counts as solved")
+    p.add_argument("--walk", choices=WALKS, default="auto")
+    p.add_argument("--match-params", default="lstm:128")
+    p.add_argument("--out", required=True)
+    p.add_argument("--workers", type=int, default=2)
+    r = sub.add_parser("report", help="table and plot of a span study's runs")
+    r.add_argument("sweep")
+    r.add_argument("--out", required=True)
+    r.add_argument("--solved", type=float, default=0.95)
+    r.add_argument("--walk-label", default="auto", help="the walk the runs used, for the titles")
+    args = parser.parse_args(argv)
+    return run(args) if args.command == "run" else report(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -186,3 +186,35 @@ def test_s6_convolution_never_sees_the_previous_episode():
     fresh, s_fresh = core.forward_sequence(x[5:, :1], core.initial_state(1), torch.zeros(4, 1))
     torch.testing.assert_close(y[5:, :1], fresh)
     torch.testing.assert_close(s[:1], s_fresh)
+
+
+@pytest.mark.parametrize("name", ["lru", "ffm", "s6"])
+def test_step_constants_follow_every_parameter_change(name):
+    """Parameter-only tensors (decays, normalisations) are reused between no-grad steps; an optimizer step, a loaded
+    state dict or a dtype change must never leave a step on the old values."""
+    torch.manual_seed(0)
+    core = make_core(name, 3, 8)
+    x, state = torch.randn(2, 3), torch.randn(2, *core.state_shape)
+
+    def fresh(reference):
+        other = make_core(name, 3, 8).to(next(reference.parameters()).dtype)
+        other.load_state_dict(reference.state_dict())
+        return other
+
+    with torch.inference_mode():
+        core.step(x, state)  # fills the cache
+    optimizer = torch.optim.SGD(core.parameters(), lr=0.5)
+    y, s = core.forward_sequence(x.unsqueeze(0), state, torch.zeros(1, 2, dtype=torch.bool))
+    (y.sum() + s.sum()).backward()
+    optimizer.step()
+    with torch.inference_mode():
+        got = core.step(x, state)
+        want = fresh(core).step(x, state)
+    torch.testing.assert_close(got, want)
+    core.load_state_dict(make_core(name, 3, 8).state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(core.step(x, state), fresh(core).step(x, state))
+    core.double()
+    with torch.no_grad():
+        got = core.step(x.double(), state.double())
+        torch.testing.assert_close(got, fresh(core).step(x.double(), state.double()))

@@ -85,7 +85,7 @@ class FFMCore(LinearRecurrentCore):
         trace = value * torch.sigmoid(gates[..., :m])  # [T, B, m], real
         b = torch.stack((trace, torch.zeros_like(trace)), dim=-1).unsqueeze(-2)  # [T, B, m, 1, 2]
         b = b.expand(*trace.shape, self.context_size // 2, 2)
-        return layer.decay()[None, None], b, (thru, torch.sigmoid(gates[..., m:]))
+        return self._constant(k, "decay", layer.decay)[None, None], b, (thru, torch.sigmoid(gates[..., m:]))
 
     def _readout(self, k: int, h: torch.Tensor, context: Tuple[torch.Tensor, ...]) -> torch.Tensor:
         thru, q = context

@@ -13,13 +13,13 @@ and the ONNX graph of a step is the training code's arithmetic.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 from torch import nn
 
 from .base import MemoryCore
-from ..kernels.fused import scan_applies
+from ..kernels.fused import _capturing, scan_applies
 from .scan import METHODS, linear_scan, reset_decay
 
 
@@ -47,6 +47,23 @@ class LinearRecurrentCore(MemoryCore):
 
     def _readout(self, k: int, h: torch.Tensor, context: Any) -> torch.Tensor:
         raise NotImplementedError
+
+    def _constant(self, k: int, name: str, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``fn()``, a tensor computed from layer ``k``'s parameters only (a decay, a normalisation). Where no
+        gradient is recorded (rollouts, ``act``) it is computed once per parameter version and reused: a step then
+        costs only the input-dependent ops."""
+        if torch.is_grad_enabled() or _capturing():
+            return fn()
+        params = list(self.layers[k].parameters())
+        if any(p.is_inference() for p in params):  # made under inference_mode: no version counter to watch
+            return fn()
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        cache = self.__dict__.setdefault("_constants", {})
+        hit = cache.get((k, name))
+        if hit is None or hit[0] != key:
+            with torch.inference_mode(False), torch.no_grad():  # a plain tensor, usable outside inference mode too
+                hit = cache[k, name] = (key, fn())
+        return hit[1]
 
     def layer_input_size(self, k: int) -> int:
         return self.input_size if k == 0 else self.hidden_size

@@ -78,9 +78,9 @@ class LRUCore(LinearRecurrentCore):
 
     def _coefficients(self, k: int, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         layer = self.layers[k]
-        gamma = torch.exp(layer.gamma_log)
+        gamma = self._constant(k, "gamma", lambda: torch.exp(layer.gamma_log))
         bx = torch.stack((F.linear(x, layer.B_re) * gamma, F.linear(x, layer.B_im) * gamma), dim=-1)  # [T, B, N, 2]
-        return layer.decay()[None, None], bx, x
+        return self._constant(k, "decay", layer.decay)[None, None], bx, x
 
     def _readout(self, k: int, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         layer = self.layers[k]

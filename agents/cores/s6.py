@@ -115,7 +115,8 @@ class S6Core(LinearRecurrentCore):
         u = F.silu(u)
         dt_in, Bm, Cm = layer.x_proj(u).split([self.dt_rank, N, N], dim=-1)
         dt = F.softplus(layer.dt_proj(dt_in))  # [T, B, E]
-        a = torch.exp(dt.unsqueeze(-1) * -torch.exp(layer.A_log))  # [T, B, E, N]
+        A = self._constant(k, "A", lambda: -torch.exp(layer.A_log))  # [E, N]
+        a = torch.exp(dt.unsqueeze(-1) * A)  # [T, B, E, N]
         b = (dt * u).unsqueeze(-1) * Bm.unsqueeze(-2)
         h = linear_scan(reset_decay(a, episode_start), b, h0, method=self.scan)
         y = (h * Cm.unsqueeze(-2)).sum(-1) + layer.D * u

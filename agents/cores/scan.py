@@ -101,6 +101,8 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, complex: boo
     if method not in METHODS:
         raise ValueError(f"scan method {method!r}: expected one of {', '.join(METHODS)}")
     T = b.shape[0]
+    if T == 1:  # a step: one multiply-add, whatever the method
+        return (_mul(a[0], h0, complex) + b[0]).unsqueeze(0)
     a = a.expand_as(b)
     if method in ("auto", "fused") and T > 0 and scan_applies(method, a, b, h0):
         return fused_scan(a, b, h0, complex)

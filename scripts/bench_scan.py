@@ -1,10 +1,11 @@
-"""The scan behind the linear-recurrence cores: loop vs parallel (Hillis-Steele), per core, at the training shapes.
+"""The scan behind the linear-recurrence cores: fused C++ vs loop vs parallel (Hillis-Steele), per core, at the
+training shapes.
 
 For every core (mingru, lru, ffm, s6), sequence length T and batch B (hidden 128, input 64, one layer, resets at
-random steps as in training), forward+backward through ``core.forward_sequence`` with ``scan="loop"`` and
-``scan="parallel"`` and the same weights, interleaved round-robin, median of ``--repeats`` timings; and the batch-1
-``core.step`` time (the act path, where both are one multiply-add). One torch thread. The ratio loop/parallel above
-1 means the parallel scan is faster; ``scan="auto"`` (``agents/cores/scan.py``) takes the one this table favours. Writes results/scan.json and results/scan.md (commit, CPU, torch version, command).
+random steps as in training), forward+backward through ``core.forward_sequence`` with ``scan="fused"``, ``scan="loop"``
+and ``scan="parallel"`` and the same weights, interleaved round-robin, median of ``--repeats`` timings; and the batch-1
+``core.step`` time (the act path, where both are one multiply-add). One torch thread. A ratio above 1 means the fused scan is
+faster than the other; ``scan="auto"`` (``agents/cores/scan.py``) takes the one this table favours. Writes results/scan.json and results/scan.md (commit, CPU, torch version, command).
 
     python scripts/bench_scan.py                       # the grid: about 2 min on 2 shared CPU cores
     python scripts/bench_scan.py --T 8 16 --cores lru  # a slice
@@ -24,7 +25,7 @@ from benchlib import provenance, time_per_call_us, write_results
 from agents.cores import make_core
 
 CORES = ("mingru", "lru", "ffm", "s6")
-METHODS = ("loop", "parallel")
+METHODS = ("fused", "loop", "parallel")
 
 
 def _fwd_bwd(core, x, state, starts, g):
@@ -46,16 +47,18 @@ def main(argv: List[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     rows: List[Dict[str, object]] = []
-    table = ["| core | T | B | loop fwd+bwd ms | parallel fwd+bwd ms | loop / parallel |", "|---|---|---|---|---|---|"]
+    table = ["| core | T | B | fused fwd+bwd ms | loop ms | parallel ms | loop / fused | parallel / fused |",
+             "|---|---|---|---|---|---|---|---|"]
     for name in args.cores:
         for T in args.T:
             for B in args.B:
                 torch.manual_seed(0)
                 cores = {m: make_core(name, args.input_size, args.H, scan=m) for m in METHODS}
-                cores["parallel"].load_state_dict(cores["loop"].state_dict())
+                for m in METHODS[1:]:
+                    cores[m].load_state_dict(cores["fused"].state_dict())
                 x = torch.randn(T, B, args.input_size, requires_grad=True)
                 starts = torch.rand(T, B) < 0.02
-                state = cores["loop"].initial_state(B)
+                state = cores["fused"].initial_state(B)
                 g = torch.randn(T, B, args.H)
                 fns = {m: _fwd_bwd(c, x, state, starts, g) for m, c in cores.items()}
                 for fn in fns.values():
@@ -67,10 +70,11 @@ def main(argv: List[str] | None = None) -> int:
                         fn()
                         times[m].append(time.perf_counter() - t0)
                 ms = {m: 1e3 * statistics.median(v) for m, v in times.items()}
-                ratio = ms["loop"] / ms["parallel"]
-                rows.append({"core": name, "T": T, "B": B, "H": args.H, "loop_ms": ms["loop"],
-                             "parallel_ms": ms["parallel"], "loop_over_parallel": ratio})
-                table.append(f"| {name} | {T} | {B} | {ms['loop']:.2f} | {ms['parallel']:.2f} | {ratio:.2f} |")
+                rows.append({"core": name, "T": T, "B": B, "H": args.H, **{f"{m}_ms": ms[m] for m in METHODS},
+                             "loop_over_fused": ms["loop"] / ms["fused"],
+                             "parallel_over_fused": ms["parallel"] / ms["fused"]})
+                table.append(f"| {name} | {T} | {B} | {ms['fused']:.2f} | {ms['loop']:.2f} | {ms['parallel']:.2f} | "
+                             f"{ms['loop'] / ms['fused']:.2f} | {ms['parallel'] / ms['fused']:.2f} |")
                 print(table[-1], flush=True)
     step_rows = ["", "Batch-1 `core.step` (inference mode), hidden " + str(args.H) + ":", "",
                  "| core | p50 us | state floats |", "|---|---|---|"]

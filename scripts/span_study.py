@@ -142,7 +142,7 @@ def report(args: argparse.Namespace) -> int:
     footer = footer_text(prov, info["commands"][:1] + ([f"... {len(info['commands']) - 1} more (see the .md)"]
                                                       if len(info["commands"]) > 1 else []), command)
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(10, 5))
     for core in cores:
         mine = [r for r in rows if r["core"] == core]
         xs = [r["length"] for r in mine]
@@ -156,9 +156,9 @@ def report(args: argparse.Namespace) -> int:
     ax.set_ylabel("final success rate (mean over seeds, 95% bootstrap CI)")
     ax.set_ylim(0, 1.05)
     ax.set_title(f"Passive T-Maze (walk={args.walk_label}): success vs memory length")
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.text(0.01, 0.005, footer, fontsize=5, family="monospace", va="bottom")
-    fig.subplots_adjust(bottom=0.25)
+    fig.subplots_adjust(bottom=0.25, right=0.72)
     out_dir.mkdir(parents=True, exist_ok=True)
     png = out_dir / "span.png"
     fig.savefig(png, dpi=120)

@@ -73,9 +73,14 @@ def sequence_row(T: int, B: int, H: int, F: int, repeats: int, min_time_s: float
 
             fns[f"{name}_{kernel}_fb"] = fwd_bwd
             fns[f"{name}_{kernel}_f"] = fwd
+    return _interleaved_ms(fns, repeats, min_time_s)
+
+
+def _interleaved_ms(fns: Dict[str, Callable[[], object]], repeats: int, min_time_s: float) -> Dict[str, float]:
+    """Median ms per call of each contender, timed round-robin (each repeat times every contender once)."""
     inner = {k: _calibrate(fn, min_time_s) for k, fn in fns.items()}
     samples: Dict[str, List[float]] = {k: [] for k in fns}
-    for _ in range(repeats):  # round-robin: each repeat times every contender once
+    for _ in range(repeats):
         for k, fn in fns.items():
             t = time.perf_counter()
             for _ in range(inner[k]):
@@ -129,15 +134,7 @@ def every_core_rows(Ts: List[int], B: int, H: int, F: int, repeats: int, min_tim
                 (y * gy).sum().backward()
 
             fns[name] = fwd_bwd
-        inner = {k: _calibrate(fn, min_time_s) for k, fn in fns.items()}
-        samples: Dict[str, List[float]] = {k: [] for k in fns}
-        for _ in range(repeats):
-            for k, fn in fns.items():
-                t = time.perf_counter()
-                for _ in range(inner[k]):
-                    fn()
-                samples[k].append((time.perf_counter() - t) / inner[k] * 1e3)
-        ms = {k: statistics.median(v) for k, v in samples.items()}
+        ms = _interleaved_ms(fns, repeats, min_time_s)
         for name in names:
             rows.append({"core": name, "T": T, "B": B, "H": H, "F": F, "fb_ms": ms[name],
                          "kernel": make_core(name, F, H, 1).kernel_in_use, "gru_over_core": ms["gru"] / ms[name]})

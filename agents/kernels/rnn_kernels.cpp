@@ -546,48 +546,35 @@ void scan_forward_impl(const s_t* a, const s_t* b, const s_t* h0, s_t* h, int64_
   }
 }
 
+// out = conj(x) * y (+ add where given), elementwise over N floats (complex: (re, im) pairs): how a gradient flows
+// back through a product by x
+template <typename s_t>
+void conj_mul(const s_t* x, const s_t* y, const s_t* add, s_t* out, int64_t N, bool complex) {
+  if (complex) {
+    for (int64_t i = 0; i < N; i += 2) {
+      const s_t xr = x[i], xi = x[i + 1], yr = y[i], yi = y[i + 1];
+      out[i] = (add ? add[i] : s_t(0)) + xr * yr + xi * yi;
+      out[i + 1] = (add ? add[i + 1] : s_t(0)) + xr * yi - xi * yr;
+    }
+  } else {
+    for (int64_t i = 0; i < N; ++i) out[i] = (add ? add[i] : s_t(0)) + x[i] * y[i];
+  }
+}
+
 template <typename s_t>
 void scan_backward_impl(const s_t* a, const s_t* h, const s_t* h0, const s_t* gh, s_t* ga, s_t* gb, s_t* gh0,
                         int64_t T, int64_t N, bool complex) {
   for (int64_t t = T - 1; t >= 0; --t) {
     s_t* g = gb + t * N;
     const s_t* ght = gh + t * N;
-    const s_t* prev = t > 0 ? h + (t - 1) * N : h0;
-    s_t* gat = ga + t * N;
     if (t == T - 1) {
       for (int64_t i = 0; i < N; ++i) g[i] = ght[i];
-    } else {
-      const s_t* an = a + (t + 1) * N;  // g_t = dL/dh_t + conj(a_{t+1}) g_{t+1}
-      const s_t* gn = gb + (t + 1) * N;
-      if (complex) {
-        for (int64_t i = 0; i < N; i += 2) {
-          const s_t ar = an[i], ai = an[i + 1], xr = gn[i], xi = gn[i + 1];
-          g[i] = ght[i] + ar * xr + ai * xi;
-          g[i + 1] = ght[i + 1] + ar * xi - ai * xr;
-        }
-      } else {
-        for (int64_t i = 0; i < N; ++i) g[i] = ght[i] + an[i] * gn[i];
-      }
+    } else {  // g_t = dL/dh_t + conj(a_{t+1}) g_{t+1}
+      conj_mul(a + (t + 1) * N, gb + (t + 1) * N, ght, g, N, complex);
     }
-    if (complex) {
-      for (int64_t i = 0; i < N; i += 2) {
-        const s_t pr = prev[i], pi = prev[i + 1], xr = g[i], xi = g[i + 1];
-        gat[i] = pr * xr + pi * xi;
-        gat[i + 1] = pr * xi - pi * xr;
-      }
-    } else {
-      for (int64_t i = 0; i < N; ++i) gat[i] = prev[i] * g[i];
-    }
+    conj_mul(t > 0 ? h + (t - 1) * N : h0, g, static_cast<const s_t*>(nullptr), ga + t * N, N, complex);
   }
-  if (complex) {
-    for (int64_t i = 0; i < N; i += 2) {
-      const s_t ar = a[i], ai = a[i + 1], xr = gb[i], xi = gb[i + 1];
-      gh0[i] = ar * xr + ai * xi;
-      gh0[i + 1] = ar * xi - ai * xr;
-    }
-  } else {
-    for (int64_t i = 0; i < N; ++i) gh0[i] = a[i] * gb[i];
-  }
+  conj_mul(a, gb, static_cast<const s_t*>(nullptr), gh0, N, complex);
 }
 
 void check_scan(const Tensor& a, const Tensor& b, const Tensor& h0, bool complex, const char* name) {

@@ -23,8 +23,8 @@ and below it::
 task: every action before the junction moves the agent right (so it is never behind and no penalty is ever due), and
 only the last action, the turn, is the agent's. In the paper's form (``walk="agent"``, the default) the agent must
 move right on every one of the ``length`` steps to be at the junction when the episode ends; a policy that samples
-its actions reaches it with probability ``p(right) ** length``, so at long lengths learning the walk, not holding the
-cue, is what an on-policy learner spends its budget on. The span study reports which form each number comes from.
+its actions reaches it with probability ``p(right) ** length``, so at long lengths the walk is an exploration
+problem of its own, on top of the memory.
 
 A policy without memory sees the same ``[1, 0]`` at the junction whatever the cue, so it succeeds in half of the
 episodes at best; one that remembers the first observation succeeds in all (``tests/test_tmaze.py``). The memory

@@ -32,6 +32,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 from stable_baselines3.common.vec_env.patch_gym import _patch_env
 
 from .buffer import RecurrentRolloutBuffer
+from .exploration import RandomNetworkDistillation
 from .cores import file_names_no_imports, get_core_class
 from .policy import RecurrentActorCriticPolicy
 from .serialization import (MODEL_DATA_NAME, POLICY_CONFIG_NAME, atomic_path, episode_data, plain_data_objects,
@@ -66,6 +67,10 @@ class RecurrentPPO(PPO):
     :param carry_state: keep each env's memory across episode boundaries during training (the rollout and the
         update never reset the core; GAE still stops at episode ends). ``False`` (default): the state is zeroed at
         every episode start. Inference (``predict``, ``policy.act``, evaluation) still resets where it is told to.
+    :param rnd_coef: weight of a novelty bonus added to every training reward
+        (:class:`agents.exploration.RandomNetworkDistillation`: the standardised error of a predictor of a fixed
+        random network on the observation the step led to; logged as ``rollout/rnd_error`` and ``train/rnd_loss``).
+        ``0`` (default): no bonus and no extra networks. Evaluation and the logged episode returns are the env's own.
     :param use_sde: gSDE exploration for Box actions (see ``RecurrentActorCriticPolicy``); ``sde_sample_freq``: new
         exploration weights every this many rollout steps (-1: once per rollout), as in SB3
 
@@ -91,6 +96,7 @@ class RecurrentPPO(PPO):
         shared_core: bool = False,
         seq_len: Optional[int] = None,
         carry_state: bool = False,
+        rnd_coef: float = 0.0,
         nonfinite: str = "stop",
         learning_rate=3e-4,
         n_steps: int = 128,
@@ -137,6 +143,12 @@ class RecurrentPPO(PPO):
         if not isinstance(carry_state, (bool, np.bool_)):
             raise ValueError(f"carry_state={carry_state!r}: expected True or False")
         self.carry_state = bool(carry_state)
+        if isinstance(rnd_coef, bool) or not isinstance(rnd_coef, (int, float, np.floating)) \
+                or not (np.isfinite(rnd_coef) and rnd_coef >= 0):
+            raise ValueError(f"rnd_coef={rnd_coef!r}: expected a number >= 0 (0: no exploration bonus)")
+        self.rnd_coef = float(rnd_coef)
+        self.rnd: Optional[RandomNetworkDistillation] = None
+        self._rnd_next_obs: Optional[torch.Tensor] = None
         if nonfinite not in ("stop", "skip"):
             raise ValueError(f"nonfinite={nonfinite!r}: expected 'stop' or 'skip'")
         self.nonfinite = nonfinite
@@ -200,6 +212,8 @@ class RecurrentPPO(PPO):
             chunked=chunked,
         )
         self._last_state = None
+        self.rnd = RandomNetworkDistillation(int(np.prod(self.policy.packed_space.shape))).to(self.device) \
+            if self.rnd_coef > 0 else None
         self.clip_range = FloatSchedule(self.clip_range)
         if self.clip_range_vf is not None:
             if isinstance(self.clip_range_vf, (float, int)) and self.clip_range_vf <= 0:
@@ -210,7 +224,13 @@ class RecurrentPPO(PPO):
             raise ValueError(f"ent_coef={self.ent_coef!r}: expected a number >= 0 or a schedule (progress -> value)")
 
     def _excluded_save_params(self) -> list[str]:
-        return super()._excluded_save_params() + ["_last_state"]
+        return super()._excluded_save_params() + ["_last_state", "rnd", "_rnd_next_obs"]
+
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        names, other = super()._get_torch_save_params()
+        if self.rnd is not None:  # saved beside the policy, so a resumed run keeps its novelty estimates
+            names = names + ["rnd", "rnd.optimizer"]
+        return names, other
 
     # ---------------------------------------------------------------- rollout
     def collect_rollouts(self, env: VecEnv, callback: BaseCallback, rollout_buffer: RecurrentRolloutBuffer,
@@ -228,6 +248,7 @@ class RecurrentPPO(PPO):
         dones = self._last_episode_starts
         if self.use_sde:
             self.policy.reset_noise(env.num_envs)
+        next_obs = [] if self.rnd is not None else None
 
         while n_steps < n_rollout_steps:
             if self.use_sde and self.sde_sample_freq > 0 and n_steps > 0 and n_steps % self.sde_sample_freq == 0:
@@ -265,6 +286,12 @@ class RecurrentPPO(PPO):
                         terminal_value = self.policy.predict_values(
                             terminal_obs, new_state[idx: idx + 1], torch.zeros(1, device=self.device))[0]
                     rewards[idx] += self.gamma * terminal_value.item()
+            if next_obs is not None:  # the observation each step led to: the final one where an episode ended
+                packed = np.array(self.policy.pack_obs(new_obs), dtype=np.float32)
+                for idx, done in enumerate(dones):
+                    if done and infos[idx].get("terminal_observation") is not None:
+                        packed[idx] = self.policy.network_input(infos[idx]["terminal_observation"])[0].cpu().numpy()
+                next_obs.append(packed)
 
             rollout_buffer.add_state(state)
             rollout_buffer.add(obs, actions, rewards, self._last_episode_starts, values, log_probs)
@@ -279,6 +306,11 @@ class RecurrentPPO(PPO):
                 starts = torch.zeros_like(starts)
             values = self.policy.predict_values(obs_as_tensor(self.policy.pack_obs(new_obs), self.device), state,
                                                 starts)
+        if next_obs is not None:
+            self._rnd_next_obs = torch.as_tensor(np.stack(next_obs), device=self.device)
+            bonus = self.rnd.bonus(self._rnd_next_obs)
+            rollout_buffer.rewards += self.rnd_coef * bonus
+            self.logger.record("rollout/rnd_error", self.rnd.last_error)
         rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
         callback.update_locals(locals())
         callback.on_rollout_end()
@@ -371,6 +403,8 @@ class RecurrentPPO(PPO):
             if not continue_training:
                 break
 
+        if self.rnd is not None and self._rnd_next_obs is not None:
+            self.logger.record("train/rnd_loss", self.rnd.fit(self._rnd_next_obs, self.batch_size))
         buf = self.rollout_buffer
         # normalisation statistics move only between updates, so each rollout and its update see the same ones
         self.policy.update_obs_normalizer(buf.observations)

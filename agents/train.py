@@ -233,6 +233,7 @@ def _load_checkpoint_model(ckpt, cfg: TrainConfig, train_env, device, trust: boo
     for key, trained in (("n_steps", model.n_steps), ("batch_size", model.batch_size), ("gamma", model.gamma),
                          ("gae_lambda", model.gae_lambda), ("n_envs", model.n_envs), ("seq_len", model.seq_len),
                          ("carry_state", getattr(model, "carry_state", False)),
+                         ("rnd_coef", getattr(model, "rnd_coef", 0.0)),
                          ("normalize_advantage", model.normalize_advantage),
                          ("hidden_size", model.policy.hidden_size), ("num_layers", model.policy.num_layers),
                          ("shared_core", model.policy.shared_core)):
@@ -515,7 +516,8 @@ def build_model(cfg: TrainConfig, train_env, device="cpu"):
 
     return RecurrentPPO(
         "MlpPolicy", train_env, core=cfg.core, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
-        shared_core=cfg.shared_core, seq_len=cfg.seq_len, carry_state=cfg.carry_state, env_id=cfg.env,
+        shared_core=cfg.shared_core, seq_len=cfg.seq_len, carry_state=cfg.carry_state, rnd_coef=cfg.rnd_coef,
+        env_id=cfg.env,
         learning_rate=make_schedule(cfg.learning_rate), n_steps=cfg.n_steps, batch_size=cfg.batch_size,
         n_epochs=cfg.n_epochs, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, clip_range=make_schedule(cfg.clip_range),
         clip_range_vf=cfg.clip_range_vf, normalize_advantage=cfg.normalize_advantage,

@@ -275,6 +275,64 @@ def test_carry_state_is_saved_and_checked(tmp_path):
         small_model("gru", carry_state="yes")
 
 
+def test_rnd_error_is_larger_on_new_observations_than_on_fitted_ones():
+    from agents.exploration import RandomNetworkDistillation
+
+    torch.manual_seed(0)
+    rnd = RandomNetworkDistillation(6, learning_rate=1e-3)
+    seen = torch.randn(4, 64, 6)  # [T, E, obs]
+    new = torch.randn(4, 64, 6) + 3.0
+    rnd.bonus(torch.cat([seen, new]))  # the input statistics cover both sets
+    before = rnd.error(new).mean().item()
+    for _ in range(100):
+        rnd.fit(seen, batch_size=64)
+    assert rnd.error(seen).mean().item() < 0.2 * rnd.error(new).mean().item()
+    assert rnd.error(new).mean().item() > 0.2 * before  # fitting one set does not erase the novelty of the other
+    z = rnd.bonus(torch.cat([seen, new]))
+    assert z.shape == (8, 64) and z[4:].mean() > z[:4].mean() + 1.0
+
+
+def test_rnd_bonus_is_added_to_training_rewards_only_and_travels(tmp_path):
+    """rnd_coef: the buffer's rewards are the env's plus rnd_coef x the standardised novelty of each next
+    observation; the logged episode returns stay the env's; the networks are saved and loaded with the model."""
+    coef = 0.5
+    model = small_model("gru", rnd_coef=coef, n_steps=32)
+    env_rewards = []
+    step = model.env.step_wait
+
+    def recording_step_wait():
+        out = step()
+        env_rewards.append(out[1].copy())
+        return out
+
+    model.env.step_wait = recording_step_wait
+    compute = model.rollout_buffer.compute_returns_and_advantage
+    added = []
+
+    def checking_compute(last_values, dones):
+        added.append(model.rollout_buffer.rewards.copy())
+        compute(last_values=last_values, dones=dones)
+
+    model.rollout_buffer.compute_returns_and_advantage = checking_compute
+    model.learn(64)
+    extra = added[0] - np.stack(env_rewards[:32])  # CartPole never truncates here: no bootstrap in the rewards
+    assert np.abs(extra).max() > 0.1 * coef
+    np.testing.assert_allclose(extra.mean(), 0.0, atol=1e-4)  # the first rollout is standardised by itself
+    np.testing.assert_allclose(extra.std(), coef, rtol=0.05)
+    assert all(ep["r"] == int(ep["r"]) for ep in model.ep_info_buffer)  # CartPole's own returns (whole numbers)
+    assert np.isfinite(model.logger.name_to_value["train/rnd_loss"])
+
+    model.save(tmp_path / "m.zip")
+    loaded = RecurrentPPO.load(tmp_path / "m.zip")
+    assert loaded.rnd_coef == coef
+    for a, b in zip(model.rnd.state_dict().values(), loaded.rnd.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    small_model("gru").save(tmp_path / "plain.zip")
+    assert "rnd.pth" not in zipfile.ZipFile(tmp_path / "plain.zip").namelist()
+    with pytest.raises(ValueError, match="rnd_coef=-1"):
+        small_model("gru", rnd_coef=-1)
+
+
 def test_target_kl_stops_the_epochs_early():
     # batch 16 of a 32-step rollout: the first minibatch sees the unchanged policy (KL 0); after its step the
     # second minibatch's KL exceeds a tiny target, so the update ends in its first epoch

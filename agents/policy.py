@@ -114,8 +114,8 @@ class RecurrentActorCriticPolicy(BasePolicy):
             raise ValueError(f"use_sde=True needs a Box action space, got {action_space}: expected use_sde=False")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation {activation!r} is unknown: expected one of {', '.join(ACTIVATIONS)}")
-        if optimizer_kwargs is None:
-            optimizer_kwargs = {"eps": 1e-5, "foreach": True} if optimizer_class is torch.optim.Adam else {}
+        if optimizer_kwargs is None:  # fused: one kernel for every parameter (CPU and CUDA); results/profile.md
+            optimizer_kwargs = {"eps": 1e-5, "fused": True} if optimizer_class is torch.optim.Adam else {}
         super().__init__(observation_space, action_space, normalize_images=False,
                          optimizer_class=optimizer_class, optimizer_kwargs=optimizer_kwargs)
         net_arch = {"pi": [64], "vf": [64]} if net_arch is None else net_arch
@@ -174,6 +174,16 @@ class RecurrentActorCriticPolicy(BasePolicy):
                 module.apply(partial(self.init_weights, gain=gain))
         if lr_schedule is not None:
             self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+            # a fused optimizer writes the parameters without bumping their version counters: drop what the cores
+            # cached from them after every step
+            self.optimizer.register_step_post_hook(lambda *_: self.drop_cached_constants())
+
+    def drop_cached_constants(self) -> None:
+        """Forget every parameter-derived tensor the cores cached for no-grad steps (see
+        ``agents.cores.linear.LinearRecurrentCore._constant``); call it after changing parameters in place without
+        autograd noticing (``.data`` writes, fused optimizers other than the policy's own)."""
+        for module in self.modules():
+            module.__dict__.pop("_constants", None)
 
     @property
     def device(self) -> torch.device:

@@ -395,6 +395,9 @@ class RecurrentPPO(PPO):
                 grad_norms.append(grad_norm.item())
                 try:
                     self.policy.optimizer.step()
+                    # finite gradients, yet non-finite weights: the step overflowed (fused Adam does not raise)
+                    if not torch.isfinite(torch.nn.utils.get_total_norm(self.policy.parameters())):
+                        raise RuntimeError("the step made some weights non-finite")
                 except RuntimeError as exc:  # e.g. Adam's step size overflowing float32 at an extreme learning rate
                     raise FloatingPointError(f"optimizer step failed at update {self._n_updates} (step "
                                              f"{self.num_timesteps}): {' '.join(str(exc).split())}; expected a "

@@ -51,7 +51,8 @@ class LinearRecurrentCore(MemoryCore):
     def _constant(self, k: int, name: str, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
         """``fn()``, a tensor computed from layer ``k``'s parameters only (a decay, a normalisation). Where no
         gradient is recorded (rollouts, ``act``) it is computed once per parameter version and reused: a step then
-        costs only the input-dependent ops."""
+        costs only the input-dependent ops. The policy's optimizer drops the cache after each step
+        (``RecurrentActorCriticPolicy.drop_cached_constants``), since a fused optimizer leaves versions unchanged."""
         if torch.is_grad_enabled() or _capturing():
             return fn()
         params = list(self.layers[k].parameters())

@@ -157,6 +157,9 @@ class TrainConfig:
     clip_range: Schedule = _opt(0.2, "PPO clip range: a number or lin_<x>", gt=0)
     clip_range_vf: Optional[float] = _opt(None, "value clip range (null: no value clipping)", gt=0)
     normalize_advantage: bool = _opt(True, "normalize advantages per minibatch")
+    ent_floor: Optional[float] = _opt(None, "per-state entropy floor in nats: steps whose action distribution is "
+                                      "below it are penalised (null: none)")
+    ent_floor_coef: float = _opt(1.0, "weight of the entropy floor's hinge penalty", min=0.0)
     rnd_coef: float = _opt(0.0, "weight of a novelty bonus on training rewards (random network distillation, "
                                 "agents.exploration; 0: off)", min=0.0)
     ent_coef: Schedule = _opt(0.0, "entropy bonus coefficient: a number or lin_<x> (linear decay x -> 0)", min=0.0)

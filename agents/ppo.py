@@ -67,6 +67,11 @@ class RecurrentPPO(PPO):
     :param carry_state: keep each env's memory across episode boundaries during training (the rollout and the
         update never reset the core; GAE still stops at episode ends). ``False`` (default): the state is zeroed at
         every episode start. Inference (``predict``, ``policy.act``, evaluation) still resets where it is told to.
+    :param ent_floor: a per-state entropy floor in nats (``None``: none): every state whose action distribution is
+        below it adds ``ent_floor_coef * (ent_floor - entropy)`` to the loss, so no state's policy turns
+        deterministic in training while the entropy bonus keeps only the *mean* up; logged as ``train/ent_floor_loss``
+        and ``train/below_ent_floor`` (the share of steps below it). Evaluation still takes the most likely action.
+    :param ent_floor_coef: weight of that hinge penalty
     :param rnd_coef: weight of a novelty bonus added to every training reward
         (:class:`agents.exploration.RandomNetworkDistillation`: the standardised error of a predictor of a fixed
         random network on the observation the step led to; logged as ``rollout/rnd_error`` and ``train/rnd_loss``).
@@ -96,6 +101,8 @@ class RecurrentPPO(PPO):
         shared_core: bool = False,
         seq_len: Optional[int] = None,
         carry_state: bool = False,
+        ent_floor: Optional[float] = None,
+        ent_floor_coef: float = 1.0,
         rnd_coef: float = 0.0,
         nonfinite: str = "stop",
         learning_rate=3e-4,
@@ -147,6 +154,13 @@ class RecurrentPPO(PPO):
                 or not (np.isfinite(rnd_coef) and rnd_coef >= 0):
             raise ValueError(f"rnd_coef={rnd_coef!r}: expected a number >= 0 (0: no exploration bonus)")
         self.rnd_coef = float(rnd_coef)
+        for name, value in (("ent_floor", ent_floor), ("ent_floor_coef", ent_floor_coef)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float, np.floating))
+                                      or not np.isfinite(value) or (name == "ent_floor_coef" and value < 0)):
+                raise ValueError(f"{name}={value!r}: expected a finite number" + (" >= 0" if name == "ent_floor_coef"
+                                                                                 else " (nats) or None"))
+        self.ent_floor = None if ent_floor is None else float(ent_floor)
+        self.ent_floor_coef = float(ent_floor_coef)
         self.rnd: Optional[RandomNetworkDistillation] = None
         self._rnd_next_obs: Optional[torch.Tensor] = None
         if nonfinite not in ("stop", "skip"):
@@ -328,6 +342,7 @@ class RecurrentPPO(PPO):
         ent_coef = float(self.ent_coef(self._current_progress_remaining) if callable(self.ent_coef) else self.ent_coef)
 
         entropy_losses, pg_losses, value_losses, clip_fractions, grad_norms = [], [], [], [], []
+        floor_losses, below_floor = [], []
         approx_kl_divs: list[float] = []
         continue_training = True
         loss = torch.zeros(())
@@ -359,6 +374,12 @@ class RecurrentPPO(PPO):
                 value_loss = mmean((batch.returns.reshape(-1) - values_pred) ** 2)
                 entropy_loss = -mmean(entropy) if entropy is not None else mmean(log_prob)
                 loss = policy_loss + ent_coef * entropy_loss + self.vf_coef * value_loss
+                if self.ent_floor is not None and entropy is not None:
+                    shortfall = torch.relu(self.ent_floor - entropy)
+                    floor_loss = mmean(shortfall)
+                    loss = loss + self.ent_floor_coef * floor_loss
+                    floor_losses.append(floor_loss.item())
+                    below_floor.append(mmean((shortfall > 0).float()).item())
 
                 pg_losses.append(policy_loss.item())
                 value_losses.append(value_loss.item())
@@ -427,6 +448,9 @@ class RecurrentPPO(PPO):
             log("train/skipped_steps", self._skipped_steps)
         if hasattr(self.policy, "log_std"):
             log("train/std", torch.exp(self.policy.log_std).mean().item())
+        if floor_losses:
+            log("train/ent_floor_loss", float(np.mean(floor_losses)))
+            log("train/below_ent_floor", float(np.mean(below_floor)))
         log("train/n_updates", self._n_updates, exclude="tensorboard")
         log("train/clip_range", clip_range)
         log("train/ent_coef", ent_coef)

@@ -45,7 +45,8 @@ TIMING_KEYS = ("steps_per_s", "wall_s", "rollout_s", "update_s", "latency_p50_us
 PLACE_KEYS = ("run_dir", "model", "finished_at")
 #: the options a resumed run may change (everything else comes from the run's config.yaml): where and how long it
 #: runs, and the optimisation settings that do not change the network, the rollout or the env
-RESUME_OPTIONS = ("total_timesteps", "device", "vec_env", "learning_rate", "ent_coef", "clip_range", "vf_coef",
+RESUME_OPTIONS = ("total_timesteps", "device", "vec_env", "learning_rate", "ent_coef", "ent_floor", "ent_floor_coef",
+                  "clip_range", "vf_coef",
                   "max_grad_norm", "target_kl", "n_epochs", "nonfinite", "eval_freq", "eval_episodes",
                   "final_eval_episodes", "checkpoint_freq", "keep_checkpoints", "latency_steps")
 
@@ -246,6 +247,7 @@ def _load_checkpoint_model(ckpt, cfg: TrainConfig, train_env, device, trust: boo
     model._setup_lr_schedule()
     model.clip_range = FloatSchedule(make_schedule(cfg.clip_range))
     model.ent_coef = make_schedule(cfg.ent_coef)
+    model.ent_floor, model.ent_floor_coef = cfg.ent_floor, cfg.ent_floor_coef
     model.vf_coef, model.target_kl, model.n_epochs, model.nonfinite = (cfg.vf_coef, cfg.target_kl, cfg.n_epochs,
                                                                         cfg.nonfinite)
     model.max_grad_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
@@ -517,7 +519,7 @@ def build_model(cfg: TrainConfig, train_env, device="cpu"):
     return RecurrentPPO(
         "MlpPolicy", train_env, core=cfg.core, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
         shared_core=cfg.shared_core, seq_len=cfg.seq_len, carry_state=cfg.carry_state, rnd_coef=cfg.rnd_coef,
-        env_id=cfg.env,
+        ent_floor=cfg.ent_floor, ent_floor_coef=cfg.ent_floor_coef, env_id=cfg.env,
         learning_rate=make_schedule(cfg.learning_rate), n_steps=cfg.n_steps, batch_size=cfg.batch_size,
         n_epochs=cfg.n_epochs, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, clip_range=make_schedule(cfg.clip_range),
         clip_range_vf=cfg.clip_range_vf, normalize_advantage=cfg.normalize_advantage,

@@ -333,6 +333,31 @@ def test_rnd_bonus_is_added_to_training_rewards_only_and_travels(tmp_path):
         small_model("gru", rnd_coef=-1)
 
 
+def test_ent_floor_keeps_every_state_stochastic_and_is_logged():
+    """A policy made nearly deterministic (logits +-4: entropy ~0.003 nats) is lifted towards the floor by a few
+    updates with ent_floor; the same updates without it leave it far below."""
+    entropies = {}
+    for floor in (None, 0.5):
+        model = small_model("gru", n_steps=32, n_epochs=4, learning_rate=3e-3, ent_floor=floor, ent_floor_coef=10.0)
+        with torch.no_grad():
+            model.policy.action_net.weight.zero_()
+            model.policy.action_net.bias.copy_(torch.tensor([4.0, -4.0]))
+        model.learn(256)
+        batch = next(model.rollout_buffer.get_sequences(10**6))
+        with torch.no_grad():
+            _, _, entropy = model.policy.evaluate_actions(batch.observations, batch.actions, batch.episode_starts,
+                                                          batch.states)
+        entropies[floor] = entropy[batch.mask.reshape(-1).bool()].mean().item()
+        logged = model.logger.name_to_value
+        if floor is None:
+            assert "train/ent_floor_loss" not in logged
+        else:
+            assert 0.0 <= logged["train/below_ent_floor"] <= 1.0 and logged["train/ent_floor_loss"] >= 0.0
+    assert entropies[0.5] > 0.3 and entropies[None] < 0.1, entropies
+    with pytest.raises(ValueError, match="ent_floor_coef=-1"):
+        small_model("gru", ent_floor=0.5, ent_floor_coef=-1)
+
+
 def test_target_kl_stops_the_epochs_early():
     # batch 16 of a 32-step rollout: the first minibatch sees the unchanged policy (KL 0); after its step the
     # second minibatch's KL exceeds a tiny target, so the update ends in its first epoch

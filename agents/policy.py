@@ -39,6 +39,8 @@ from torch.distributions import Bernoulli, Categorical, Normal
 
 from .cores import MemoryCore, core_options, make_core
 from .encoders import build_mlp, make_encoder, resolve_encoder, run_mlp
+from .kernels import load as load_kernels
+from .kernels.fused import _capturing
 from .obspack import ObsPacker, is_structured
 from .spaces import space_from_config, space_to_config
 
@@ -396,6 +398,62 @@ class RecurrentActorCriticPolicy(BasePolicy):
             raise ValueError(f"episode_start has {es.shape[0]} entries: expected one per observation ({batch})")
         return es
 
+    def _fused_act_plan(self) -> Optional[Dict[str, Any]]:
+        """What :meth:`act`'s one-call C++ path (``policy_act`` in ``agents/kernels/rnn_kernels.cpp``) needs, or
+        ``None`` where it does not apply: a Box observation through the flat encoder (optionally normalised) or the
+        MiniGrid code embedding, tanh or
+        ReLU layers without LayerNorm, a GRU or LSTM actor core on its fused kernel, and a categorical or Gaussian
+        (no gSDE) action, with CPU float32 parameters. Built once and kept while the parameters keep their device and
+        dtype (it holds the parameter tensors themselves, which optimizer steps and ``load_state_dict`` update in
+        place)."""
+        cached = self.__dict__.get("_fused_act")
+        if cached is not None and cached[0].dtype is cached[1] and cached[0].is_cpu is cached[2]:
+            return cached[3]
+        p = next(self.parameters())
+        plan = None
+        from .encoders import FlatEncoder, MiniGridEncoder
+        from .kernels.fused import gru_step, lstm_step
+
+        fused = getattr(self.core_pi, "fused", None)
+        dist = self.action_dist
+        if (p.is_cpu and p.dtype is torch.float32 and self._packer is None
+                and type(self.encoder) in (FlatEncoder, MiniGridEncoder)
+                and fused is not None and fused.step_fn in (gru_step, lstm_step)
+                and self.core_pi.kernel_in_use == "fused"
+                and isinstance(dist, (CategoricalDistribution, DiagGaussianDistribution))
+                and not isinstance(dist, StateDependentNoiseDistribution)):
+            codes = set()
+            layers = []
+            for seq in (self.encoder.net, self.pi_net):
+                mods = list(seq)
+                ok = len(mods) % 2 == 0 and all(type(m) is nn.Linear for m in mods[0::2])
+                codes.update({nn.Tanh: 0, nn.ReLU: 1}.get(type(m), -1) for m in mods[1::2])
+                layers.append([t for m in mods[0::2] for t in (m.weight, m.bias)] if ok else None)
+            if None not in layers and len(codes) <= 1 and -1 not in codes:
+                norm = self.encoder.norm
+                enc = self.encoder
+                embed = (enc.embed.weight, enc.max_code, enc.rows) if type(enc) is MiniGridEncoder else None
+                plan = {"embed": embed, "encoder": layers[0], "head": layers[1], "activation": codes.pop() if codes else 0,
+                        "norm": norm, "lstm": fused.step_fn is lstm_step, "state_shape": list(self.core_pi.state_shape),
+                        "core": fused.rnn._flat_weights, "action": (self.action_net.weight, self.action_net.bias),
+                        "discrete": isinstance(dist, CategoricalDistribution)}
+        self.__dict__["_fused_act"] = (p, p.dtype, p.is_cpu, plan)
+        return plan
+
+    def _act_fused(self, plan: Dict[str, Any], obs_t: torch.Tensor, state: torch.Tensor,
+                   starts: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        x = obs_t.reshape(obs_t.shape[0], -1)
+        embed = plan["embed"]
+        if x.dtype is not torch.float32 and embed is None:
+            x = x.float()
+        norm = plan["norm"]
+        mean, var, clip, eps = (None, None, 0.0, 0.0) if norm is None else (norm.mean, norm.var, norm.clip, norm.eps)
+        table, max_code, rows = (None, None, None) if embed is None else embed
+        return load_kernels().policy_act(x, state, starts, mean, var, clip, eps, table, max_code, rows,
+                                         plan["encoder"], plan["activation"],
+                                         plan["lstm"], plan["core"], plan["state_shape"], plan["head"],
+                                         *plan["action"], plan["discrete"])
+
     def act(self, obs, state: torch.Tensor, episode_start=False, deterministic: bool = True):
         """Act for one observation or a batch; numpy or torch. Returns ``(action, new_state)``.
 
@@ -414,6 +472,23 @@ class RecurrentActorCriticPolicy(BasePolicy):
                              f"(policy.initial_state(batch_size={B}))")
         no_reset = episode_start is None or (isinstance(episode_start, (bool, np.bool_)) and not episode_start)
         starts = None if no_reset else self._starts(episode_start, B)
+        plan = self._fused_act_plan() if deterministic and state.dtype is torch.float32 else None
+        if plan is not None and state.is_cpu and not _capturing():
+            action, new_state = self._act_fused(plan, obs_t, state, starts)
+        else:
+            action, new_state = self._act_eager(obs_t, state, starts, deterministic)
+        if isinstance(self.action_space, spaces.Box):
+            low = torch.as_tensor(self.action_space.low, device=action.device)
+            high = torch.as_tensor(self.action_space.high, device=action.device)
+            action = torch.maximum(torch.minimum(action, high), low)
+        if single:
+            action = action[0]
+        if not is_torch:
+            action = action.cpu().numpy()
+        return action, new_state
+
+    def _act_eager(self, obs_t: torch.Tensor, state: torch.Tensor, starts: Optional[torch.Tensor],
+                   deterministic: bool) -> Tuple[torch.Tensor, torch.Tensor]:
         with torch.inference_mode():
             feat = self.encoder.forward(obs_t)  # .forward: skip nn.Module call overhead on the latency path
             s_pi, s_vf = self._split(state.to(self.device))
@@ -426,14 +501,6 @@ class RecurrentActorCriticPolicy(BasePolicy):
             else:
                 action = self._distribution(latent).get_actions(deterministic=False)
             new_state = self._join(s_pi, s_vf)
-        if isinstance(self.action_space, spaces.Box):
-            low = torch.as_tensor(self.action_space.low, device=action.device)
-            high = torch.as_tensor(self.action_space.high, device=action.device)
-            action = torch.maximum(torch.minimum(action, high), low)
-        if single:
-            action = action[0]
-        if not is_torch:
-            action = action.cpu().numpy()
         return action, new_state
 
     def predict(self, observation, state=None, episode_start=None, deterministic: bool = False):

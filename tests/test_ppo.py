@@ -80,6 +80,58 @@ def test_act_types_and_batching():
         policy.act(np.zeros((3, 4), np.float32), policy.initial_state(3), episode_start=[True, False])
 
 
+MINIGRID_OBS = spaces.Box(0, 10, (7 * 7 * 3 + 1,), np.uint8)  # envs.MiniGridObsWrapper's symbolic view
+
+
+@pytest.mark.parametrize("kw", [
+    dict(core="gru"), dict(core="lstm"), dict(core="gru", shared_core=True), dict(core="lstm", num_layers=2),
+    dict(core="gru", num_layers=2, activation="relu", normalize_obs=True), dict(core="gru", encoder_sizes=[]),
+    dict(core="lstm", action_space=spaces.Box(-0.5, 0.5, (2,), np.float32)),
+    dict(core="gru", obs_space=MINIGRID_OBS, encoder="minigrid"), dict(core="lstm", obs_space=MINIGRID_OBS)])
+@pytest.mark.parametrize("batch", [1, 3, 7])  # 7: more rows than the dot-product path takes
+def test_fused_act_equals_the_eager_act(kw, batch):
+    """The one-call C++ act (agents/kernels policy_act) gives the eager path's actions and states, resets and the
+    critic's untouched memory included, over several steps."""
+    kw = dict(kw)
+    obs_space = kw.pop("obs_space", spaces.Box(-3, 3, (5,), np.float32))
+    action_space = kw.pop("action_space", spaces.Discrete(4))
+    torch.manual_seed(0)
+    policy = RecurrentActorCriticPolicy(obs_space, action_space, hidden_size=16, **kw)
+    if kw.get("normalize_obs"):
+        policy.update_obs_normalizer(np.random.default_rng(1).normal(2.0, 3.0, (64, 5)).astype(np.float32))
+    assert policy._fused_act_plan() is not None
+    rng = np.random.default_rng(0)
+    state_fused = state_eager = torch.randn(batch, policy.state_size)
+    for t in range(4):
+        obs = np.stack([obs_space.sample() for _ in range(batch)])
+        starts = rng.random(batch) < 0.4
+        a_fused, state_fused = policy.act(obs, state_fused, starts)
+        obs_t = torch.as_tensor(obs)
+        a_eager, state_eager = policy._act_eager(obs_t, state_eager, policy._starts(starts, batch), True)
+        if isinstance(action_space, spaces.Box):
+            a_eager = torch.clamp(a_eager, -0.5, 0.5)
+            np.testing.assert_allclose(a_fused, a_eager.numpy(), atol=1e-5)
+        else:
+            np.testing.assert_array_equal(a_fused, a_eager.numpy())
+        torch.testing.assert_close(state_fused, state_eager, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_act_stands_aside_where_it_does_not_apply():
+    obs_space, action_space = spaces.Box(-1, 1, (4,), np.float32), spaces.Discrete(3)
+    for kw in (dict(core="mingru"), dict(core="gru", encoder_norm=True), dict(core="gru", activation="elu"),
+               dict(core="gru", core_kwargs={"kernel": "stock"})):
+        policy = RecurrentActorCriticPolicy(obs_space, action_space, hidden_size=8, **kw)
+        assert policy._fused_act_plan() is None, kw
+        a, s = policy.act(np.zeros(4, np.float32), policy.initial_state(1), True)
+        assert a.shape == () and s.shape == (1, policy.state_size)
+    policy = RecurrentActorCriticPolicy(obs_space, action_space, hidden_size=8, core="gru")
+    assert policy._fused_act_plan() is not None
+    policy.double()  # float64 weights: no plan (act takes the eager path)
+    assert policy._fused_act_plan() is None
+    policy.float()
+    assert policy._fused_act_plan() is not None
+
+
 def test_unsupported_spaces_and_options_are_clear_errors():
     with pytest.raises(ValueError, match=r"space Text\(.* is not supported: expected Box, Discrete"):
         RecurrentActorCriticPolicy(spaces.Text(3), spaces.Discrete(2))

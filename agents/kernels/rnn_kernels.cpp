@@ -17,6 +17,7 @@
 #include <ATen/ATen.h>
 #include <torch/python.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -431,6 +432,49 @@ std::vector<Tensor> lstm_backward(const Tensor& dy_, const Tensor& dhT_, const T
   return {dx, dh0, dc0, dw_ih, dw_hh, db, need_dw ? db.clone() : db};
 }
 
+// ================================================================================================ few-row linear
+// y = x W^T + b for a batch of at most kFewRows rows (act's batch of one, a handful of envs) as plain dot products:
+// a BLAS call's setup costs more than the arithmetic at these sizes. Eight independent partial sums per dot product
+// let the compiler vectorise it without reassociating (no fast-math); more rows go to at::addmm.
+constexpr int64_t kFewRows = 4;
+
+template <typename s_t>
+s_t dot8(const s_t* __restrict a, const s_t* __restrict b, int64_t n) {
+  s_t acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8)
+    for (int j = 0; j < 8; ++j) acc[j] += a[k + j] * b[k + j];
+  s_t sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; k < n; ++k) sum += a[k] * b[k];
+  return sum;
+}
+
+// y [B, O] (contiguous) = (accumulate ? y : 0) + x [B, F] W [O, F]^T + b [O] (b may be undefined)
+void linear_rows(Tensor& y, const Tensor& x_, const Tensor& W_, const Tensor& b, bool accumulate) {
+  const Tensor x = x_.contiguous(), W = W_.contiguous();
+  const int64_t B = x.size(0), F = x.size(1), O = W.size(0);
+  TORCH_CHECK(W.size(1) == F && y.size(0) == B && y.size(1) == O, "linear: inconsistent shapes");
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "linear_rows", [&] {
+    using s_t = scalar_t;
+    const s_t* xp = x.data_ptr<s_t>();
+    const s_t* wp = W.data_ptr<s_t>();
+    const s_t* bp = b.defined() ? b.data_ptr<s_t>() : nullptr;
+    s_t* yp = y.data_ptr<s_t>();
+    for (int64_t r = 0; r < B; ++r)
+      for (int64_t o = 0; o < O; ++o) {
+        const s_t v = dot8(wp + o * F, xp + r * F, F) + (bp ? bp[o] : s_t(0));
+        yp[r * O + o] = accumulate ? yp[r * O + o] + v : v;
+      }
+  });
+}
+
+Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b) {
+  if (x.size(0) > kFewRows) return at::addmm(b, x, W.t());
+  Tensor y = at::empty({x.size(0), W.size(0)}, x.options());
+  linear_rows(y, x, W, b, false);
+  return y;
+}
+
 // ================================================================================================ single steps
 // No autograd: for rollouts and act (grad disabled / inference mode). All layers in one call.
 // x [B, F], state [B, L, H] (GRU) or [B, 2L, H] (LSTM: h rows then c rows), episode_start [B] or None,
@@ -459,8 +503,8 @@ std::vector<Tensor> gru_step(const Tensor& x_, const Tensor& state_, const std::
       s_t* hep = heff.data_ptr<s_t>();
       for (int64_t b = 0; b < B; ++b) scale_row(hep + b * H, sp + (b * L + l) * H, kp ? kp[b] : s_t(1), H);
     });
-    const Tensor gi = at::addmm(weights[4 * l + 2], x, weights[4 * l].t());
-    const Tensor gh = at::addmm(weights[4 * l + 3], heff, weights[4 * l + 1].t());
+    const Tensor gi = linear(x, weights[4 * l], weights[4 * l + 2]);
+    const Tensor gh = linear(heff, weights[4 * l + 1], weights[4 * l + 3]);
     Tensor y = at::empty({B, H}, state.options());
     AT_DISPATCH_FLOATING_TYPES(dtype, "gru_step", [&] {
       using s_t = scalar_t;
@@ -502,8 +546,14 @@ std::vector<Tensor> lstm_step(const Tensor& x_, const Tensor& state_, const std:
       s_t* hep = heff.data_ptr<s_t>();
       for (int64_t b = 0; b < B; ++b) scale_row(hep + b * H, sp + (b * 2 * L + l) * H, kp ? kp[b] : s_t(1), H);
     });
-    Tensor g = at::addmm(weights[4 * l + 2] + weights[4 * l + 3], x, weights[4 * l].t());
-    g.addmm_(heff, weights[4 * l + 1].t());
+    Tensor g;
+    if (B <= kFewRows) {
+      g = linear(x, weights[4 * l], weights[4 * l + 2]);
+      linear_rows(g, heff, weights[4 * l + 1], weights[4 * l + 3], true);
+    } else {
+      g = at::addmm(weights[4 * l + 2] + weights[4 * l + 3], x, weights[4 * l].t());
+      g.addmm_(heff, weights[4 * l + 1].t());
+    }
     Tensor y = at::empty({B, H}, state.options());
     AT_DISPATCH_FLOATING_TYPES(dtype, "lstm_step", [&] {
       using s_t = scalar_t;
@@ -615,6 +665,81 @@ std::vector<Tensor> scan_backward(const Tensor& a, const Tensor& h, const Tensor
   return {ga, gb, gh0};
 }
 
+// ================================================================================================ policy act
+// Linear + activation per (W, b) pair of `w` (act: 0 tanh, 1 relu), as agents.encoders.build_mlp builds them
+Tensor mlp_layers(Tensor x, const std::vector<Tensor>& w, int64_t act) {
+  TORCH_CHECK(w.size() % 2 == 0, "policy_act: expected (weight, bias) pairs");
+  for (size_t i = 0; i < w.size(); i += 2) {
+    x = linear(x, w[i], w[i + 1]);
+    if (act == 0) {
+      x.tanh_();
+    } else {
+      x.relu_();
+    }
+  }
+  return x;
+}
+
+// One deterministic step of a whole policy, for every row of obs [B, D] (already flattened): the observation
+// normalisation (when norm_mean is given) or the embedding of categorical codes (when embed is given: code c_i is
+// row min(max(c_i, 0), max_code_i) + rows_i of the table, as agents.encoders.MiniGridEncoder), the encoder layers, the actor's GRU/LSTM layers (the step kernels above,
+// resets by `starts` first), the actor head layers and the action layer; the action is the argmax of the logits
+// (discrete) or the output itself (a Gaussian's mean). state [B, S] packs the actor's state (first n_pi features, in
+// the core's state shape) and the critic's, which is only zeroed where an episode starts. Returns {action, state}.
+std::vector<Tensor> policy_act(const Tensor& obs, const Tensor& state, const std::optional<Tensor>& starts,
+                               const std::optional<Tensor>& norm_mean, const std::optional<Tensor>& norm_var,
+                               double norm_clip, double norm_eps, const std::optional<Tensor>& embed,
+                               const std::optional<Tensor>& max_code, const std::optional<Tensor>& rows,
+                               const std::vector<Tensor>& encoder,
+                               int64_t activation, bool lstm, const std::vector<Tensor>& core_weights,
+                               std::vector<int64_t> core_state_shape, const std::vector<Tensor>& head,
+                               const Tensor& action_w, const Tensor& action_b, bool discrete) {
+  NoGrad guard;
+  TORCH_CHECK(obs.dim() == 2 && state.dim() == 2 && obs.size(0) == state.size(0), "policy_act: inconsistent shapes");
+  const int64_t B = obs.size(0), S = state.size(1);
+  int64_t n_pi = 1;
+  for (int64_t d : core_state_shape) n_pi *= d;
+  TORCH_CHECK(n_pi <= S, "policy_act: the state is smaller than the actor's part");
+  Tensor x = obs;
+  if (embed.has_value() && embed->defined()) {  // gather the table's rows straight into [B, D * E]
+    const Tensor table = embed->contiguous(), codes = obs.to(at::kLong).contiguous();
+    const Tensor top = max_code->to(at::kLong).contiguous(), first = rows->to(at::kLong).contiguous();
+    const int64_t D = codes.size(1), E = table.size(1);
+    TORCH_CHECK(top.numel() == D && first.numel() == D, "policy_act: max_code and rows need one entry per code");
+    x = at::empty({B, D * E}, table.options());
+    AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "policy_act_embed", [&] {
+      using s_t = scalar_t;
+      const int64_t* cp = codes.data_ptr<int64_t>();
+      const int64_t* tp = top.data_ptr<int64_t>();
+      const int64_t* fp = first.data_ptr<int64_t>();
+      const s_t* ep = table.data_ptr<s_t>();
+      s_t* xp = x.data_ptr<s_t>();
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t i = 0; i < D; ++i) {
+          const int64_t c = std::min(std::max(cp[b * D + i], int64_t(0)), tp[i]) + fp[i];
+          std::copy(ep + c * E, ep + (c + 1) * E, xp + (b * D + i) * E);
+        }
+    });
+  } else if (norm_mean.has_value() && norm_mean->defined()) {
+    x = at::clamp((x - *norm_mean) / at::sqrt(*norm_var + norm_eps), -norm_clip, norm_clip);
+  }
+  x = mlp_layers(x, encoder, activation);
+  std::vector<int64_t> shape{B};
+  shape.insert(shape.end(), core_state_shape.begin(), core_state_shape.end());
+  const Tensor s_pi = state.narrow(1, 0, n_pi).reshape(shape);
+  std::vector<Tensor> out = lstm ? lstm_step(x, s_pi, starts, core_weights) : gru_step(x, s_pi, starts, core_weights);
+  Tensor action = linear(mlp_layers(out[0], head, activation), action_w, action_b);
+  if (discrete) action = action.argmax(-1);
+  if (n_pi == S) return {action, out[1].reshape({B, S})};
+  Tensor new_state = at::empty({B, S}, state.options());
+  new_state.narrow(1, 0, n_pi).copy_(out[1].reshape({B, n_pi}));
+  Tensor s_vf = new_state.narrow(1, n_pi, S - n_pi);
+  s_vf.copy_(state.narrow(1, n_pi, S - n_pi));
+  const Tensor keep = keep_from_starts(starts, state.scalar_type(), B, "policy_act");
+  if (keep.defined()) s_vf.mul_(keep.unsqueeze(1));
+  return {action, new_state};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -625,6 +750,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lstm_backward", &lstm_backward);
   m.def("gru_step", &gru_step);
   m.def("lstm_step", &lstm_step);
+  m.def("policy_act", &policy_act);
   m.def("scan_forward", &scan_forward);
   m.def("scan_backward", &scan_backward);
 }

@@ -40,7 +40,7 @@ from torch.distributions import Bernoulli, Categorical, Normal
 from .cores import MemoryCore, core_options, make_core
 from .encoders import build_mlp, make_encoder, resolve_encoder, run_mlp
 from .kernels import load as load_kernels
-from .kernels.fused import _capturing
+from .kernels.fused import _tracing_or_compiling
 from .obspack import ObsPacker, is_structured
 from .spaces import space_from_config, space_to_config
 
@@ -436,23 +436,48 @@ class RecurrentActorCriticPolicy(BasePolicy):
                 plan = {"embed": embed, "encoder": layers[0], "head": layers[1], "activation": codes.pop() if codes else 0,
                         "norm": norm, "lstm": fused.step_fn is lstm_step, "state_shape": list(self.core_pi.state_shape),
                         "core": fused.rnn._flat_weights, "action": (self.action_net.weight, self.action_net.bias),
-                        "discrete": isinstance(dist, CategoricalDistribution)}
+                        "discrete": isinstance(dist, CategoricalDistribution), "low": None, "high": None}
+                if isinstance(self.action_space, spaces.Box):
+                    plan["low"] = torch.as_tensor(self.action_space.low, dtype=torch.float32)
+                    plan["high"] = torch.as_tensor(self.action_space.high, dtype=torch.float32)
         self.__dict__["_fused_act"] = (p, p.dtype, p.is_cpu, plan)
         return plan
 
-    def _act_fused(self, plan: Dict[str, Any], obs_t: torch.Tensor, state: torch.Tensor,
-                   starts: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        x = obs_t.reshape(obs_t.shape[0], -1)
+    def _act_fused_call(self, plan: Dict[str, Any], obs, state: torch.Tensor, episode_start):
+        """:meth:`act` through ``policy_act``: the same checks, conversions and results as the eager path, in as few
+        Python operations as the latency path allows."""
+        is_torch = isinstance(obs, torch.Tensor)
+        obs_t = obs if is_torch else torch.as_tensor(obs)
+        shape = tuple(obs_t.shape)
+        single = shape == self._obs_shape
+        if single:
+            x = obs_t.reshape(1, -1)
+        elif len(shape) == len(self._obs_shape) + 1 and shape[1:] == self._obs_shape:
+            x = obs_t.reshape(shape[0], -1)
+        else:
+            raise ValueError(f"observation has shape {shape}: expected {self._obs_shape} or [B, *{self._obs_shape}]")
+        if not x.is_cpu:
+            x = x.cpu()
+        B = x.shape[0]
+        if tuple(state.shape) != (B, self._n_pi + self._n_vf):
+            raise ValueError(f"state has shape {tuple(state.shape)}: expected [{B}, {self.state_size}] "
+                             f"(policy.initial_state(batch_size={B}))")
+        no_reset = episode_start is None or (isinstance(episode_start, (bool, np.bool_)) and not episode_start)
+        starts = None if no_reset else self._starts(episode_start, B)
         embed = plan["embed"]
-        if x.dtype is not torch.float32 and embed is None:
+        if embed is None and x.dtype is not torch.float32:
             x = x.float()
         norm = plan["norm"]
         mean, var, clip, eps = (None, None, 0.0, 0.0) if norm is None else (norm.mean, norm.var, norm.clip, norm.eps)
         table, max_code, rows = (None, None, None) if embed is None else embed
-        return load_kernels().policy_act(x, state, starts, mean, var, clip, eps, table, max_code, rows,
-                                         plan["encoder"], plan["activation"],
-                                         plan["lstm"], plan["core"], plan["state_shape"], plan["head"],
-                                         *plan["action"], plan["discrete"])
+        action, new_state = load_kernels().policy_act(
+            x, state, starts, mean, var, clip, eps, table, max_code, rows, plan["encoder"], plan["activation"],
+            plan["lstm"], plan["core"], plan["state_shape"], plan["head"], *plan["action"], plan["discrete"])
+        if plan["low"] is not None:  # a Box action space: the mean clipped to its bounds
+            action = torch.maximum(torch.minimum(action, plan["high"]), plan["low"])
+        if single:
+            action = action[0]
+        return (action if is_torch else action.numpy()), new_state
 
     def act(self, obs, state: torch.Tensor, episode_start=False, deterministic: bool = True):
         """Act for one observation or a batch; numpy or torch. Returns ``(action, new_state)``.
@@ -463,6 +488,10 @@ class RecurrentActorCriticPolicy(BasePolicy):
         one flag per observation) zeroes the state first. Acting advances the actor's memory only: with a separate
         critic core, the critic's part of the state is only reset by ``episode_start``, not advanced.
         """
+        plan = self._fused_act_plan() if deterministic and self._packer is None else None
+        if plan is not None and isinstance(state, torch.Tensor) and state.dtype is torch.float32 and state.is_cpu \
+                and not _tracing_or_compiling():
+            return self._act_fused_call(plan, obs, state, episode_start)
         obs_t, is_torch, single = self._as_batch(obs)
         B = obs_t.shape[0]
         if not isinstance(state, torch.Tensor):
@@ -472,11 +501,7 @@ class RecurrentActorCriticPolicy(BasePolicy):
                              f"(policy.initial_state(batch_size={B}))")
         no_reset = episode_start is None or (isinstance(episode_start, (bool, np.bool_)) and not episode_start)
         starts = None if no_reset else self._starts(episode_start, B)
-        plan = self._fused_act_plan() if deterministic and state.dtype is torch.float32 else None
-        if plan is not None and state.is_cpu and not _capturing():
-            action, new_state = self._act_fused(plan, obs_t, state, starts)
-        else:
-            action, new_state = self._act_eager(obs_t, state, starts, deterministic)
+        action, new_state = self._act_eager(obs_t, state, starts, deterministic)
         if isinstance(self.action_space, spaces.Box):
             low = torch.as_tensor(self.action_space.low, device=action.device)
             high = torch.as_tensor(self.action_space.high, device=action.device)

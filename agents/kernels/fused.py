@@ -111,9 +111,14 @@ _is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
 _is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
 
 
+def _tracing_or_compiling() -> bool:
+    """TorchScript tracing (which ONNX export runs under), torch.export or torch.compile is capturing the ops."""
+    return _is_tracing() or _is_compiling() or _is_exporting()
+
+
 def _capturing() -> bool:
     """Tracing, ONNX export, torch.export and torch.compile must see torch ops, not an opaque extension call."""
-    if _is_tracing() or _is_compiling() or _is_exporting():
+    if _tracing_or_compiling():
         return True
     onnx = sys.modules.get("torch.onnx")  # only an export that has imported torch.onnx can be running
     return bool(onnx is not None and onnx.is_in_onnx_export())

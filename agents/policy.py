@@ -138,6 +138,9 @@ class RecurrentActorCriticPolicy(BasePolicy):
         self.core_kwargs = dict(core_kwargs or {})
         self.env_id = env_id
         self.env_kwargs = dict(env_kwargs) if env_kwargs is not None else None
+        #: deterministic act through one C++ call where the policy allows it (:meth:`_fused_act_plan`); False: always
+        #: the eager torch path (for comparison; the two give the same actions and states)
+        self.fused_act = True
         self.use_sde = bool(use_sde)
         # Box observations go to the network as they are; any other space is packed into one float32 vector
         # (agents.obspack), which is what the network, the rollout buffer and an ONNX export see.
@@ -488,7 +491,7 @@ class RecurrentActorCriticPolicy(BasePolicy):
         one flag per observation) zeroes the state first. Acting advances the actor's memory only: with a separate
         critic core, the critic's part of the state is only reset by ``episode_start``, not advanced.
         """
-        plan = self._fused_act_plan() if deterministic and self._packer is None else None
+        plan = self._fused_act_plan() if deterministic and self._packer is None and self.fused_act else None
         if plan is not None and isinstance(state, torch.Tensor) and state.dtype is torch.float32 and state.is_cpu \
                 and not _tracing_or_compiling():
             return self._act_fused_call(plan, obs, state, episode_start)

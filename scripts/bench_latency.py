@@ -7,8 +7,8 @@ each hidden size H, the policy train_agent builds (its family config, ``agents.t
 * equal parameters: every other core sized to the core parameter count of an LSTM at H (``agents.match_hidden_size``,
   same core input size), beside that LSTM.
 
-Per configuration: ``policy.act`` (eager torch, inference mode inside act, deterministic, state not reset) at batch 1
-and batch N, the same policy exported (``agents.export``) and run by ONNX Runtime in float32 and int8 at batch 1
+Per configuration: ``policy.act`` (deterministic, state not reset: one C++ call for GRU/LSTM policies, see
+``RecurrentActorCriticPolicy.fused_act``, and for those also the eager torch path at batch 1) at batch 1 and batch N, the same policy exported (``agents.export``) and run by ONNX Runtime in float32 and int8 at batch 1
 (``agents.runtime.OnnxPolicy.act``, one thread; ``--no-export`` skips them), and the core alone (``core.step`` on random features under ``torch.inference_mode``) at batch 1 and N,
 which separates the core's own cost from the encoder, heads and Python around it. One torch thread. Each number is
 the median over ``--rounds`` rounds (configurations interleaved in every round, so machine drift hits all alike) of
@@ -126,6 +126,15 @@ def timers(c: Dict[str, Any], batch: int, exports: bool = True):
         feeds = {"obs": np.asarray(obs1)[None].astype(rt.obs_dtype), "state": rt.initial_state(1),
                  "episode_start": np.zeros(1, np.float32)}
         calls["ortraw_b1"] = lambda: rt.session.run(None, feeds)
+    def unfused_act():
+        policy.fused_act = False
+        try:
+            return policy.act(obs1, s1, episode_start=False, deterministic=True)
+        finally:
+            policy.fused_act = True
+
+    if policy._fused_act_plan() is not None:  # the same act through the eager torch path, for the side-by-side ratio
+        calls["eageract_b1"] = unfused_act
     return {
         **calls,
         "act_b1": lambda: policy.act(obs1, s1, episode_start=False, deterministic=True),
@@ -245,6 +254,17 @@ def main(argv=None) -> int:
                     f"{r['core_b1_p50_us']:.0f} / {r['core_b1_p99_us']:.0f} | "
                     f"{r[f'core_{bn}_p50_us']:.0f} / {r[f'core_{bn}_p99_us']:.0f} | {ratio} |")
             table.append("")
+    fused = [r for r in rows if r["view"] == "equal hidden" and "eageract_b1_p50_us" in r]
+    if fused:
+        table += ["## Fused act: one C++ call vs the eager torch path (batch 1, equal hidden size)", "",
+                  "`policy.act` as above, and the same call with `policy.fused_act = False` (the eager path: encoder, "
+                  "core step and heads as separate torch calls), interleaved in the same rounds.", "",
+                  "| env | hidden | core | fused act p50 / p99 µs | eager act p50 / p99 µs | eager / fused |",
+                  "|---|---|---|---|---|---|"]
+        table += [f"| {r['env']} | {r['hidden']} | {r['core']} | {r['act_b1_p50_us']:.0f} / {r['act_b1_p99_us']:.0f} | "
+                  f"{r['eageract_b1_p50_us']:.0f} / {r['eageract_b1_p99_us']:.0f} | "
+                  f"{r['eageract_b1_p50_us'] / r['act_b1_p50_us']:.2f} |" for r in fused]
+        table.append("")
     if args.exports:
         table += exported_table(rows)
     table.append(f"Total benchmark time {time.perf_counter() - t0:.0f} s.")

@@ -116,8 +116,8 @@ class RecurrentActorCriticPolicy(BasePolicy):
             raise ValueError(f"use_sde=True needs a Box action space, got {action_space}: expected use_sde=False")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation {activation!r} is unknown: expected one of {', '.join(ACTIVATIONS)}")
-        if optimizer_kwargs is None:  # fused: one kernel for every parameter (CPU and CUDA); results/profile.md
-            optimizer_kwargs = {"eps": 1e-5, "fused": True} if optimizer_class is torch.optim.Adam else {}
+        if optimizer_kwargs is None:
+            optimizer_kwargs = {"eps": 1e-5, "foreach": True} if optimizer_class is torch.optim.Adam else {}
         super().__init__(observation_space, action_space, normalize_images=False,
                          optimizer_class=optimizer_class, optimizer_kwargs=optimizer_kwargs)
         net_arch = {"pi": [64], "vf": [64]} if net_arch is None else net_arch

@@ -344,6 +344,7 @@ class RecurrentPPO(PPO):
         entropy_losses, pg_losses, value_losses, clip_fractions, grad_norms = [], [], [], [], []
         floor_losses, below_floor = [], []
         approx_kl_divs: list[float] = []
+        fused_step = any(g.get("fused") for g in self.policy.optimizer.param_groups)
         continue_training = True
         loss = torch.zeros(())
         for epoch in range(self.n_epochs):
@@ -416,8 +417,8 @@ class RecurrentPPO(PPO):
                 grad_norms.append(grad_norm.item())
                 try:
                     self.policy.optimizer.step()
-                    # finite gradients, yet non-finite weights: the step overflowed (fused Adam does not raise)
-                    if not torch.isfinite(torch.nn.utils.get_total_norm(self.policy.parameters())):
+                    # finite gradients, yet non-finite weights: the step overflowed (a fused Adam does not raise)
+                    if fused_step and not torch.isfinite(torch.nn.utils.get_total_norm(self.policy.parameters())):
                         raise RuntimeError("the step made some weights non-finite")
                 except RuntimeError as exc:  # e.g. Adam's step size overflowing float32 at an extreme learning rate
                     raise FloatingPointError(f"optimizer step failed at update {self._n_updates} (step "

@@ -410,6 +410,31 @@ def test_ent_floor_keeps_every_state_stochastic_and_is_logged():
         small_model("gru", ent_floor=0.5, ent_floor_coef=-1)
 
 
+@pytest.mark.parametrize("core", ["gru", "ffm"])
+def test_a_fused_adam_keeps_the_rollout_and_update_in_step_and_stops_cleanly(core):
+    """Adam(fused=True) changes the weights without bumping their version counters: the policy drops what the scan
+    cores cached from them after each step, so the next rollout sees the new weights (ratio 1 before its update);
+    and an overflowing step, which the fused kernel does not raise on, still stops in one line."""
+    fused = {"optimizer_kwargs": {"eps": 1e-5, "fused": True}}
+    model = small_model(core, n_steps=32, batch_size=64, learning_rate=1e-3, policy_kwargs=fused)
+    kls = []
+    train = model.train
+
+    def checking_train():
+        step, model.policy.optimizer.step = model.policy.optimizer.step, lambda *a, **k: None
+        train()
+        model.policy.optimizer.step = step
+        kls.append(model.logger.name_to_value["train/approx_kl"])
+        train()
+
+    model.train = checking_train
+    model.learn(192)
+    assert len(kls) == 3 and max(kls) < 1e-9, kls
+    model = small_model(core, learning_rate=1e38, policy_kwargs=fused)
+    with pytest.raises(FloatingPointError, match="optimizer step failed .*non-finite"):
+        model.learn(64)
+
+
 def test_target_kl_stops_the_epochs_early():
     # batch 16 of a 32-step rollout: the first minibatch sees the unchanged policy (KL 0); after its step the
     # second minibatch's KL exceeds a tiny target, so the update ends in its first epoch

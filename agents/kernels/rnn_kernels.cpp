@@ -433,7 +433,7 @@ std::vector<Tensor> lstm_backward(const Tensor& dy_, const Tensor& dhT_, const T
 }
 
 // ================================================================================================ few-row linear
-// y = x W^T + b for a batch of at most kFewRows rows (act's batch of one, a handful of envs) as plain dot products:
+// y = x W^T + b for a batch of at most kFewRows rows (act's batch of one) as plain dot products:
 // a BLAS call's setup costs more than the arithmetic at these sizes. Eight independent partial sums per dot product
 // let the compiler vectorise it without reassociating (no fast-math); more rows go to at::addmm.
 constexpr int64_t kFewRows = 4;
@@ -468,8 +468,10 @@ void linear_rows(Tensor& y, const Tensor& x_, const Tensor& W_, const Tensor& b,
   });
 }
 
-Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b) {
-  if (x.size(0) > kFewRows) return at::addmm(b, x, W.t());
+// dots: take the dot-product path for few rows (the act path); training-time callers keep at::addmm's rounding, so
+// a rollout computes exactly what it did before the act path existed
+Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, bool dots = true) {
+  if (!dots || x.size(0) > kFewRows) return at::addmm(b, x, W.t());
   Tensor y = at::empty({x.size(0), W.size(0)}, x.options());
   linear_rows(y, x, W, b, false);
   return y;
@@ -480,7 +482,7 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b) {
 // x [B, F], state [B, L, H] (GRU) or [B, 2L, H] (LSTM: h rows then c rows), episode_start [B] or None,
 // weights [w_ih_0, w_hh_0, b_ih_0, b_hh_0, w_ih_1, ...] -> (y [B, H], new state shaped like `state`)
 std::vector<Tensor> gru_step(const Tensor& x_, const Tensor& state_, const std::optional<Tensor>& starts,
-                             const std::vector<Tensor>& weights) {
+                             const std::vector<Tensor>& weights, bool dots = false) {
   NoGrad guard;
   const auto dtype = x_.scalar_type();
   const Tensor state = state_.contiguous();
@@ -503,8 +505,8 @@ std::vector<Tensor> gru_step(const Tensor& x_, const Tensor& state_, const std::
       s_t* hep = heff.data_ptr<s_t>();
       for (int64_t b = 0; b < B; ++b) scale_row(hep + b * H, sp + (b * L + l) * H, kp ? kp[b] : s_t(1), H);
     });
-    const Tensor gi = linear(x, weights[4 * l], weights[4 * l + 2]);
-    const Tensor gh = linear(heff, weights[4 * l + 1], weights[4 * l + 3]);
+    const Tensor gi = linear(x, weights[4 * l], weights[4 * l + 2], dots);
+    const Tensor gh = linear(heff, weights[4 * l + 1], weights[4 * l + 3], dots);
     Tensor y = at::empty({B, H}, state.options());
     AT_DISPATCH_FLOATING_TYPES(dtype, "gru_step", [&] {
       using s_t = scalar_t;
@@ -522,7 +524,7 @@ std::vector<Tensor> gru_step(const Tensor& x_, const Tensor& state_, const std::
 }
 
 std::vector<Tensor> lstm_step(const Tensor& x_, const Tensor& state_, const std::optional<Tensor>& starts,
-                              const std::vector<Tensor>& weights) {
+                              const std::vector<Tensor>& weights, bool dots = false) {
   NoGrad guard;
   const auto dtype = x_.scalar_type();
   const Tensor state = state_.contiguous();
@@ -547,7 +549,7 @@ std::vector<Tensor> lstm_step(const Tensor& x_, const Tensor& state_, const std:
       for (int64_t b = 0; b < B; ++b) scale_row(hep + b * H, sp + (b * 2 * L + l) * H, kp ? kp[b] : s_t(1), H);
     });
     Tensor g;
-    if (B <= kFewRows) {
+    if (dots && B <= kFewRows) {
       g = linear(x, weights[4 * l], weights[4 * l + 2]);
       linear_rows(g, heff, weights[4 * l + 1], weights[4 * l + 3], true);
     } else {
@@ -727,7 +729,8 @@ std::vector<Tensor> policy_act(const Tensor& obs, const Tensor& state, const std
   std::vector<int64_t> shape{B};
   shape.insert(shape.end(), core_state_shape.begin(), core_state_shape.end());
   const Tensor s_pi = state.narrow(1, 0, n_pi).reshape(shape);
-  std::vector<Tensor> out = lstm ? lstm_step(x, s_pi, starts, core_weights) : gru_step(x, s_pi, starts, core_weights);
+  std::vector<Tensor> out =
+      lstm ? lstm_step(x, s_pi, starts, core_weights, true) : gru_step(x, s_pi, starts, core_weights, true);
   Tensor action = linear(mlp_layers(out[0], head, activation), action_w, action_b);
   if (discrete) action = action.argmax(-1);
   if (n_pi == S) return {action, out[1].reshape({B, S})};
@@ -748,8 +751,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gru_backward", &gru_backward);
   m.def("lstm_forward", &lstm_forward);
   m.def("lstm_backward", &lstm_backward);
-  m.def("gru_step", &gru_step);
-  m.def("lstm_step", &lstm_step);
+  m.def("gru_step", [](const Tensor& x, const Tensor& s, const std::optional<Tensor>& e,
+                       const std::vector<Tensor>& w) { return gru_step(x, s, e, w); });
+  m.def("lstm_step", [](const Tensor& x, const Tensor& s, const std::optional<Tensor>& e,
+                        const std::vector<Tensor>& w) { return lstm_step(x, s, e, w); });
   m.def("policy_act", &policy_act);
   m.def("scan_forward", &scan_forward);
   m.def("scan_backward", &scan_backward);

@@ -38,9 +38,9 @@ from torch import nn
 from torch.distributions import Bernoulli, Categorical, Normal
 
 from .cores import MemoryCore, core_options, make_core
-from .encoders import build_mlp, make_encoder, resolve_encoder, run_mlp
+from .encoders import FlatEncoder, MiniGridEncoder, build_mlp, make_encoder, resolve_encoder, run_mlp
 from .kernels import load as load_kernels
-from .kernels.fused import _tracing_or_compiling
+from .kernels.fused import _tracing_or_compiling, gru_step, lstm_step
 from .obspack import ObsPacker, is_structured
 from .spaces import space_from_config, space_to_config
 
@@ -180,8 +180,9 @@ class RecurrentActorCriticPolicy(BasePolicy):
         if lr_schedule is not None:
             self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
             # a fused optimizer writes the parameters without bumping their version counters: drop what the cores
-            # cached from them after every step
-            self.optimizer.register_step_post_hook(lambda *_: self.drop_cached_constants())
+            # cached from them after every step (other steps bump the versions, which the caches check)
+            if any(group.get("fused") for group in self.optimizer.param_groups):
+                self.optimizer.register_step_post_hook(lambda *_: self.drop_cached_constants())
 
     def drop_cached_constants(self) -> None:
         """Forget every parameter-derived tensor the cores cached for no-grad steps (see
@@ -380,12 +381,26 @@ class RecurrentActorCriticPolicy(BasePolicy):
             return torch.as_tensor(packed, device=self.device), is_torch, single
         is_torch = isinstance(obs, torch.Tensor)
         obs_t = obs if is_torch else torch.as_tensor(np.asarray(obs))
+        single = self._is_single(obs_t)
+        return (obs_t.unsqueeze(0) if single else obs_t).to(self.device), is_torch, single
+
+    def _is_single(self, obs_t: torch.Tensor) -> bool:
+        """True for one Box observation, False for a batch ``[B, *obs shape]``; a clear error for anything else."""
         shape = tuple(obs_t.shape)
         if shape == self._obs_shape:
-            return obs_t.unsqueeze(0).to(self.device), is_torch, True
+            return True
         if len(shape) == len(self._obs_shape) + 1 and shape[1:] == self._obs_shape:
-            return obs_t.to(self.device), is_torch, False
+            return False
         raise ValueError(f"observation has shape {shape}: expected {self._obs_shape} or [B, *{self._obs_shape}]")
+
+    def _act_starts(self, state: torch.Tensor, B: int, episode_start) -> Optional[torch.Tensor]:
+        """Check ``state`` against a batch of ``B``; the reset flags of :meth:`act` (``None``: nothing resets)."""
+        if tuple(state.shape) != (B, self._n_pi + self._n_vf):
+            raise ValueError(f"state has shape {tuple(state.shape)}: expected [{B}, {self.state_size}] "
+                             f"(policy.initial_state(batch_size={B}))")
+        if episode_start is None or (isinstance(episode_start, (bool, np.bool_)) and not episode_start):
+            return None
+        return self._starts(episode_start, B)
 
     def network_input(self, obs) -> torch.Tensor:
         """One observation or a batch (numpy or torch; a dict / tuple for Dict / Tuple spaces) as the network's
@@ -404,19 +419,15 @@ class RecurrentActorCriticPolicy(BasePolicy):
     def _fused_act_plan(self) -> Optional[Dict[str, Any]]:
         """What :meth:`act`'s one-call C++ path (``policy_act`` in ``agents/kernels/rnn_kernels.cpp``) needs, or
         ``None`` where it does not apply: a Box observation through the flat encoder (optionally normalised) or the
-        MiniGrid code embedding, tanh or
-        ReLU layers without LayerNorm, a GRU or LSTM actor core on its fused kernel, and a categorical or Gaussian
-        (no gSDE) action, with CPU float32 parameters. Built once and kept while the parameters keep their device and
-        dtype (it holds the parameter tensors themselves, which optimizer steps and ``load_state_dict`` update in
-        place)."""
+        MiniGrid code embedding, tanh or ReLU layers without LayerNorm, a GRU or LSTM actor core on its fused kernel,
+        and a categorical or Gaussian (no gSDE) action, with CPU float32 parameters. Built once and kept while the
+        parameters keep their device and dtype (it holds the parameter tensors themselves, which optimizer steps and
+        ``load_state_dict`` update in place)."""
         cached = self.__dict__.get("_fused_act")
         if cached is not None and cached[0].dtype is cached[1] and cached[0].is_cpu is cached[2]:
             return cached[3]
         p = next(self.parameters())
         plan = None
-        from .encoders import FlatEncoder, MiniGridEncoder
-        from .kernels.fused import gru_step, lstm_step
-
         fused = getattr(self.core_pi, "fused", None)
         dist = self.action_dist
         if (p.is_cpu and p.dtype is torch.float32 and self._packer is None
@@ -433,12 +444,12 @@ class RecurrentActorCriticPolicy(BasePolicy):
                 codes.update({nn.Tanh: 0, nn.ReLU: 1}.get(type(m), -1) for m in mods[1::2])
                 layers.append([t for m in mods[0::2] for t in (m.weight, m.bias)] if ok else None)
             if None not in layers and len(codes) <= 1 and -1 not in codes:
-                norm = self.encoder.norm
                 enc = self.encoder
-                embed = (enc.embed.weight, enc.max_code, enc.rows) if type(enc) is MiniGridEncoder else None
-                plan = {"embed": embed, "encoder": layers[0], "head": layers[1], "activation": codes.pop() if codes else 0,
-                        "norm": norm, "lstm": fused.step_fn is lstm_step, "state_shape": list(self.core_pi.state_shape),
-                        "core": fused.rnn._flat_weights, "action": (self.action_net.weight, self.action_net.bias),
+                plan = {"embed": (enc.embed.weight, enc.max_code, enc.rows) if type(enc) is MiniGridEncoder else None,
+                        "norm": enc.norm, "encoder": layers[0], "head": layers[1],
+                        "activation": codes.pop() if codes else 0, "lstm": fused.step_fn is lstm_step,
+                        "state_shape": list(self.core_pi.state_shape), "core": fused.rnn._flat_weights,
+                        "action": (self.action_net.weight, self.action_net.bias),
                         "discrete": isinstance(dist, CategoricalDistribution), "low": None, "high": None}
                 if isinstance(self.action_space, spaces.Box):
                     plan["low"] = torch.as_tensor(self.action_space.low, dtype=torch.float32)
@@ -451,22 +462,11 @@ class RecurrentActorCriticPolicy(BasePolicy):
         Python operations as the latency path allows."""
         is_torch = isinstance(obs, torch.Tensor)
         obs_t = obs if is_torch else torch.as_tensor(obs)
-        shape = tuple(obs_t.shape)
-        single = shape == self._obs_shape
-        if single:
-            x = obs_t.reshape(1, -1)
-        elif len(shape) == len(self._obs_shape) + 1 and shape[1:] == self._obs_shape:
-            x = obs_t.reshape(shape[0], -1)
-        else:
-            raise ValueError(f"observation has shape {shape}: expected {self._obs_shape} or [B, *{self._obs_shape}]")
+        single = self._is_single(obs_t)
+        x = obs_t.reshape(1 if single else obs_t.shape[0], -1)
         if not x.is_cpu:
             x = x.cpu()
-        B = x.shape[0]
-        if tuple(state.shape) != (B, self._n_pi + self._n_vf):
-            raise ValueError(f"state has shape {tuple(state.shape)}: expected [{B}, {self.state_size}] "
-                             f"(policy.initial_state(batch_size={B}))")
-        no_reset = episode_start is None or (isinstance(episode_start, (bool, np.bool_)) and not episode_start)
-        starts = None if no_reset else self._starts(episode_start, B)
+        starts = self._act_starts(state, x.shape[0], episode_start)
         embed = plan["embed"]
         if embed is None and x.dtype is not torch.float32:
             x = x.float()
@@ -499,11 +499,7 @@ class RecurrentActorCriticPolicy(BasePolicy):
         B = obs_t.shape[0]
         if not isinstance(state, torch.Tensor):
             state = torch.as_tensor(np.asarray(state), dtype=torch.float32)
-        if tuple(state.shape) != (B, self.state_size):
-            raise ValueError(f"state has shape {tuple(state.shape)}: expected [{B}, {self.state_size}] "
-                             f"(policy.initial_state(batch_size={B}))")
-        no_reset = episode_start is None or (isinstance(episode_start, (bool, np.bool_)) and not episode_start)
-        starts = None if no_reset else self._starts(episode_start, B)
+        starts = self._act_starts(state, B, episode_start)
         action, new_state = self._act_eager(obs_t, state, starts, deterministic)
         if isinstance(self.action_space, spaces.Box):
             low = torch.as_tensor(self.action_space.low, device=action.device)

@@ -19,19 +19,19 @@ import sys
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import numpy as np
 import torch
 
+from bench_throughput import cartpole_contenders, minigrid_contenders
 from benchlib import publish
 
 import envs
 from agents import RecurrentPPO
 from agents.buffer import RecurrentRolloutBuffer
-from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.utils import LinearSchedule
 
 Target = Tuple[object, str, str]  # (owner, attribute, component name)
 
@@ -104,30 +104,24 @@ def profile_iterations(model, iterations: int) -> Dict[str, object]:
     model.learn(model.n_steps * model.n_envs)  # warm-up iteration (and sets up the logger)
     out: Dict[str, object] = {}
     steps = model.n_steps * model.n_envs * iterations
-    rollout_total = update_total = 0.0
-    collect, train = model.collect_rollouts, model.train
-    from stable_baselines3.common.callbacks import CallbackList
-
     callback = CallbackList([])
     callback.init_callback(model)
-    rollout_parts: Dict[str, List[float]] = defaultdict(lambda: [0.0, 0])
-    update_parts: Dict[str, List[float]] = defaultdict(lambda: [0.0, 0])
+    phases = {"rollout": (rollout_targets, lambda: model.collect_rollouts(model.env, callback, model.rollout_buffer,
+                                                                          model.n_steps)),
+              "update": (update_targets, model.train)}
+    totals = dict.fromkeys(phases, 0.0)
+    all_parts: Dict[str, Dict[str, List[float]]] = {ph: defaultdict(lambda: [0.0, 0]) for ph in phases}
     for _ in range(iterations):
-        with timed(rollout_targets(model)) as parts:
-            t = time.perf_counter()
-            collect(model.env, callback, model.rollout_buffer, model.n_steps)
-            rollout_total += time.perf_counter() - t
-        for k, v in parts.items():
-            rollout_parts[k][0] += v[0]
-            rollout_parts[k][1] += v[1]
-        with timed(update_targets(model)) as parts:
-            t = time.perf_counter()
-            train()
-            update_total += time.perf_counter() - t
-        for k, v in parts.items():
-            update_parts[k][0] += v[0]
-            update_parts[k][1] += v[1]
-    for phase, total, parts in (("rollout", rollout_total, rollout_parts), ("update", update_total, update_parts)):
+        for phase, (targets, run) in phases.items():
+            with timed(targets(model)) as parts:
+                t = time.perf_counter()
+                run()
+                totals[phase] += time.perf_counter() - t
+            for k, (sec, calls) in parts.items():
+                all_parts[phase][k][0] += sec
+                all_parts[phase][k][1] += calls
+    for phase, total in totals.items():
+        parts = all_parts[phase]
         rows = [{"component": k, "s_per_1k_steps": v[0] / steps * 1e3, "share": v[0] / total, "calls": v[1]}
                 for k, v in sorted(parts.items(), key=lambda kv: -kv[1][0])]
         rest = total - sum(v[0] for v in parts.values())
@@ -160,31 +154,16 @@ def profile_act(policy, obs, calls: int) -> Dict[str, object]:
     return {"p50_us": p50, "ops": rows, "ops_us_under_profiler": sum(e.self_cpu_time_total for e in ops) / n}
 
 
-def minigrid_model(core: str, seed: int):
-    env = make_vec_env(lambda: envs.make_env("MiniGrid-MemoryS7-v0"), n_envs=8, seed=seed)
-    hp = dict(n_steps=128, batch_size=256, n_epochs=4, learning_rate=2.5e-4, ent_coef=0.01, seed=seed)
-    if core == "sb3-mlp":
-        return PPO("MlpPolicy", env, **hp)
-    return RecurrentPPO("MlpPolicy", env, core=core, hidden_size=128, **hp)
-
-
-def cartpole_model(core: str, seed: int):
-    env = make_vec_env(lambda: envs.make_env("CartPoleNoVel-v1"), n_envs=8, seed=seed)
-    return RecurrentPPO("MlpPolicy", env, core=core, hidden_size=64, n_steps=32, batch_size=256, n_epochs=20,
-                        gamma=0.98, gae_lambda=0.8, learning_rate=LinearSchedule(1e-3, 0.0, 1.0),
-                        clip_range=LinearSchedule(0.2, 0.0, 1.0), seed=seed,
-                        policy_kwargs=dict(encoder_sizes=[], net_arch=dict(pi=[64], vf=[64]), activation="relu",
-                                           ortho_init=False))
-
-
 def phase_table(title: str, result: Dict[str, object]) -> List[str]:
-    lines = [f"### {title}", "", "| phase | component | s per 1k steps | share of phase | calls |", "|---|---|---|---|---|"]
+    lines = [f"### {title}", "", "| phase | component | s per 1k steps | share of phase | calls |",
+             "|---|---|---|---|---|"]
     for phase in ("rollout", "update"):
         r = result[phase]
         lines.append(f"| **{phase}** | **all** | **{r['s_per_1k_steps']:.3f}** | 100% | |")
         for row in r["rows"]:
             calls = "" if row["calls"] is None else f"{row['calls']:,}"
-            lines.append(f"| {phase} | {row['component']} | {row['s_per_1k_steps']:.3f} | {row['share']:.0%} | {calls} |")
+            lines.append(f"| {phase} | {row['component']} | {row['s_per_1k_steps']:.3f} | {row['share']:.0%} "
+                         f"| {calls} |")
     return lines + [""]
 
 
@@ -200,13 +179,14 @@ def main() -> None:
     table: List[str] = ["## One training iteration, by component", "",
                         "Seconds per 1,000 env steps, summed over the profiled iterations; a component's calls "
                         "made from inside another timed component count only in the outer one.", ""]
-    for label, build in (("MiniGrid-MemoryS7-v0, ours (gru)", lambda: minigrid_model("gru", args.seed)),
-                         ("MiniGrid-MemoryS7-v0, ours (lstm)", lambda: minigrid_model("lstm", args.seed)),
-                         ("MiniGrid-MemoryS7-v0, SB3 PPO (memoryless MLP)", lambda: minigrid_model("sb3-mlp", args.seed)),
+    minigrid, cartpole = minigrid_contenders(args.seed), cartpole_contenders(args.seed)
+    for label, build in (("MiniGrid-MemoryS7-v0, ours (gru)", minigrid["recurrent-agents (gru)"]),
+                         ("MiniGrid-MemoryS7-v0, ours (lstm)", minigrid["recurrent-agents (lstm)"]),
+                         ("MiniGrid-MemoryS7-v0, SB3 PPO (memoryless MLP)", minigrid["SB3 PPO (memoryless MLP)"]),
                          ("CartPoleNoVel-v1 (rl-zoo3 ppo_lstm settings), ours (lstm)",
-                          lambda: cartpole_model("lstm", args.seed)),
+                          cartpole["recurrent-agents (lstm)"]),
                          ("CartPoleNoVel-v1 (rl-zoo3 ppo_lstm settings), ours (gru)",
-                          lambda: cartpole_model("gru", args.seed))):
+                          cartpole["recurrent-agents (gru)"])):
         result = profile_iterations(build(), args.iterations)
         payload["training"][label] = result
         table += phase_table(label, result)

@@ -468,8 +468,8 @@ void linear_rows(Tensor& y, const Tensor& x_, const Tensor& W_, const Tensor& b,
   });
 }
 
-// dots: take the dot-product path for few rows (the act path); training-time callers keep at::addmm's rounding, so
-// a rollout computes exactly what it did before the act path existed
+// dots: the dot-product path for few rows (policy_act); the step kernels' own callers (rollouts, training) keep
+// at::addmm and its rounding
 Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, bool dots = true) {
   if (!dots || x.size(0) > kFewRows) return at::addmm(b, x, W.t());
   Tensor y = at::empty({x.size(0), W.size(0)}, x.options());
@@ -684,8 +684,9 @@ Tensor mlp_layers(Tensor x, const std::vector<Tensor>& w, int64_t act) {
 
 // One deterministic step of a whole policy, for every row of obs [B, D] (already flattened): the observation
 // normalisation (when norm_mean is given) or the embedding of categorical codes (when embed is given: code c_i is
-// row min(max(c_i, 0), max_code_i) + rows_i of the table, as agents.encoders.MiniGridEncoder), the encoder layers, the actor's GRU/LSTM layers (the step kernels above,
-// resets by `starts` first), the actor head layers and the action layer; the action is the argmax of the logits
+// row min(max(c_i, 0), max_code_i) + rows_i of the table, as agents.encoders.MiniGridEncoder), the encoder layers,
+// the actor's GRU/LSTM layers (the step kernels above, resets by `starts` first), the actor head layers and the
+// action layer; the action is the argmax of the logits
 // (discrete) or the output itself (a Gaussian's mean). state [B, S] packs the actor's state (first n_pi features, in
 // the core's state shape) and the critic's, which is only zeroed where an episode starts. Returns {action, state}.
 std::vector<Tensor> policy_act(const Tensor& obs, const Tensor& state, const std::optional<Tensor>& starts,

@@ -67,16 +67,17 @@ def sweep_command(cores: Sequence[str], length: int, args: argparse.Namespace) -
             "--seeds", args.seeds, "--match-params", args.match_params,
             "--total-timesteps", str(args.updates * N_ENVS * n), "--n-envs", str(N_ENVS),
             "--set", f"n_steps={n}", f"batch_size={N_ENVS * n}", f"eval_freq={EVAL_EVERY * N_ENVS * n}",
-            f"stop_at_success={args.solved}", f"env_kwargs.walk={args.walk}",
-            "--out", str(args.out), "--workers", str(args.workers)]
+            f"stop_at_success={args.solved}", f"env_kwargs.walk={args.walk}", *args.set,
+            "--out", str(args.out), "--workers", str(args.workers)] + (["--variant", args.variant] if args.variant else [])
 
 
 def results_of(out: Path) -> Dict[tuple, Dict[str, Any]]:
-    """(core, length, seed) -> the finished run's summary."""
+    """(label, length, seed) -> the finished run's summary; the label is the core, with ``@VARIANT`` appended for runs
+    of a ``--variant``."""
     found = {}
     for run in load_runs(out):
         length = int((run.config.get("env_kwargs") or {}).get("length") or run.env.split("-L")[-1].split("-")[0])
-        found[run.summary["core"], length, run.seed] = {**run.summary, "run": run}
+        found[run.label, length, run.seed] = {**run.summary, "run": run}
     return found
 
 
@@ -97,8 +98,9 @@ def run(args: argparse.Namespace) -> int:
         if code not in (0, 1):
             return code
         found = results_of(Path(args.out))
-        alive = [c for c in alive if any((found.get((c, length, s)) or {}).get("eval_success_rate", 0.0) >= args.solved
-                                         for s in seeds)]
+        label = (lambda c: f"{c}@{args.variant}") if args.variant else (lambda c: c)
+        alive = [c for c in alive if any((found.get((label(c), length, s)) or {}).get("eval_success_rate", 0.0)
+                                         >= args.solved for s in seeds)]
     return 0
 
 
@@ -206,6 +208,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--solved", type=float, default=0.95, help="success rate that counts as solved")
     p.add_argument("--walk", choices=WALKS, default="auto")
     p.add_argument("--match-params", default="lstm:128")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="more config overrides for every run, passed to sweep.py (e.g. core_kwargs.chrono=250)")
+    p.add_argument("--variant", default=None, metavar="NAME",
+                   help="name these runs' variant (sweep.py --variant): the labels become CORE@NAME")
     p.add_argument("--out", required=True)
     p.add_argument("--workers", type=int, default=2)
     r = sub.add_parser("report", help="table and plot of a span study's runs")

@@ -305,3 +305,53 @@ def test_recurrent_dropout_must_be_a_probability():
     for bad in (-0.1, 1.0, float("nan"), "0.2", True):
         with pytest.raises(ValueError, match="expected a probability in \\[0, 1\\)"):
             make_core("gru", 4, 6, recurrent_dropout=bad)
+
+
+@pytest.mark.parametrize("name, keep, shut", [("lstm", 1, 0), ("gru", 1, None)])
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_chrono_spreads_forgetting_times_up_to_t_max(name, keep, shut, num_layers):
+    """Chrono init: the keep gate's bias is log(u), u ~ U(1, t_max - 1) per unit (so each unit forgets over about
+    1 + u steps), the LSTM's input gate starts at -log(u), bias_hh is 0 in those blocks, the other blocks keep
+    torch's init; and the state then decays at those rates."""
+    H, t_max = 512, 200
+    torch.manual_seed(0)
+    core = make_core(name, 4, H, num_layers, chrono=t_max)
+    bound = H ** -0.5
+    for k in range(num_layers):
+        b_ih, b_hh = getattr(core.rnn, f"bias_ih_l{k}"), getattr(core.rnn, f"bias_hh_l{k}")
+        u = b_ih[keep * H:(keep + 1) * H].exp()
+        assert u.min() >= 1.0 - 1e-4 and u.max() <= t_max - 1 + 1e-3
+        assert u.max() > 0.95 * t_max and u.min() < 0.05 * t_max  # the whole range is covered
+        assert abs(u.mean().item() - t_max / 2) < 0.1 * t_max  # uniform: mean (1 + t_max - 1) / 2
+        assert torch.all(b_hh[keep * H:(keep + 1) * H] == 0.0)
+        if shut is not None:
+            torch.testing.assert_close(b_ih[shut * H:(shut + 1) * H], -b_ih[keep * H:(keep + 1) * H])
+            assert torch.all(b_hh[shut * H:(shut + 1) * H] == 0.0)
+        other = [b for b in range(b_ih.numel() // H) if b not in (keep, shut)]
+        assert all(b_ih[b * H:(b + 1) * H].abs().max() <= bound for b in other)
+    # an independent draw with another seed differs (the biases are random per unit, not a fixed ladder)
+    torch.manual_seed(1)
+    assert not torch.equal(make_core(name, 4, H, num_layers, chrono=t_max).rnn.bias_ih_l0, core.rnn.bias_ih_l0)
+    # slow units keep more of a state than fast ones: with zero weights the keep fraction is exactly u / (1 + u)
+    if name == "gru":
+        with torch.no_grad():
+            for p in core.rnn.parameters():
+                if p.dim() == 2:
+                    p.zero_()
+            core.rnn.bias_ih_l0[2 * H:].zero_()
+            core.rnn.bias_hh_l0[2 * H:].zero_()
+        h0 = torch.ones(1, *core.state_shape)
+        _, h = core.forward_sequence(torch.zeros(10, 1, 4), h0, torch.zeros(10, 1))
+        u = core.rnn.bias_ih_l0[H:2 * H].exp()
+        torch.testing.assert_close(h[0, 0], (u / (1 + u)) ** 10, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name, other", [("lstm", "forget_bias"), ("gru", "update_bias")])
+def test_chrono_bad_values_and_conflicts(name, other):
+    for bad in (2, 0, -5, 10.0, "100", True, None.__class__):
+        with pytest.raises(ValueError) as info:
+            make_core(name, 4, 6, chrono=bad)
+        assert str(info.value) == (f"chrono={bad!r}: expected an integer >= 3 (the longest time scale to start with, "
+                                   "in steps)")
+    with pytest.raises(ValueError, match=f"{other}=1.0 and chrono=50: expected at most one of them"):
+        make_core(name, 4, 6, chrono=50, **{other: 1.0})

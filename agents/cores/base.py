@@ -43,6 +43,27 @@ def init_gate_bias(rnn: nn.RNNBase, block: int, value: float, name: str) -> None
             getattr(rnn, f"bias_hh_l{k}")[block * H:(block + 1) * H].zero_()
 
 
+def init_chrono(rnn: nn.RNNBase, keep_block: int, input_block: Optional[int], t_max: object, name: str) -> None:
+    """Chrono initialisation (Tallec & Ollivier, "Can Recurrent Neural Networks Warp Time?", ICLR 2018,
+    https://arxiv.org/abs/1804.11188): gate block ``keep_block`` of every layer starts at bias ``log(u)``, one
+    ``u ~ U(1, t_max - 1)`` per unit, so unit ``j`` keeps ``u_j / (1 + u_j)`` of its state per step (a forgetting time
+    of about ``1 + u_j`` steps, spread from 2 to ``t_max``); ``input_block`` (the LSTM's input gate), when given, starts
+    at ``-log(u)``. ``bias_hh`` is zeroed in those blocks; the other blocks keep torch's init. Draws from torch's
+    global generator (seeded by training)."""
+    if isinstance(t_max, bool) or not isinstance(t_max, numbers.Integral) or t_max < 3:
+        raise ValueError(f"{name}={t_max!r}: expected an integer >= 3 (the longest time scale to start with, in steps)")
+    H = rnn.hidden_size
+    with torch.no_grad():
+        for k in range(rnn.num_layers):
+            b_ih, b_hh = getattr(rnn, f"bias_ih_l{k}"), getattr(rnn, f"bias_hh_l{k}")
+            log_u = torch.empty(H).uniform_(1.0, float(t_max) - 1.0).log_()
+            b_ih[keep_block * H:(keep_block + 1) * H] = log_u
+            b_hh[keep_block * H:(keep_block + 1) * H] = 0.0
+            if input_block is not None:
+                b_ih[input_block * H:(input_block + 1) * H] = -log_u
+                b_hh[input_block * H:(input_block + 1) * H] = 0.0
+
+
 _is_tracing = torch._C._is_tracing  # torch.jit.is_tracing's C check, without its Python wrapper (the act path)
 
 

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..kernels import fused
-from .base import init_gate_bias
+from .base import init_chrono, init_gate_bias
 from .rnn import TorchRNNCore
 
 
@@ -29,12 +29,18 @@ class GRUCore(TorchRNNCore):
     name = "gru"
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, kernel: Optional[str] = None,
-                 update_bias: Optional[float] = None, recurrent_dropout: float = 0.0) -> None:
+                 update_bias: Optional[float] = None, recurrent_dropout: float = 0.0,
+                 chrono: Optional[int] = None) -> None:
         super().__init__(input_size, hidden_size, num_layers)
         self._set_recurrent_dropout(recurrent_dropout)
         self.rnn = nn.GRU(input_size, hidden_size, num_layers=num_layers)
+        if update_bias is not None and chrono is not None:
+            raise ValueError(f"update_bias={update_bias!r} and chrono={chrono!r}: expected at most one of them (both "
+                             "set the update gate's bias)")
         if update_bias is not None:
             self.init_update_bias(update_bias)
+        if chrono is not None:
+            self.init_chrono(chrono)
         self._init_kernel(fused.gru_sequence, fused.gru_step, kernel)
 
     def init_update_bias(self, value: float) -> None:
@@ -44,6 +50,12 @@ class GRUCore(TorchRNNCore):
         bias (the "chrono" initialisation of Tallec & Ollivier 2018 draws such biases per unit). ``None`` (the
         default) keeps torch's uniform init, under which a unit keeps about half."""
         init_gate_bias(self.rnn, 1, value, "update_bias")
+
+    def init_chrono(self, t_max: int) -> None:
+        """Chrono initialisation (Tallec & Ollivier 2018) in the GRU's form: update-gate biases ``log(u)``,
+        ``u ~ U(1, t_max - 1)`` per unit, so the units start keeping ``u / (1 + u)`` of their state per step, with
+        forgetting times spread up to ``t_max`` steps (see :func:`agents.cores.base.init_chrono`)."""
+        init_chrono(self.rnn, 1, None, t_max, "chrono")
 
     @property
     def state_shape(self) -> Tuple[int, ...]:

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..kernels import fused
-from .base import init_gate_bias
+from .base import init_chrono, init_gate_bias
 from .rnn import TorchRNNCore
 
 
@@ -29,12 +29,18 @@ class LSTMCore(TorchRNNCore):
     name = "lstm"
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, kernel: Optional[str] = None,
-                 forget_bias: Optional[float] = None, recurrent_dropout: float = 0.0) -> None:
+                 forget_bias: Optional[float] = None, recurrent_dropout: float = 0.0,
+                 chrono: Optional[int] = None) -> None:
         super().__init__(input_size, hidden_size, num_layers)
         self._set_recurrent_dropout(recurrent_dropout)
         self.rnn = nn.LSTM(input_size, hidden_size, num_layers=num_layers)
+        if forget_bias is not None and chrono is not None:
+            raise ValueError(f"forget_bias={forget_bias!r} and chrono={chrono!r}: expected at most one of them (both "
+                             "set the forget gate's bias)")
         if forget_bias is not None:
             self.init_forget_bias(forget_bias)
+        if chrono is not None:
+            self.init_chrono(chrono)
         self._init_kernel(fused.lstm_sequence, fused.lstm_step, kernel)
 
     def init_forget_bias(self, value: float) -> None:
@@ -43,6 +49,12 @@ class LSTMCore(TorchRNNCore):
         at initialisation the cell keeps about sigmoid(value) of its content per step. ``None`` (the default) keeps
         torch's uniform init, under which it keeps about half."""
         init_gate_bias(self.rnn, 1, value, "forget_bias")
+
+    def init_chrono(self, t_max: int) -> None:
+        """Chrono initialisation (Tallec & Ollivier 2018): forget-gate biases ``log(u)``, ``u ~ U(1, t_max - 1)`` per
+        unit, and input-gate biases ``-log(u)``, so the cells start with forgetting times spread up to ``t_max`` steps
+        (see :func:`agents.cores.base.init_chrono`). Torch's gate order is i, f, g, o."""
+        init_chrono(self.rnn, 1, 0, t_max, "chrono")
 
     @property
     def state_shape(self) -> Tuple[int, ...]:

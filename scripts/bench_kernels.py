@@ -7,8 +7,9 @@ nn.GRU / nn.LSTM call), through the core interface (``core.forward_sequence``) w
 - forward+backward (loss = <y, g> for a fixed random g; gradients of x, the initial state and every weight),
 - forward only (``torch.no_grad``),
 
-median of ``--repeats`` timings, the contenders interleaved round-robin so that machine noise hits all alike; and
-the per-step latency of ``core.step`` (the ``act`` path, inference mode) at B = 1 and B = 8 (rollouts). Then every
+median of ``--repeats`` timings, the contenders interleaved round-robin so that machine noise hits all alike; the
+matrix-product rate (GFLOP/s) of each beside this machine's measured single-thread peak; and the per-step latency of
+``core.step`` (the ``act`` path, inference mode) at B = 1 and B = 8 (rollouts). Then every
 registered core with its default kernel (the linear cores' fused scan included): forward+backward with resets at
 ``--all-T`` (B 8, H 128) against the fused GRU, and batch-1 step latency. One torch thread. Writes results/kernels.json and results/kernels.md (commit, CPU, torch version, command).
 
@@ -155,6 +156,31 @@ def every_core_rows(Ts: List[int], B: int, H: int, F: int, repeats: int, min_tim
     return rows
 
 
+GATES = {"gru": 3, "lstm": 4}
+
+
+def matmul_flops(core: str, T: int, B: int, H: int, F: int, backward: bool) -> float:
+    """The matrix-product floating-point operations of one layer over ``[T, B]``: per step, the input and recurrent
+    products ``2 * B * (F + H) * G * H`` (``G`` gate blocks); the backward pass does two such products per forward
+    one (the gradients of the inputs and of the weights), so forward + backward counts 3x. Elementwise gate
+    arithmetic is left out: it is a small share at these sizes, and it is not what a GEMM peak measures."""
+    fwd = 2.0 * T * B * (F + H) * GATES[core] * H
+    return 3.0 * fwd if backward else fwd
+
+
+def measured_peak_gflops(n: int = 1024, repeats: int = 5) -> float:
+    """This machine's single-thread float32 matrix-product rate: the best of ``repeats`` timings of an ``n x n``
+    by ``n x n`` ``torch.mm`` (GFLOP/s); the ceiling any of these kernels' matrix products can reach."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * n ** 3 / best / 1e9
+
+
 def _gmean(values: List[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
 
@@ -179,6 +205,8 @@ def main() -> None:
     build_s = time.perf_counter() - t_build
     print(f"fused kernels ready in {build_s:.1f} s (includes the build on first use)", flush=True)
 
+    peak = measured_peak_gflops()
+    print(f"measured peak: {peak:.1f} GFLOP/s (one thread, 1024^2 float32 torch.mm, best of 5)", flush=True)
     F = args.input_size
     header = (f"{'T':>4} {'B':>3} {'H':>4} | {'nn.GRU':>8} {'fusedGRU':>8} {'x':>5} | {'nn.LSTM':>8} {'fusedLSTM':>9} "
               f"{'x':>5} | {'fGRU/nnLSTM':>11}")
@@ -195,11 +223,17 @@ def main() -> None:
                     row[f"gru_speedup_{mode}"] = r[f"gru_stock_{mode}"] / r[f"gru_fused_{mode}"]
                     row[f"lstm_speedup_{mode}"] = r[f"lstm_stock_{mode}"] / r[f"lstm_fused_{mode}"]
                     row[f"fused_gru_vs_stock_lstm_{mode}"] = r[f"lstm_stock_{mode}"] / r[f"gru_fused_{mode}"]
+                for core in CORES:
+                    for kern in KERNELS:
+                        flops = matmul_flops(core, T, B, H, F, backward=True)
+                        row[f"{core}_{kern}_fb_gflops"] = flops / (r[f"{core}_{kern}_fb"] / 1e3) / 1e9
                 rows.append(row)
                 print(f"{T:4d} {B:3d} {H:4d} | {r['gru_stock_fb']:8.2f} {r['gru_fused_fb']:8.2f} "
                       f"{row['gru_speedup_fb']:5.2f} | {r['lstm_stock_fb']:8.2f} {r['lstm_fused_fb']:9.2f} "
                       f"{row['lstm_speedup_fb']:5.2f} | {row['fused_gru_vs_stock_lstm_fb']:11.2f}   "
-                      f"(fwd-only x: GRU {row['gru_speedup_f']:.2f}, LSTM {row['lstm_speedup_f']:.2f})", flush=True)
+                      f"(fwd-only x: GRU {row['gru_speedup_f']:.2f}, LSTM {row['lstm_speedup_f']:.2f}; fwd+bwd "
+                      f"GFLOP/s fused GRU {row['gru_fused_fb_gflops']:.1f}, fused LSTM "
+                      f"{row['lstm_fused_fb_gflops']:.1f}, nn.LSTM {row['lstm_stock_fb_gflops']:.1f})", flush=True)
     seq_s = time.perf_counter() - t0
 
     steps = []
@@ -236,6 +270,9 @@ def main() -> None:
         "gru_f_speedup_gmean": _gmean([r["gru_speedup_f"] for r in rows]),
         "lstm_f_speedup_gmean": _gmean([r["lstm_speedup_f"] for r in rows]),
         "lstm_f_no_slower": sum(r["lstm_speedup_f"] >= 1.0 for r in rows),
+        "peak_gflops": peak,
+        "fused_gru_fb_peak_share_max": max(r["gru_fused_fb_gflops"] for r in rows) / peak,
+        "fused_lstm_fb_peak_share_max": max(r["lstm_fused_fb_gflops"] for r in rows) / peak,
         "sequence_seconds": seq_s,
         "kernel_load_seconds": build_s,
     }
@@ -264,6 +301,17 @@ def main() -> None:
                          f"{r[f'lstm_stock_{mode}_ms']:.2f} | {r[f'lstm_fused_{mode}_ms']:.2f} | "
                          f"{r[f'lstm_speedup_{mode}']:.2f} | {r[f'fused_gru_vs_stock_lstm_{mode}']:.2f} |")
         table.append("")
+    table += ["## Matrix-product rate, forward + backward (GFLOP/s; % of the measured peak)", "",
+              f"Measured peak: **{peak:.1f} GFLOP/s** (one thread, a 1024 x 1024 float32 `torch.mm`, best of 5). "
+              "Counted: the input and recurrent matrix products, `3 x 2 x T x B x (F + H) x G x H` for G gate blocks "
+              "(forward, and the two backward products per forward one); the gate arithmetic is not counted, so "
+              "these rates are a floor on the work done.", "",
+              "| T | B | H | nn.GRU | fused GRU | nn.LSTM (oneDNN) | fused LSTM |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        cells = [f"{r[f'{c}_{k}_fb_gflops']:.1f} ({100 * r[f'{c}_{k}_fb_gflops'] / peak:.0f}%)"
+                 for c in CORES for k in KERNELS]
+        table.append(f"| {r['T']} | {r['B']} | {r['H']} | " + " | ".join(cells) + " |")
+    table.append("")
     if steps:
         table += ["## Per-step latency, `core.step` in inference mode (p50 us; the act/rollout path)", "",
                   "| B | H | GRU stock | GRU fused | LSTM stock | LSTM fused |", "|---|---|---|---|---|---|"]
@@ -303,6 +351,9 @@ def main() -> None:
               f"- fused LSTM no slower than oneDNN: fwd+bwd {summary['lstm_fb_no_slower']}/{n} shapes (gmean "
               f"{summary['lstm_fb_speedup_gmean']:.2f}x, min {summary['lstm_fb_speedup_min']:.2f}x); fwd-only "
               f"{summary['lstm_f_no_slower']}/{n} (gmean {summary['lstm_f_speedup_gmean']:.2f}x).",
+              f"- matrix-product rate, fwd+bwd: fused GRU up to {100 * summary['fused_gru_fb_peak_share_max']:.0f}%, "
+              f"fused LSTM up to {100 * summary['fused_lstm_fb_peak_share_max']:.0f}% of the measured "
+              f"{peak:.1f} GFLOP/s peak.",
               f"- kernel load: {build_s:.1f} s in this run (a first build on this machine takes ~35-45 s).", ""]
     command = "python scripts/bench_kernels.py" + "".join(f" {a}" for a in sys.argv[1:])
     payload = {"provenance": provenance(command), "settings": vars(args), "summary": summary, "sequence": rows,

@@ -197,6 +197,186 @@ def report(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------------------------- capacity
+#: the encoder width in front of every core (the policy's default encoder output), so cores are sized as in ``run``
+CAPACITY_FEATURES = 64
+
+
+def tmaze_sequences(length: int) -> "torch.Tensor":
+    """The two observation sequences of a ``walk=auto`` T-Maze of ``length`` cells, ``[length + 1, 2, 2]``: column 0
+    has the cue +1, column 1 the cue -1; row ``t`` is what the agent sees before its action ``t`` (the last row: the
+    junction, where it turns). Taken from the env itself, so the probe sees exactly the task's inputs."""
+    import torch
+
+    from envs.tmaze import RIGHT, TMazeEnv
+
+    env = TMazeEnv(length=length, walk="auto")
+    columns = []
+    for goal in (1, -1):
+        obs, _ = env.reset(seed=0, options={"goal": goal})
+        seq = [obs]
+        for _ in range(length):
+            obs, _, done, _, _ = env.step(RIGHT)
+            if not done:
+                seq.append(obs)
+        columns.append(np.stack(seq))
+    return torch.as_tensor(np.stack(columns, axis=1))
+
+
+def capacity_run(core: str, length: int, seed: int, hidden: int, steps: int, lr: float, eval_every: int,
+                 core_kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """Train encoder + core + linear head by gradient descent to name the cue at the junction (cross-entropy on the
+    last step only; both cues in every batch: the full-batch gradient of the passive T-Maze's memory problem).
+    Solved: at an evaluation both cues are named with probability >= 0.9. Stops when solved or after ``steps``."""
+    import time
+
+    import torch
+    from torch import nn
+
+    from agents.cores import make_core
+
+    torch.manual_seed(seed)
+    x = tmaze_sequences(length)
+    target = torch.tensor([0, 1])
+    starts = torch.zeros(x.shape[0], 2)
+    starts[0] = 1.0
+    encoder = nn.Sequential(nn.Linear(2, CAPACITY_FEATURES), nn.Tanh())
+    mem = make_core(core, CAPACITY_FEATURES, hidden, 1, **core_kwargs)
+    head = nn.Linear(mem.output_size, 2)
+    params = [p for m in (encoder, mem, head) for p in m.parameters()]
+    opt = torch.optim.Adam(params, lr=lr)
+
+    def logits() -> torch.Tensor:
+        y, _ = mem.forward_sequence(encoder(x), mem.initial_state(2), starts)
+        return head(y[-1])
+
+    solved_step, p_correct, t0 = None, 0.0, time.perf_counter()
+    for step in range(1, steps + 1):
+        loss = nn.functional.cross_entropy(logits(), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % eval_every == 0 or step == steps:
+            with torch.no_grad():
+                p_correct = float(torch.softmax(logits(), -1)[[0, 1], target].min())
+            if p_correct >= 0.9:
+                solved_step = step
+                break
+    wall = time.perf_counter() - t0
+    return {"core": core, "length": length, "seed": seed, "hidden": hidden, "solved": solved_step is not None,
+            "solved_step": solved_step, "steps_run": step, "min_p_correct": p_correct, "wall_s": wall,
+            "s_per_step": wall / step, "core_parameters": sum(p.numel() for p in mem.parameters())}
+
+
+def capacity(args: argparse.Namespace) -> int:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from agents.cores import match_hidden_size
+
+    torch.set_num_threads(1)
+    cores = [c for c in args.cores.split(",") if c]
+    lengths = sorted(_ints(args.lengths, "lengths"))
+    seeds = parse_seeds(args.seeds)
+    target_core, _, target_h = args.match_params.partition(":")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs_file = out_dir / "capacity_runs.jsonl"
+    done = {}
+    if runs_file.exists():  # resumable: a run already in the file is not run again
+        for line in runs_file.read_text(encoding="utf-8").splitlines():
+            r = json.loads(line)
+            done[r["core"], r["length"], r["seed"]] = r
+    core_kwargs = dict(kv.split("=", 1) for kv in args.core_kwargs)
+    for core in cores:
+        kw = {k: int(v) for k, v in core_kwargs.items()} if core in ("gru", "lstm") else {}
+        hidden = match_hidden_size(core, target_core, int(target_h), CAPACITY_FEATURES, core_kwargs=kw)
+        alive = True
+        for length in lengths:
+            if not alive:
+                break
+            for seed in seeds:
+                if (core, length, seed) not in done:
+                    r = capacity_run(core, length, seed, hidden, args.steps, args.lr, args.eval_every, kw)
+                    done[core, length, seed] = r
+                    with runs_file.open("a", encoding="utf-8") as f:
+                        f.write(json.dumps(r) + "\n")
+                r = done[core, length, seed]
+                print(f"{core:7s} L={length:5d} seed {seed}: {'solved at step ' + str(r['solved_step']) if r['solved'] else 'not solved'}"
+                      f" (p_correct {r['min_p_correct']:.2f}, {r['wall_s']:.1f} s)", flush=True)
+            alive = any(done[core, length, s]["solved"] for s in seeds)
+
+    rows = []
+    for core in cores:
+        for length in lengths:
+            runs = [done[k] for k in sorted(done) if k[0] == core and k[1] == length and k[2] in seeds]
+            if not runs:
+                continue
+            solved = [r["solved_step"] for r in runs if r["solved"]]
+            rows.append({"core": core, "length": length, "seeds": len(runs), "solved": len(solved),
+                         "median_solved_step": float(np.median(solved)) if solved else None,
+                         "s_per_step": float(np.median([r["s_per_step"] for r in runs])),
+                         "hidden": runs[0]["hidden"], "params": runs[0]["core_parameters"]})
+    longest = {c: max([r["length"] for r in rows if r["core"] == c and 2 * r["solved"] > r["seeds"]], default=None)
+               for c in cores}
+    command = "python scripts/span_study.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    prov = provenance(command)
+    fig, ax = plt.subplots(figsize=(10, 5))
+    for core in cores:
+        mine = [r for r in rows if r["core"] == core]
+        ax.plot([r["length"] for r in mine], [r["solved"] / r["seeds"] for r in mine], marker="o",
+                label=f"{core} (longest: {longest[core] or '-'})")
+    ax.set_xscale("log")
+    ax.set_xlabel("memory length L (corridor cells)")
+    ax.set_ylabel("share of seeds solved")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title(f"T-Maze memory by gradient descent alone (no RL): {args.steps} full-batch Adam steps at most")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.text(0.01, 0.005, f"commit {prov['commit']} | {prov['machine']} | {command}", fontsize=5,
+             family="monospace", va="bottom")
+    fig.subplots_adjust(bottom=0.2, right=0.72)
+    png = out_dir / "capacity.png"
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    md = ["# T-Maze memory by gradient descent alone (no RL)", "", f"![seeds solved vs length]({png.name})", "",
+          f"Commit {prov['commit']}, {prov['date']}; machine: {prov['machine']}.", "", "Reproduce:", "", "```",
+          command, "```", "",
+          f"A 64-unit tanh encoder, the core (sized to {args.match_params}'s core parameters) and a linear head are "
+          "trained with Adam (learning rate "
+          f"{args.lr:g}) on the two observation sequences of the `walk=auto` T-Maze of length L (cue +1 and -1, "
+          "both in every batch), cross-entropy on naming the cue at the junction. Solved: at an evaluation (every "
+          f"{args.eval_every} steps) both cues get probability >= 0.9; at most {args.steps} steps. A core goes on "
+          "to the next length only while one of its seeds solved the last (`-`: not run). Longest: the longest "
+          "length a majority of seeds solved.", "",
+          "| core | hidden | params | " + " | ".join(f"L={n}" for n in lengths) + " | longest |",
+          "|---|---|---|" + "---|" * len(lengths) + "---|"]
+    for core in cores:
+        cells = []
+        for n in lengths:
+            r = next((r for r in rows if r["core"] == core and r["length"] == n), None)
+            cells.append("-" if r is None else f"{r['solved']}/{r['seeds']}" + (
+                f" ({r['median_solved_step']:.0f})" if r["median_solved_step"] is not None else ""))
+        first = next(r for r in rows if r["core"] == core)
+        md.append(f"| {core} | {first['hidden']} | {first['params']:,} | " + " | ".join(cells)
+                  + f" | {longest[core] or '-'} |")
+    md += ["", "Cells: seeds solved (median Adam steps to solve). Seconds per step (median over seeds):", "",
+           "| core | " + " | ".join(f"L={n}" for n in lengths) + " |", "|---|" + "---|" * len(lengths)]
+    for core in cores:
+        cells = []
+        for n in lengths:
+            r = next((r for r in rows if r["core"] == core and r["length"] == n), None)
+            cells.append("-" if r is None else f"{r['s_per_step'] * 1e3:.1f} ms")
+        md.append(f"| {core} | " + " | ".join(cells) + " |")
+    (out_dir / "capacity.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    (out_dir / "capacity.json").write_text(json.dumps({"provenance": prov, "settings": vars(args), "rows": rows,
+                                                       "longest": longest}, indent=1), encoding="utf-8")
+    print("\n".join(md[12:]))
+    print(f"wrote {png}, {out_dir / 'capacity.md'}, {out_dir / 'capacity.json'}")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -219,8 +399,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     r.add_argument("--out", required=True)
     r.add_argument("--solved", type=float, default=0.95)
     r.add_argument("--walk-label", default="auto", help="the walk the runs used, for the titles")
+    c = sub.add_parser("capacity", help="the same memory problem by gradient descent alone, no RL (resumable)")
+    c.add_argument("--cores", default="gru,lstm,mingru,lru,ffm,s6,mlp")
+    c.add_argument("--lengths", default="10,25,100,250,500,1000")
+    c.add_argument("--seeds", default="0-2")
+    c.add_argument("--steps", type=int, default=1000, help="Adam steps per run at most")
+    c.add_argument("--lr", type=float, default=1e-3)
+    c.add_argument("--eval-every", type=int, default=10)
+    c.add_argument("--match-params", default="lstm:128")
+    c.add_argument("--core-kwargs", nargs="+", default=[], metavar="KEY=INT",
+                   help="integer options for the GRU and LSTM cores (e.g. chrono=1000)")
+    c.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    return run(args) if args.command == "run" else report(args)
+    return {"run": run, "report": report, "capacity": capacity}[args.command](args)
 
 
 if __name__ == "__main__":

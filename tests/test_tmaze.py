@@ -127,3 +127,27 @@ def test_env_kwargs_reach_the_env_and_survive_save_load_and_export(tmp_path, cap
     assert manifest["make_env_kwargs"]["env_kwargs"] == {"length": 7}
     assert main(["--env", "TMaze-v0", "--env-kwargs", "length"]) == 2
     assert "--env-kwargs 'length': expected KEY=VALUE" in capsys.readouterr().err
+
+
+def _span_study():
+    import importlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    return importlib.import_module("span_study")
+
+
+def test_capacity_probe_sees_the_tasks_inputs_and_separates_memory_from_none():
+    """span_study's capacity probe trains on the env's own observation sequences (the cue at row 0 only, the
+    junction last), a core with a long memory learns to name the cue 50 steps later, and the memoryless core cannot
+    tell the two sequences apart at the junction (the same output for both: one of them gets at most 0.5)."""
+    span = _span_study()
+    x = span.tmaze_sequences(50)
+    assert x.shape == (51, 2, 2)
+    assert x[0, 0].tolist() == [0.0, 1.0] and x[0, 1].tolist() == [0.0, -1.0]
+    assert x[1:-1].abs().sum() == 0 and x[-1].tolist() == [[1.0, 0.0], [1.0, 0.0]]
+    solved = span.capacity_run("gru", 50, 0, 32, 300, 1e-2, 10, {"chrono": 100})
+    assert solved["solved"] and solved["min_p_correct"] >= 0.9 and solved["steps_run"] == solved["solved_step"]
+    none = span.capacity_run("mlp", 50, 0, 32, 30, 1e-2, 10, {})
+    assert not none["solved"] and none["steps_run"] == 30 and none["min_p_correct"] <= 0.5 + 1e-6

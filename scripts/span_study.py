@@ -36,7 +36,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from benchlib import ROOT, provenance
+from benchlib import ROOT, git_commit, provenance
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from report import bootstrap_ci, footer_text, load_runs, sweep_info_of  # noqa: E402
@@ -299,7 +299,8 @@ def capacity(args: argparse.Namespace) -> int:
                 break
             for seed in seeds:
                 if (core, length, seed) not in done:
-                    r = capacity_run(core, length, seed, hidden, args.steps, args.lr, args.eval_every, kw)
+                    r = {**capacity_run(core, length, seed, hidden, args.steps, args.lr, args.eval_every, kw),
+                         "commit": git_commit()}
                     done[core, length, seed] = r
                     with runs_file.open("a", encoding="utf-8") as f:
                         f.write(json.dumps(r) + "\n")
@@ -341,7 +342,9 @@ def capacity(args: argparse.Namespace) -> int:
     fig.savefig(png, dpi=120)
     plt.close(fig)
     md = ["# T-Maze memory by gradient descent alone (no RL)", "", f"![seeds solved vs length]({png.name})", "",
-          f"Commit {prov['commit']}, {prov['date']}; machine: {prov['machine']}.", "", "Reproduce:", "", "```",
+          f"Commit {prov['commit']}, {prov['date']}; runs at commit(s) "
+          f"{', '.join(sorted({r.get('commit', 'unknown') for r in done.values()}))}; machine: {prov['machine']}.",
+          "", "Reproduce:", "", "```",
           command, "```", "",
           f"A 64-unit tanh encoder, the core (sized to {args.match_params}'s core parameters) and a linear head are "
           "trained with Adam (learning rate "

@@ -324,6 +324,7 @@ def capacity(args: argparse.Namespace) -> int:
                for c in cores}
     command = "python scripts/span_study.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     prov = provenance(command)
+    m = prov["machine"]
     fig, ax = plt.subplots(figsize=(10, 5))
     for core in cores:
         mine = [r for r in rows if r["core"] == core]
@@ -335,7 +336,7 @@ def capacity(args: argparse.Namespace) -> int:
     ax.set_ylim(-0.05, 1.05)
     ax.set_title(f"T-Maze memory by gradient descent alone (no RL): {args.steps} full-batch Adam steps at most")
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.text(0.01, 0.005, f"commit {prov['commit']} | {prov['machine']} | {command}", fontsize=5,
+    fig.text(0.01, 0.005, f"commit {prov['commit']} | {m['cpu']}, {m['cores']} cores | {command}", fontsize=5,
              family="monospace", va="bottom")
     fig.subplots_adjust(bottom=0.2, right=0.72)
     png = out_dir / "capacity.png"
@@ -343,7 +344,8 @@ def capacity(args: argparse.Namespace) -> int:
     plt.close(fig)
     md = ["# T-Maze memory by gradient descent alone (no RL)", "", f"![seeds solved vs length]({png.name})", "",
           f"Commit {prov['commit']}, {prov['date']}; runs at commit(s) "
-          f"{', '.join(sorted({r.get('commit', 'unknown') for r in done.values()}))}; machine: {prov['machine']}.",
+          f"{', '.join(sorted({r.get('commit', 'unknown') for r in done.values()}))}; {m['cpu']}, {m['cores']} cores, "
+          f"torch {m['torch']} ({m['torch_threads']} thread(s)).",
           "", "Reproduce:", "", "```",
           command, "```", "",
           f"A 64-unit tanh encoder, the core (sized to {args.match_params}'s core parameters) and a linear head are "

@@ -274,7 +274,7 @@ def capacity(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
     import torch
 
-    from agents.cores import match_hidden_size
+    from agents.cores import CORES, match_hidden_size
 
     torch.set_num_threads(1)
     cores = [c for c in args.cores.split(",") if c]
@@ -288,9 +288,11 @@ def capacity(args: argparse.Namespace) -> int:
     if runs_file.exists():  # resumable: a run already in the file is not run again
         for line in runs_file.read_text(encoding="utf-8").splitlines():
             r = json.loads(line)
-            done[r["core"], r["length"], r["seed"]] = r
+            done[r.get("label", r["core"]), r["length"], r["seed"]] = r
     core_kwargs = dict(kv.split("=", 1) for kv in args.core_kwargs)
+    command = "python scripts/span_study.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     for core in cores:
+        label = f"{core}@{args.variant}" if args.variant else core
         kw = {k: int(v) for k, v in core_kwargs.items()} if core in ("gru", "lstm") else {}
         hidden = match_hidden_size(core, target_core, int(target_h), CAPACITY_FEATURES, core_kwargs=kw)
         alive = True
@@ -298,21 +300,26 @@ def capacity(args: argparse.Namespace) -> int:
             if not alive:
                 break
             for seed in seeds:
-                if (core, length, seed) not in done:
+                if (label, length, seed) not in done:
                     r = {**capacity_run(core, length, seed, hidden, args.steps, args.lr, args.eval_every, kw),
-                         "commit": git_commit()}
-                    done[core, length, seed] = r
+                         "label": label, "commit": git_commit(), "command": command}
+                    done[label, length, seed] = r
                     with runs_file.open("a", encoding="utf-8") as f:
                         f.write(json.dumps(r) + "\n")
-                r = done[core, length, seed]
-                print(f"{core:7s} L={length:5d} seed {seed}: {'solved at step ' + str(r['solved_step']) if r['solved'] else 'not solved'}"
+                r = done[label, length, seed]
+                print(f"{label:7s} L={length:5d} seed {seed}: {'solved at step ' + str(r['solved_step']) if r['solved'] else 'not solved'}"
                       f" (p_correct {r['min_p_correct']:.2f}, {r['wall_s']:.1f} s)", flush=True)
-            alive = any(done[core, length, s]["solved"] for s in seeds)
+            alive = any(done[label, length, s]["solved"] for s in seeds)
 
+    # the report covers every run in the file (other invocations' cores and variants too), in the registry's order
+    order = list(CORES)
+    cores = sorted({k[0] for k in done}, key=lambda c: (order.index(c.split("@")[0]) if c.split("@")[0] in order
+                                                        else len(order), c))
+    lengths = sorted({k[1] for k in done})
     rows = []
     for core in cores:
         for length in lengths:
-            runs = [done[k] for k in sorted(done) if k[0] == core and k[1] == length and k[2] in seeds]
+            runs = [done[k] for k in sorted(done) if k[0] == core and k[1] == length]
             if not runs:
                 continue
             solved = [r["solved_step"] for r in runs if r["solved"]]
@@ -322,22 +329,22 @@ def capacity(args: argparse.Namespace) -> int:
                          "hidden": runs[0]["hidden"], "params": runs[0]["core_parameters"]})
     longest = {c: max([r["length"] for r in rows if r["core"] == c and 2 * r["solved"] > r["seeds"]], default=None)
                for c in cores}
-    command = "python scripts/span_study.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     prov = provenance(command)
     m = prov["machine"]
+    commands = list(dict.fromkeys(r.get("command", command) for r in done.values()))
     fig, ax = plt.subplots(figsize=(10, 5))
-    for core in cores:
+    for i, core in enumerate(cores):
         mine = [r for r in rows if r["core"] == core]
-        ax.plot([r["length"] for r in mine], [r["solved"] / r["seeds"] for r in mine], marker="o",
-                label=f"{core} (longest: {longest[core] or '-'})")
+        ax.plot([r["length"] for r in mine], [r["solved"] / r["seeds"] for r in mine], marker="os^vD<>p"[i % 8],
+                ls=("-", "--", ":")[i % 3], label=f"{core} (longest: {longest[core] or '-'})")
     ax.set_xscale("log")
     ax.set_xlabel("memory length L (corridor cells)")
     ax.set_ylabel("share of seeds solved")
     ax.set_ylim(-0.05, 1.05)
     ax.set_title(f"T-Maze memory by gradient descent alone (no RL): {args.steps} full-batch Adam steps at most")
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.text(0.01, 0.005, f"commit {prov['commit']} | {m['cpu']}, {m['cores']} cores | {command}", fontsize=5,
-             family="monospace", va="bottom")
+    fig.text(0.01, 0.005, f"commit {prov['commit']} | {m['cpu']}, {m['cores']} cores | " + " ; ".join(commands),
+             fontsize=5, family="monospace", va="bottom", wrap=True)
     fig.subplots_adjust(bottom=0.2, right=0.72)
     png = out_dir / "capacity.png"
     fig.savefig(png, dpi=120)
@@ -346,8 +353,8 @@ def capacity(args: argparse.Namespace) -> int:
           f"Commit {prov['commit']}, {prov['date']}; runs at commit(s) "
           f"{', '.join(sorted({r.get('commit', 'unknown') for r in done.values()}))}; {m['cpu']}, {m['cores']} cores, "
           f"torch {m['torch']} ({m['torch_threads']} thread(s)).",
-          "", "Reproduce:", "", "```",
-          command, "```", "",
+          "", "Reproduce (each command runs its cores and writes this report of every run in the directory):", "",
+          "```", *commands, "```", "",
           f"A 64-unit tanh encoder, the core (sized to {args.match_params}'s core parameters) and a linear head are "
           "trained with Adam (learning rate "
           f"{args.lr:g}) on the two observation sequences of the `walk=auto` T-Maze of length L (cue +1 and -1, "
@@ -414,6 +421,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     c.add_argument("--match-params", default="lstm:128")
     c.add_argument("--core-kwargs", nargs="+", default=[], metavar="KEY=INT",
                    help="integer options for the GRU and LSTM cores (e.g. chrono=1000)")
+    c.add_argument("--variant", default=None, metavar="NAME",
+                   help="label these runs CORE@NAME (e.g. for --core-kwargs chrono=1000 beside the defaults)")
     c.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     return {"run": run, "report": report, "capacity": capacity}[args.command](args)

@@ -105,6 +105,31 @@ def run(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- report
+def longest_held(rows: List[Dict[str, Any]], cores: Sequence[str]) -> Dict[str, Optional[int]]:
+    """core -> the longest length a majority of its seeds solved (None: none)."""
+    return {c: max([r["length"] for r in rows if r["core"] == c and 2 * r["solved"] > r["seeds"]], default=None)
+            for c in cores}
+
+
+def cells_of(found: Dict[tuple, Dict[str, Any]], cores: Sequence[str], lengths: Sequence[int]):
+    """(core, length, [its runs]) for each core and length with at least one run in ``found`` ((core, length,
+    seed) -> run)."""
+    for core in cores:
+        for n in lengths:
+            runs = [found[k] for k in sorted(found) if k[0] == core and k[1] == n]
+            if runs:
+                yield core, n, runs
+
+
+def length_cells(rows: List[Dict[str, Any]], core: str, lengths: Sequence[int], fmt) -> List[str]:
+    """One table cell per length for ``core``: ``fmt(row)``, or ``-`` where the core was not run."""
+    cells = []
+    for n in lengths:
+        r = next((r for r in rows if r["core"] == core and r["length"] == n), None)
+        cells.append("-" if r is None else fmt(r))
+    return cells
+
+
 def report(args: argparse.Namespace) -> int:
     import matplotlib
     matplotlib.use("Agg")
@@ -117,26 +142,19 @@ def report(args: argparse.Namespace) -> int:
     cores = list(dict.fromkeys(c for c, _, _ in sorted(found, key=lambda k: (k[1], k[0]))))
     lengths = sorted({n for _, n, _ in found})
     rows = []
-    for core in cores:
-        for n in lengths:
-            runs = [found[k] for k in sorted(found) if k[0] == core and k[1] == n]
-            if not runs:
-                continue
-            success = np.array([r["eval_success_rate"] for r in runs], dtype=float)
-            _, lo, hi = bootstrap_ci(success, statistic=np.mean)
-            solved = [r for r in runs if r["eval_success_rate"] >= args.solved]
-            steps = [r["solved_step"] for r in runs if r.get("solved_step") is not None]
-            rows.append({"core": core, "length": n, "seeds": len(runs), "success": float(success.mean()),
-                         "ci": [float(lo), float(hi)], "solved": len(solved),
-                         "median_solved_step": float(np.median(steps)) if steps else None,
-                         "train_s": float(np.mean([r["wall_s"] for r in runs])),
-                         "steps": float(np.mean([r["total_timesteps"] for r in runs])),
-                         "params": runs[0]["core_parameters"], "kernel": runs[0]["kernel"],
-                         "per_seed": [float(s) for s in success]})
-    longest = {}
-    for core in cores:
-        ok = [r["length"] for r in rows if r["core"] == core and 2 * r["solved"] > r["seeds"]]
-        longest[core] = max(ok) if ok else None
+    for core, n, runs in cells_of(found, cores, lengths):
+        success = np.array([r["eval_success_rate"] for r in runs], dtype=float)
+        _, lo, hi = bootstrap_ci(success, statistic=np.mean)
+        solved = [r for r in runs if r["eval_success_rate"] >= args.solved]
+        steps = [r["solved_step"] for r in runs if r.get("solved_step") is not None]
+        rows.append({"core": core, "length": n, "seeds": len(runs), "success": float(success.mean()),
+                     "ci": [float(lo), float(hi)], "solved": len(solved),
+                     "median_solved_step": float(np.median(steps)) if steps else None,
+                     "train_s": float(np.mean([r["wall_s"] for r in runs])),
+                     "steps": float(np.mean([r["total_timesteps"] for r in runs])),
+                     "params": runs[0]["core_parameters"], "kernel": runs[0]["kernel"],
+                     "per_seed": [float(s) for s in success]})
+    longest = longest_held(rows, cores)
     runs_all = [v["run"] for v in found.values()]
     info = sweep_info_of(Path(args.sweep), runs_all)
     command = "python scripts/span_study.py report " + " ".join(shlex.quote(a) for a in sys.argv[2:])
@@ -177,11 +195,8 @@ def report(args: argparse.Namespace) -> int:
           "| core | params | " + " | ".join(f"L={n}" for n in lengths) + " | longest solved |",
           "|---|---|" + "---|" * len(lengths) + "---|"]
     for core in cores:
-        cells = []
-        for n in lengths:
-            r = next((r for r in rows if r["core"] == core and r["length"] == n), None)
-            cells.append("-" if r is None else f"{r['success']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}] "
-                         f"({r['solved']}/{r['seeds']})")
+        cells = length_cells(rows, core, lengths, lambda r: f"{r['success']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}] "
+                                                            f"({r['solved']}/{r['seeds']})")
         params = next(r["params"] for r in rows if r["core"] == core)
         md.append(f"| {core} | {params:,} | " + " | ".join(cells) + f" | {longest[core] or '-'} |")
     md += ["", "Training cost per run (mean over seeds): seconds, env steps, and the median step at which solved runs "
@@ -317,18 +332,13 @@ def capacity(args: argparse.Namespace) -> int:
                                                         else len(order), c))
     lengths = sorted({k[1] for k in done})
     rows = []
-    for core in cores:
-        for length in lengths:
-            runs = [done[k] for k in sorted(done) if k[0] == core and k[1] == length]
-            if not runs:
-                continue
-            solved = [r["solved_step"] for r in runs if r["solved"]]
-            rows.append({"core": core, "length": length, "seeds": len(runs), "solved": len(solved),
-                         "median_solved_step": float(np.median(solved)) if solved else None,
-                         "s_per_step": float(np.median([r["s_per_step"] for r in runs])),
-                         "hidden": runs[0]["hidden"], "params": runs[0]["core_parameters"]})
-    longest = {c: max([r["length"] for r in rows if r["core"] == c and 2 * r["solved"] > r["seeds"]], default=None)
-               for c in cores}
+    for core, length, runs in cells_of(done, cores, lengths):
+        solved = [r["solved_step"] for r in runs if r["solved"]]
+        rows.append({"core": core, "length": length, "seeds": len(runs), "solved": len(solved),
+                     "median_solved_step": float(np.median(solved)) if solved else None,
+                     "s_per_step": float(np.median([r["s_per_step"] for r in runs])),
+                     "hidden": runs[0]["hidden"], "params": runs[0]["core_parameters"]})
+    longest = longest_held(rows, cores)
     prov = provenance(command)
     m = prov["machine"]
     commands = list(dict.fromkeys(r.get("command", command) for r in done.values()))
@@ -365,22 +375,16 @@ def capacity(args: argparse.Namespace) -> int:
           "| core | hidden | params | " + " | ".join(f"L={n}" for n in lengths) + " | longest |",
           "|---|---|---|" + "---|" * len(lengths) + "---|"]
     for core in cores:
-        cells = []
-        for n in lengths:
-            r = next((r for r in rows if r["core"] == core and r["length"] == n), None)
-            cells.append("-" if r is None else f"{r['solved']}/{r['seeds']}" + (
-                f" ({r['median_solved_step']:.0f})" if r["median_solved_step"] is not None else ""))
+        cells = length_cells(rows, core, lengths, lambda r: f"{r['solved']}/{r['seeds']}" + (
+            f" ({r['median_solved_step']:.0f})" if r["median_solved_step"] is not None else ""))
         first = next(r for r in rows if r["core"] == core)
         md.append(f"| {core} | {first['hidden']} | {first['params']:,} | " + " | ".join(cells)
                   + f" | {longest[core] or '-'} |")
     md += ["", "Cells: seeds solved (median Adam steps to solve). Seconds per step (median over seeds):", "",
            "| core | " + " | ".join(f"L={n}" for n in lengths) + " |", "|---|" + "---|" * len(lengths)]
     for core in cores:
-        cells = []
-        for n in lengths:
-            r = next((r for r in rows if r["core"] == core and r["length"] == n), None)
-            cells.append("-" if r is None else f"{r['s_per_step'] * 1e3:.1f} ms")
-        md.append(f"| {core} | " + " | ".join(cells) + " |")
+        md.append(f"| {core} | " + " | ".join(length_cells(rows, core, lengths,
+                                                           lambda r: f"{r['s_per_step'] * 1e3:.1f} ms")) + " |")
     (out_dir / "capacity.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     (out_dir / "capacity.json").write_text(json.dumps({"provenance": prov, "settings": vars(args), "rows": rows,
                                                        "longest": longest}, indent=1), encoding="utf-8")

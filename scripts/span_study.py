@@ -238,47 +238,72 @@ def tmaze_sequences(length: int) -> "torch.Tensor":
     return torch.as_tensor(np.stack(columns, axis=1))
 
 
+#: what the capacity probe learns from: the cue as a label, or the env's reward for a sampled turn
+SIGNALS = ("label", "reward")
+
+
 def capacity_run(core: str, length: int, seed: int, hidden: int, steps: int, lr: float, eval_every: int,
-                 core_kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    """Train encoder + core + linear head by gradient descent to name the cue at the junction (cross-entropy on the
-    last step only; both cues in every batch: the full-batch gradient of the passive T-Maze's memory problem).
-    Solved: at an evaluation both cues are named with probability >= 0.9. Stops when solved or after ``steps``."""
+                 core_kwargs: Dict[str, Any], signal: str = "label", batch: int = 8) -> Dict[str, Any]:
+    """Train encoder + core + linear head by gradient descent to turn towards the cue at the junction, the loss on
+    the last step only.
+
+    - ``signal="label"``: cross-entropy on naming the cue, both cues in every step's batch: the full-batch gradient
+      of the passive T-Maze's memory problem;
+    - ``signal="reward"``: what RL gets instead. ``batch`` episodes per step with random cues; the head's 4 logits
+      are the env's actions, the turn is sampled from them, the reward is the env's (1 for the cued goal, else 0).
+      REINFORCE with the batch's mean reward as baseline, no critic, no PPO.
+
+    Solved: at an evaluation both cues get probability >= 0.9 on the right turn. Stops when solved or after
+    ``steps``."""
     import time
 
     import torch
     from torch import nn
 
     from agents.cores import make_core
+    from envs.tmaze import DOWN, UP
 
+    if signal not in SIGNALS:
+        raise ValueError(f"signal={signal!r}: expected one of {', '.join(SIGNALS)}")
     torch.manual_seed(seed)
     x = tmaze_sequences(length)
-    target = torch.tensor([0, 1])
-    starts = torch.zeros(x.shape[0], 2)
+    # the right output for column 0 (cue +1) and column 1 (cue -1): a class, or the env's turn towards the cue
+    target = torch.tensor([0, 1]) if signal == "label" else torch.tensor([UP, DOWN])
+    n = 2 if signal == "label" else batch
+    starts = torch.zeros(x.shape[0], n)
     starts[0] = 1.0
     encoder = nn.Sequential(nn.Linear(2, CAPACITY_FEATURES), nn.Tanh())
     mem = make_core(core, CAPACITY_FEATURES, hidden, 1, **core_kwargs)
-    head = nn.Linear(mem.output_size, 2)
+    head = nn.Linear(mem.output_size, 2 if signal == "label" else 4)
     params = [p for m in (encoder, mem, head) for p in m.parameters()]
     opt = torch.optim.Adam(params, lr=lr)
 
-    def logits() -> torch.Tensor:
-        y, _ = mem.forward_sequence(encoder(x), mem.initial_state(2), starts)
+    def logits(xs: torch.Tensor) -> torch.Tensor:
+        y, _ = mem.forward_sequence(encoder(xs), mem.initial_state(xs.shape[1]), starts[:, :xs.shape[1]])
         return head(y[-1])
 
     solved_step, p_correct, t0 = None, 0.0, time.perf_counter()
     for step in range(1, steps + 1):
-        loss = nn.functional.cross_entropy(logits(), target)
+        if signal == "label":
+            loss = nn.functional.cross_entropy(logits(x), target)
+        else:
+            cue = torch.randint(0, 2, (batch,))
+            dist = torch.distributions.Categorical(logits=logits(x[:, cue]))
+            turn = dist.sample()
+            reward = (turn == target[cue]).float()
+            loss = -((reward - reward.mean()) * dist.log_prob(turn)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % eval_every == 0 or step == steps:
             with torch.no_grad():
-                p_correct = float(torch.softmax(logits(), -1)[[0, 1], target].min())
+                p_correct = float(torch.softmax(logits(x), -1)[[0, 1], target].min())
             if p_correct >= 0.9:
                 solved_step = step
                 break
     wall = time.perf_counter() - t0
-    return {"core": core, "length": length, "seed": seed, "hidden": hidden, "solved": solved_step is not None,
+    return {"core": core, "length": length, "seed": seed, "hidden": hidden, "signal": signal,
+            "batch": 2 if signal == "label" else batch, "solved": solved_step is not None,
             "solved_step": solved_step, "steps_run": step, "min_p_correct": p_correct, "wall_s": wall,
             "s_per_step": wall / step, "core_parameters": sum(p.numel() for p in mem.parameters())}
 
@@ -303,6 +328,9 @@ def capacity(args: argparse.Namespace) -> int:
     if runs_file.exists():  # resumable: a run already in the file is not run again
         for line in runs_file.read_text(encoding="utf-8").splitlines():
             r = json.loads(line)
+            if r.get("signal", "label") != args.signal:
+                raise SystemExit(f"{PROG}: --signal {args.signal}: {runs_file} holds runs with signal "
+                                 f"{r.get('signal', 'label')!r}; expected one signal per directory (use another --out)")
             done[r.get("label", r["core"]), r["length"], r["seed"]] = r
     core_kwargs = dict(kv.split("=", 1) for kv in args.core_kwargs)
     command = "python scripts/span_study.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -316,7 +344,8 @@ def capacity(args: argparse.Namespace) -> int:
                 break
             for seed in seeds:
                 if (label, length, seed) not in done:
-                    r = {**capacity_run(core, length, seed, hidden, args.steps, args.lr, args.eval_every, kw),
+                    r = {**capacity_run(core, length, seed, hidden, args.steps, args.lr, args.eval_every, kw,
+                                        args.signal, args.batch),
                          "label": label, "commit": git_commit(), "command": command}
                     done[label, length, seed] = r
                     with runs_file.open("a", encoding="utf-8") as f:
@@ -351,7 +380,9 @@ def capacity(args: argparse.Namespace) -> int:
     ax.set_xlabel("memory length L (corridor cells)")
     ax.set_ylabel("share of seeds solved")
     ax.set_ylim(-0.05, 1.05)
-    ax.set_title(f"T-Maze memory by gradient descent alone (no RL): {args.steps} full-batch Adam steps at most")
+    title = ("T-Maze memory by gradient descent alone (no RL)" if args.signal == "label" else
+             f"T-Maze memory from the reward alone (REINFORCE, {args.batch} episodes a step, no PPO)")
+    ax.set_title(f"{title}: {args.steps} Adam steps at most", fontsize=10)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.text(0.01, 0.005, f"commit {prov['commit']} | {m['cpu']}, {m['cores']} cores | " + " ; ".join(commands),
              fontsize=5, family="monospace", va="bottom", wrap=True)
@@ -359,17 +390,20 @@ def capacity(args: argparse.Namespace) -> int:
     png = out_dir / "capacity.png"
     fig.savefig(png, dpi=120)
     plt.close(fig)
-    md = ["# T-Maze memory by gradient descent alone (no RL)", "", f"![seeds solved vs length]({png.name})", "",
+    how = ("both cues in every batch, cross-entropy on naming the cue at the junction" if args.signal == "label" else
+           f"{args.batch} episodes with random cues a step; the turn at the junction is sampled from the head's 4 "
+           "logits (the env's actions) and rewarded 1 on the cued goal, else 0; REINFORCE with the batch's mean "
+           "reward as baseline (no critic, no PPO)")
+    md = [f"# {title}", "", f"![seeds solved vs length]({png.name})", "",
           f"Commit {prov['commit']}, {prov['date']}; runs at commit(s) "
           f"{', '.join(sorted({r.get('commit', 'unknown') for r in done.values()}))}; {m['cpu']}, {m['cores']} cores, "
           f"torch {m['torch']} ({m['torch_threads']} thread(s)).",
           "", "Reproduce (each command runs its cores and writes this report of every run in the directory):", "",
           "```", *commands, "```", "",
           f"A 64-unit tanh encoder, the core (sized to {args.match_params}'s core parameters) and a linear head are "
-          "trained with Adam (learning rate "
-          f"{args.lr:g}) on the two observation sequences of the `walk=auto` T-Maze of length L (cue +1 and -1, "
-          "both in every batch), cross-entropy on naming the cue at the junction. Solved: at an evaluation (every "
-          f"{args.eval_every} steps) both cues get probability >= 0.9; at most {args.steps} steps. A core goes on "
+          f"trained with Adam (learning rate {args.lr:g}) on the observation sequences of the `walk=auto` T-Maze of "
+          f"length L (taken from the env): {how}. Solved: at an evaluation (every {args.eval_every} steps) both cues "
+          f"get probability >= 0.9 on the right answer; at most {args.steps} steps. A core goes on "
           "to the next length only while one of its seeds solved the last (`-`: not run). Longest: the longest "
           "length a majority of seeds solved.", "",
           "| core | hidden | params | " + " | ".join(f"L={n}" for n in lengths) + " | longest |",
@@ -425,6 +459,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     c.add_argument("--match-params", default="lstm:128")
     c.add_argument("--core-kwargs", nargs="+", default=[], metavar="KEY=INT",
                    help="integer options for the GRU and LSTM cores (e.g. chrono=1000)")
+    c.add_argument("--signal", choices=SIGNALS, default="label",
+                   help="label: the cue as a label (memory alone); reward: the env's reward for a sampled turn")
+    c.add_argument("--batch", type=int, default=8, help="episodes per step with --signal reward")
     c.add_argument("--variant", default=None, metavar="NAME",
                    help="label these runs CORE@NAME (e.g. for --core-kwargs chrono=1000 beside the defaults)")
     c.add_argument("--out", required=True)

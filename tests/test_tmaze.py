@@ -151,3 +151,15 @@ def test_capacity_probe_sees_the_tasks_inputs_and_separates_memory_from_none():
     assert solved["solved"] and solved["min_p_correct"] >= 0.9 and solved["steps_run"] == solved["solved_step"]
     none = span.capacity_run("mlp", 50, 0, 32, 30, 1e-2, 10, {})
     assert not none["solved"] and none["steps_run"] == 30 and none["min_p_correct"] <= 0.5 + 1e-6
+
+
+def test_capacity_probe_learns_from_the_reward_of_a_sampled_turn():
+    """With ``signal="reward"`` the probe gets only the env's reward for a turn it sampled (REINFORCE): a GRU learns
+    to turn towards the cue 10 steps later, the memoryless core cannot, and a bad signal is a one-line error."""
+    span = _span_study()
+    solved = span.capacity_run("gru", 10, 0, 32, 1500, 3e-3, 10, {"chrono": 20}, "reward", 8)
+    assert solved["solved"] and solved["signal"] == "reward" and solved["batch"] == 8
+    none = span.capacity_run("mlp", 10, 0, 32, 100, 3e-3, 10, {}, "reward", 8)
+    assert not none["solved"] and none["min_p_correct"] <= 0.5
+    with pytest.raises(ValueError, match="^signal='labels': expected one of label, reward$"):
+        span.capacity_run("gru", 10, 0, 8, 1, 1e-3, 1, {}, "labels")

@@ -121,6 +121,12 @@ def cells_of(found: Dict[tuple, Dict[str, Any]], cores: Sequence[str], lengths: 
                 yield core, n, runs
 
 
+def length_header(columns: Sequence[str], lengths: Sequence[int], last: str) -> List[str]:
+    """The header and rule rows of a Markdown table: ``columns``, one column per length, then ``last``."""
+    heads = [*columns, *(f"L={n}" for n in lengths), last]
+    return ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+
+
 def length_cells(rows: List[Dict[str, Any]], core: str, lengths: Sequence[int], fmt) -> List[str]:
     """One table cell per length for ``core``: ``fmt(row)``, or ``-`` where the core was not run."""
     cells = []
@@ -192,8 +198,7 @@ def report(args: argparse.Namespace) -> int:
           f"Success: final evaluation, 100 deterministic episodes; `solved`: seeds with success >= {args.solved}; "
           "longest solved: the longest length a majority of seeds solved. `-` after a length: the core was not run "
           "there (no seed solved a shorter length).", "",
-          "| core | params | " + " | ".join(f"L={n}" for n in lengths) + " | longest solved |",
-          "|---|---|" + "---|" * len(lengths) + "---|"]
+          *length_header(["core", "params"], lengths, "longest solved")]
     for core in cores:
         cells = length_cells(rows, core, lengths, lambda r: f"{r['success']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}] "
                                                             f"({r['solved']}/{r['seeds']})")
@@ -406,8 +411,7 @@ def capacity(args: argparse.Namespace) -> int:
           f"get probability >= 0.9 on the right answer; at most {args.steps} steps. A core goes on "
           "to the next length only while one of its seeds solved the last (`-`: not run). Longest: the longest "
           "length a majority of seeds solved.", "",
-          "| core | hidden | params | " + " | ".join(f"L={n}" for n in lengths) + " | longest |",
-          "|---|---|---|" + "---|" * len(lengths) + "---|"]
+          *length_header(["core", "hidden", "params"], lengths, "longest")]
     for core in cores:
         cells = length_cells(rows, core, lengths, lambda r: f"{r['solved']}/{r['seeds']}" + (
             f" ({r['median_solved_step']:.0f})" if r["median_solved_step"] is not None else ""))

@@ -122,6 +122,26 @@ def test_matches_stepwise_reference_with_resets(name, num_layers, shape):
 
 @needs_fused
 @pytest.mark.parametrize("name", RECURRENT)
+@pytest.mark.parametrize("B", range(1, 10))
+def test_every_row_block_of_the_step_product(name, B):
+    """The per-step product's own path (up to 8 rows, split into blocks of 6, 5, 2 and 1) against the step-by-step
+    reference at every batch size it splits differently, with a hidden size whose gate columns (3H = 135, 4H = 180)
+    leave remainders after the 24-, 16- and 8-column blocks; B = 9 takes the BLAS path."""
+    T, F, H = 12, 7, 45
+    fast, slow = _pair(name, F, H, 1, seed=B)
+    g = torch.Generator().manual_seed(B)
+    x, state0 = torch.randn(T, B, F, generator=g), torch.randn(B, *fast.state_shape, generator=g)
+    starts = torch.rand(T, B, generator=g) < 0.2
+    gy, gs = torch.randn(T, B, H, generator=g), torch.randn(B, *fast.state_shape, generator=g)
+    y_f, s_f, g_f = _run(lambda c, x_, s_: c.forward_sequence(x_, s_, starts), fast, x, state0, gy, gs)
+    y_r, s_r, g_r = _run(lambda c, x_, s_: _stepwise(c, x_, s_, starts), slow, x, state0, gy, gs)
+    torch.testing.assert_close(y_f, y_r, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s_f, s_r, atol=1e-5, rtol=1e-5)
+    _assert_grads(g_f, g_r)
+
+
+@needs_fused
+@pytest.mark.parametrize("name", RECURRENT)
 def test_saturated_gates_stay_finite_and_match(name):
     """Pre-activations far outside the exp's range (|x| up to ~1e3): the float kernel clamps, never overflows."""
     fast, slow = _pair(name, 6, 10, 2, seed=4)

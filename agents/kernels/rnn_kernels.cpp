@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <cstring>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -204,6 +205,99 @@ struct NoGrad {  // nothing inside a kernel is recorded by autograd
   at::NoGradGuard no_grad;
 };
 
+// ------------------------------------------------------------------------------------------------ per-step product
+// The sequence kernels' per-step recurrent product C [B, N] (+)= A [B, K] M [K, N] (M row-major). At a few batch
+// rows a BLAS call costs several times its arithmetic (dispatch, packing; results/profile.md), so up to
+// kStepRowsMax rows of float it runs here: blocks of MB rows x 8*NV columns held in vector registers over the whole
+// k loop (GCC/Clang vector extensions). Each output sums over k in order, with FMA where the CPU has it.
+constexpr int64_t kStepRowsMax = 8;
+
+#if defined(__GNUC__)
+#define RA_STEP_MM 1
+typedef float v8f __attribute__((vector_size(32)));
+
+template <int MB, int NV>
+int64_t step_mm_block(const float* __restrict A, int64_t K, const float* __restrict M, int64_t N, int64_t n0,
+                      float* __restrict C, bool accumulate) {
+  constexpr int64_t NB = 8 * NV;
+  for (; n0 + NB <= N; n0 += NB) {
+    v8f acc[MB][NV];
+#pragma GCC unroll 8
+    for (int b = 0; b < MB; ++b)
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) {
+        if (accumulate) std::memcpy(&acc[b][j], C + b * N + n0 + 8 * j, sizeof(v8f));
+        else acc[b][j] = v8f{};
+      }
+    for (int64_t k = 0; k < K; ++k) {
+      v8f m[NV];
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) std::memcpy(&m[j], M + k * N + n0 + 8 * j, sizeof(v8f));
+#pragma GCC unroll 8
+      for (int b = 0; b < MB; ++b) {
+        const float a = A[b * K + k];
+#pragma GCC unroll 8
+        for (int j = 0; j < NV; ++j) acc[b][j] += a * m[j];
+      }
+    }
+#pragma GCC unroll 8
+    for (int b = 0; b < MB; ++b)
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) std::memcpy(C + b * N + n0 + 8 * j, &acc[b][j], sizeof(v8f));
+  }
+  return n0;
+}
+
+// MB rows, all N columns: wide blocks, then 8-column blocks, then the last columns one by one
+template <int MB, int NV>
+void step_mm_rows(const float* A, int64_t K, const float* M, int64_t N, float* C, bool accumulate) {
+  int64_t n0 = step_mm_block<MB, NV>(A, K, M, N, 0, C, accumulate);
+  n0 = step_mm_block<MB, 1>(A, K, M, N, n0, C, accumulate);
+  for (int b = 0; b < MB; ++b)
+    for (int64_t n = n0; n < N; ++n) {
+      float v = accumulate ? C[b * N + n] : 0.0f;
+      for (int64_t k = 0; k < K; ++k) v += A[b * K + k] * M[k * N + n];
+      C[b * N + n] = v;
+    }
+}
+#endif
+
+// whether step_mm runs B rows of this dtype itself (then M must be contiguous; otherwise BLAS takes any layout)
+inline bool step_mm_own(at::ScalarType dtype, int64_t B) {
+#ifdef RA_STEP_MM
+  return dtype == at::kFloat && B <= kStepRowsMax;
+#else
+  return false;
+#endif
+}
+
+// C [B, N] (+)= A [B, K] M [K, N] for one step, all contiguous. Float rows up to kStepRowsMax run on raw pointers
+// (no Tensor per step); more rows, double, or no vector extensions: at::mm_out / addmm_ on the given views.
+template <typename s_t>
+// (For BLAS: C is C_all[t], or C_all itself where c_is_step is false, and A is A_all[t].)
+void step_mm(s_t* c, const s_t* a, const s_t* m, int64_t B, int64_t K, int64_t N, const Tensor& C_all,
+             const Tensor& A_all, const Tensor& M, int64_t t, bool c_is_step, bool accumulate) {
+#ifdef RA_STEP_MM
+  if constexpr (std::is_same_v<s_t, float>) {
+    if (step_mm_own(at::kFloat, B)) {
+      // row blocks by measured speed (results/profile.md): 6 or 5 rows x 16 columns, 2 x 24, 1 x 40
+      for (int64_t b = 0; b < B;) {
+        const int64_t left = B - b;
+        if (left >= 6) { step_mm_rows<6, 2>(a + b * K, K, m, N, c + b * N, accumulate); b += 6; }
+        else if (left == 5) { step_mm_rows<5, 2>(a + b * K, K, m, N, c + b * N, accumulate); b += 5; }
+        else if (left >= 2) { step_mm_rows<2, 3>(a + b * K, K, m, N, c + b * N, accumulate); b += 2; }
+        else { step_mm_rows<1, 5>(a + b * K, K, m, N, c + b * N, accumulate); b += 1; }
+      }
+      return;
+    }
+  }
+#endif
+  Tensor C = c_is_step ? C_all[t] : C_all;
+  const Tensor A = A_all[t];
+  if (accumulate) C.addmm_(A, M);
+  else at::mm_out(C, A, M);
+}
+
 // ================================================================================================ GRU sequence
 // x [T, B, F], h0 [B, H], keep [T, B] or None, w_ih [3H, F], w_hh [3H, H], b_ih [3H], b_hh [3H]
 // returns y [T, B, H], hT [B, H], and for backward: gates (activated r, z, n) [T, B, 3H],
@@ -232,7 +326,8 @@ std::vector<Tensor> gru_forward(const Tensor& x_, const Tensor& h0_, const std::
   Tensor heff = at::empty({T, B, H}, x.options());
   Tensor y = at::empty({T, B, H}, x.options());
   Tensor hT = at::empty({B, H}, x.options());
-  const Tensor w_hh_t = w_hh.t();
+  // [H, 3H]: row-major for step_mm's own rows; BLAS takes the transposed view as it is
+  const Tensor w_hh_t = step_mm_own(dtype, B) ? w_hh.t().contiguous() : w_hh.t();
 
   AT_DISPATCH_FLOATING_TYPES(dtype, "gru_forward", [&] {
     using s_t = scalar_t;
@@ -246,8 +341,8 @@ std::vector<Tensor> gru_forward(const Tensor& x_, const Tensor& h0_, const std::
     s_t* hTp = hT.data_ptr<s_t>();
     const s_t* bnp = b_hn.data_ptr<s_t>();
     for (int64_t t = 0; t < T; ++t) {
-      Tensor gh_t = gh[t];
-      at::mm_out(gh_t, heff[t], w_hh_t);
+      step_mm(ghp + t * B * 3 * H, hep + t * B * H, w_hh_t.data_ptr<s_t>(), B, H, 3 * H, gh, heff, w_hh_t, t, true,
+              false);
       const bool last = (t + 1 == T);
       for (int64_t b = 0; b < B; ++b) {
         const int64_t row = t * B + b;
@@ -295,7 +390,8 @@ std::vector<Tensor> gru_backward(const Tensor& dy_, const Tensor& dhT_, const Te
         gru_bwd_row(gp + row * 3 * H, ghp + row * 3 * H, hep + row * H, dyp + row * H, dcp + b * H,
                     dgip + row * 3 * H, dghp + row * 3 * H, (!last && kp) ? kp[row + B] : s_t(1), H);
       }
-      dhc.addmm_(dgh[t], w_hh);  // dL/dh_eff[t] = direct part + dGates_h[t] @ W_hh
+      // dL/dh_eff[t] = direct part + dGates_h[t] @ W_hh
+      step_mm(dcp, dghp + t * B * 3 * H, w_hh.data_ptr<s_t>(), B, 3 * H, H, dhc, dgh, w_hh, t, false, true);
     }
     s_t* d0 = dh0.data_ptr<s_t>();
     for (int64_t b = 0; b < B; ++b) scale_row(d0 + b * H, dcp + b * H, kp ? kp[b] : s_t(1), H);
@@ -339,7 +435,8 @@ std::vector<Tensor> lstm_forward(const Tensor& x_, const Tensor& h0_, const Tens
   Tensor y = at::empty({T, B, H}, x.options());
   Tensor hT = at::empty({B, H}, x.options());
   Tensor cT = at::empty({B, H}, x.options());
-  const Tensor w_hh_t = w_hh.t();
+  // [H, 4H]: row-major for step_mm's own rows; BLAS takes the transposed view as it is
+  const Tensor w_hh_t = step_mm_own(dtype, B) ? w_hh.t().contiguous() : w_hh.t();
 
   AT_DISPATCH_FLOATING_TYPES(dtype, "lstm_forward", [&] {
     using s_t = scalar_t;
@@ -359,7 +456,8 @@ std::vector<Tensor> lstm_forward(const Tensor& x_, const Tensor& h0_, const Tens
     s_t* hTp = hT.data_ptr<s_t>();
     s_t* cTp = cT.data_ptr<s_t>();
     for (int64_t t = 0; t < T; ++t) {
-      gates[t].addmm_(heff[t], w_hh_t);
+      step_mm(gp + t * B * 4 * H, hep + t * B * H, w_hh_t.data_ptr<s_t>(), B, H, 4 * H, gates, heff, w_hh_t, t, true,
+              true);
       const bool last = (t + 1 == T);
       for (int64_t b = 0; b < B; ++b) {
         const int64_t row = t * B + b;
@@ -410,7 +508,8 @@ std::vector<Tensor> lstm_backward(const Tensor& dy_, const Tensor& dhT_, const T
         lstm_bwd_row(gp + row * 4 * H, tcp + row * H, cep + row * H, dyp + row * H, dhp + b * H, dcp + b * H,
                      dgp + row * 4 * H, (!last && kp) ? kp[row + B] : s_t(1), H);
       }
-      at::mm_out(dhc, dg[t], w_hh);  // dL/dh_eff[t]
+      step_mm(dhp, dgp + t * B * 4 * H, w_hh.data_ptr<s_t>(), B, 4 * H, H, dhc, dg, w_hh, t, false,
+              false);  // dL/dh_eff[t]
     }
     s_t* dh0p = dh0.data_ptr<s_t>();
     s_t* dc0p = dc0.data_ptr<s_t>();

@@ -7,6 +7,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from gymnasium import spaces
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
@@ -114,6 +115,28 @@ def test_fused_act_equals_the_eager_act(kw, batch):
         else:
             np.testing.assert_array_equal(a_fused, a_eager.numpy())
         torch.testing.assert_close(state_fused, state_eager, atol=1e-5, rtol=1e-5)
+
+
+def test_minigrid_encoder_training_path_has_the_embeddings_values_and_gradients():
+    """With gradients on, the MiniGrid encoder gathers its embedding rows with a one-index_add backward; values and
+    every parameter's gradient are nn.Embedding's (the path it takes under no_grad and in export)."""
+    from agents.encoders import MiniGridEncoder
+    torch.manual_seed(0)
+    enc = MiniGridEncoder(MINIGRID_OBS, [16], nn.Tanh)
+    obs = torch.as_tensor(np.stack([MINIGRID_OBS.sample() for _ in range(12)])).view(3, 4, -1)
+    out = enc(obs)
+    (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    grads = {n: p.grad.clone() for n, p in enc.named_parameters()}
+    enc.zero_grad()
+    codes = torch.minimum(obs.long(), enc.max_code) + enc.rows
+    ref = enc.net(nn.functional.embedding(codes, enc.embed.weight).flatten(-2))
+    (ref * torch.linspace(-1, 1, ref.numel()).view_as(ref)).sum().backward()
+    torch.testing.assert_close(out, ref)
+    for n, p in enc.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad, msg=lambda m: f"{n}: {m}")
+    assert grads["embed.weight"].abs().sum() > 0
+    with torch.no_grad():
+        torch.testing.assert_close(enc(obs), ref)
 
 
 def test_fused_act_stands_aside_where_it_does_not_apply():

@@ -216,9 +216,11 @@ constexpr int64_t kStepRowsMax = 8;
 #define RA_STEP_MM 1
 typedef float v8f __attribute__((vector_size(32)));
 
+// Rows are given by pointers, so that a block can be filled up with a zero row (A) and a scratch row (C): 3 or 4
+// rows run as 5, which measured faster than as 2 + 1, 2 + 2 or a 4-row block (scripts/bench_kernels.py shapes).
 template <int MB, int NV>
-int64_t step_mm_block(const float* __restrict A, int64_t K, const float* __restrict M, int64_t N, int64_t n0,
-                      float* __restrict C, bool accumulate) {
+int64_t step_mm_block(const float* const* __restrict A, int64_t K, const float* __restrict M, int64_t N, int64_t n0,
+                      float* const* __restrict C, bool accumulate) {
   constexpr int64_t NB = 8 * NV;
   for (; n0 + NB <= N; n0 += NB) {
     v8f acc[MB][NV];
@@ -226,7 +228,7 @@ int64_t step_mm_block(const float* __restrict A, int64_t K, const float* __restr
     for (int b = 0; b < MB; ++b)
 #pragma GCC unroll 8
       for (int j = 0; j < NV; ++j) {
-        if (accumulate) std::memcpy(&acc[b][j], C + b * N + n0 + 8 * j, sizeof(v8f));
+        if (accumulate) std::memcpy(&acc[b][j], C[b] + n0 + 8 * j, sizeof(v8f));
         else acc[b][j] = v8f{};
       }
     for (int64_t k = 0; k < K; ++k) {
@@ -235,7 +237,7 @@ int64_t step_mm_block(const float* __restrict A, int64_t K, const float* __restr
       for (int j = 0; j < NV; ++j) std::memcpy(&m[j], M + k * N + n0 + 8 * j, sizeof(v8f));
 #pragma GCC unroll 8
       for (int b = 0; b < MB; ++b) {
-        const float a = A[b * K + k];
+        const float a = A[b][k];
 #pragma GCC unroll 8
         for (int j = 0; j < NV; ++j) acc[b][j] += a * m[j];
       }
@@ -243,21 +245,29 @@ int64_t step_mm_block(const float* __restrict A, int64_t K, const float* __restr
 #pragma GCC unroll 8
     for (int b = 0; b < MB; ++b)
 #pragma GCC unroll 8
-      for (int j = 0; j < NV; ++j) std::memcpy(C + b * N + n0 + 8 * j, &acc[b][j], sizeof(v8f));
+      for (int j = 0; j < NV; ++j) std::memcpy(C[b] + n0 + 8 * j, &acc[b][j], sizeof(v8f));
   }
   return n0;
 }
 
-// MB rows, all N columns: wide blocks, then 8-column blocks, then the last columns one by one
+// `rows` (<= MB) rows starting at a / c, run as a block of MB: wide blocks, 8-column blocks, then the last columns
 template <int MB, int NV>
-void step_mm_rows(const float* A, int64_t K, const float* M, int64_t N, float* C, bool accumulate) {
-  int64_t n0 = step_mm_block<MB, NV>(A, K, M, N, 0, C, accumulate);
-  n0 = step_mm_block<MB, 1>(A, K, M, N, n0, C, accumulate);
-  for (int b = 0; b < MB; ++b)
+void step_mm_rows(const float* a, int64_t K, const float* m, int64_t N, float* c, int64_t rows, bool accumulate) {
+  std::vector<float> pad;
+  const float* A[MB];
+  float* C[MB];
+  if (rows < MB) pad.assign(K + N, 0.0f);  // one zero row of A, one scratch row of C for the filler rows
+  for (int b = 0; b < MB; ++b) {
+    A[b] = b < rows ? a + b * K : pad.data();
+    C[b] = b < rows ? c + b * N : pad.data() + K;
+  }
+  int64_t n0 = step_mm_block<MB, NV>(A, K, m, N, 0, C, accumulate);
+  n0 = step_mm_block<MB, 1>(A, K, m, N, n0, C, accumulate);
+  for (int64_t b = 0; b < rows; ++b)
     for (int64_t n = n0; n < N; ++n) {
-      float v = accumulate ? C[b * N + n] : 0.0f;
-      for (int64_t k = 0; k < K; ++k) v += A[b * K + k] * M[k * N + n];
-      C[b * N + n] = v;
+      float v = accumulate ? c[b * N + n] : 0.0f;
+      for (int64_t k = 0; k < K; ++k) v += a[b * K + k] * m[k * N + n];
+      c[b * N + n] = v;
     }
 }
 #endif
@@ -280,13 +290,17 @@ void step_mm(s_t* c, const s_t* a, const s_t* m, int64_t B, int64_t K, int64_t N
 #ifdef RA_STEP_MM
   if constexpr (std::is_same_v<s_t, float>) {
     if (step_mm_own(at::kFloat, B)) {
-      // row blocks by measured speed (results/profile.md): 6 or 5 rows x 16 columns, 2 x 24, 1 x 40
+      // row blocks by measured speed (results/profile.md): 6 rows x 16 columns, 5 x 16 (also for 3 or 4 rows),
+      // 2 x 24, 1 x 40
       for (int64_t b = 0; b < B;) {
-        const int64_t left = B - b;
-        if (left >= 6) { step_mm_rows<6, 2>(a + b * K, K, m, N, c + b * N, accumulate); b += 6; }
-        else if (left == 5) { step_mm_rows<5, 2>(a + b * K, K, m, N, c + b * N, accumulate); b += 5; }
-        else if (left >= 2) { step_mm_rows<2, 3>(a + b * K, K, m, N, c + b * N, accumulate); b += 2; }
-        else { step_mm_rows<1, 5>(a + b * K, K, m, N, c + b * N, accumulate); b += 1; }
+        const int64_t rows = std::min<int64_t>(B - b, 6);
+        const float* ab = a + b * K;
+        float* cb = c + b * N;
+        if (rows == 6) step_mm_rows<6, 2>(ab, K, m, N, cb, 6, accumulate);
+        else if (rows >= 3) step_mm_rows<5, 2>(ab, K, m, N, cb, rows, accumulate);
+        else if (rows == 2) step_mm_rows<2, 3>(ab, K, m, N, cb, 2, accumulate);
+        else step_mm_rows<1, 5>(ab, K, m, N, cb, 1, accumulate);
+        b += rows;
       }
       return;
     }

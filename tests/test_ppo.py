@@ -117,13 +117,15 @@ def test_fused_act_equals_the_eager_act(kw, batch):
         torch.testing.assert_close(state_fused, state_eager, atol=1e-5, rtol=1e-5)
 
 
-def test_minigrid_encoder_training_path_has_the_embeddings_values_and_gradients():
-    """With gradients on, the MiniGrid encoder gathers its embedding rows with a one-index_add backward; values and
-    every parameter's gradient are nn.Embedding's (the path it takes under no_grad and in export)."""
+@pytest.mark.parametrize("view,layer_norm", [(7, False), (3, True)])
+def test_minigrid_encoder_training_path_has_the_embeddings_values_and_gradients(view, layer_norm):
+    """With gradients on, the MiniGrid encoder runs its embedding and first layer as one one-hot product; values
+    and every parameter's gradient are embedding-then-linear's (the path it takes under no_grad and in export)."""
     from agents.encoders import MiniGridEncoder
+    space = spaces.Box(0, 10, (view * view * 3 + 1,), np.uint8)
     torch.manual_seed(0)
-    enc = MiniGridEncoder(MINIGRID_OBS, [16], nn.Tanh)
-    obs = torch.as_tensor(np.stack([MINIGRID_OBS.sample() for _ in range(12)])).view(3, 4, -1)
+    enc = MiniGridEncoder(space, [16, 8], nn.Tanh, layer_norm=layer_norm)
+    obs = torch.as_tensor(np.stack([space.sample() for _ in range(12)])).view(3, 4, -1)
     out = enc(obs)
     (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
     grads = {n: p.grad.clone() for n, p in enc.named_parameters()}

@@ -125,6 +125,17 @@ def bootstrap_ci(runs: np.ndarray, statistic: Callable[..., np.ndarray] = iqm, r
     return stratified_bootstrap_ci([np.asarray(runs, dtype=float)], statistic, reps, confidence, seed)
 
 
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> Tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95% at z = 1.96): unlike a bootstrap over a few 0/1 runs,
+    it stays wide when all of them agree (3/3 -> [0.44, 1])."""
+    if trials <= 0:
+        raise ValueError(f"trials={trials}: expected a positive number of trials")
+    p, z2 = successes / trials, z * z
+    center = (p + z2 / (2 * trials)) / (1 + z2 / trials)
+    half = z * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials)) / (1 + z2 / trials)
+    return max(0.0, center - half), min(1.0, center + half)
+
+
 # ---------------------------------------------------------------------------------------------------- loading
 @dataclass
 class Run:

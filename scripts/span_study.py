@@ -39,7 +39,7 @@ import numpy as np
 from benchlib import ROOT, git_commit, provenance
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from report import bootstrap_ci, footer_text, load_runs, sweep_info_of  # noqa: E402
+from report import bootstrap_ci, footer_text, load_runs, sweep_info_of, wilson_interval  # noqa: E402
 from sweep import parse_seeds  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
@@ -368,7 +368,9 @@ def capacity(args: argparse.Namespace) -> int:
     rows = []
     for core, length, runs in cells_of(done, cores, lengths):
         solved = [r["solved_step"] for r in runs if r["solved"]]
+        lo, hi = wilson_interval(len(solved), len(runs))
         rows.append({"core": core, "length": length, "seeds": len(runs), "solved": len(solved),
+                     "solved_share_ci95": [lo, hi],
                      "median_solved_step": float(np.median(solved)) if solved else None,
                      "s_per_step": float(np.median([r["s_per_step"] for r in runs])),
                      "hidden": runs[0]["hidden"], "params": runs[0]["core_parameters"]})
@@ -379,11 +381,14 @@ def capacity(args: argparse.Namespace) -> int:
     fig, ax = plt.subplots(figsize=(10, 5))
     for i, core in enumerate(cores):
         mine = [r for r in rows if r["core"] == core]
-        ax.plot([r["length"] for r in mine], [r["solved"] / r["seeds"] for r in mine], marker="os^vD<>p"[i % 8],
-                ls=("-", "--", ":")[i % 3], label=f"{core} (longest: {longest[core] or '-'})")
+        share = np.array([r["solved"] / r["seeds"] for r in mine])
+        ci = np.array([r["solved_share_ci95"] for r in mine]).reshape(-1, 2)
+        ax.errorbar([r["length"] * 1.03 ** (i - len(cores) / 2) for r in mine], share,
+                    yerr=[share - ci[:, 0], ci[:, 1] - share], marker="os^vD<>p"[i % 8], ls=("-", "--", ":")[i % 3],
+                    capsize=2, elinewidth=0.6, label=f"{core} (longest: {longest[core] or '-'})")
     ax.set_xscale("log")
     ax.set_xlabel("memory length L (corridor cells)")
-    ax.set_ylabel("share of seeds solved")
+    ax.set_ylabel("share of seeds solved (95% Wilson interval)")
     ax.set_ylim(-0.05, 1.05)
     title = ("T-Maze memory by gradient descent alone (no RL)" if args.signal == "label" else
              f"T-Maze memory from the reward alone (REINFORCE, {args.batch} episodes a step, no PPO)")
@@ -414,11 +419,13 @@ def capacity(args: argparse.Namespace) -> int:
           *length_header(["core", "hidden", "params"], lengths, "longest")]
     for core in cores:
         cells = length_cells(rows, core, lengths, lambda r: f"{r['solved']}/{r['seeds']}" + (
+            " [{:.2f}, {:.2f}]".format(*r["solved_share_ci95"])) + (
             f" ({r['median_solved_step']:.0f})" if r["median_solved_step"] is not None else ""))
         first = next(r for r in rows if r["core"] == core)
         md.append(f"| {core} | {first['hidden']} | {first['params']:,} | " + " | ".join(cells)
                   + f" | {longest[core] or '-'} |")
-    md += ["", "Cells: seeds solved (median Adam steps to solve). Seconds per step (median over seeds):", "",
+    md += ["", "Cells: seeds solved [95% Wilson interval of the share solved] (median Adam steps to solve). Seconds "
+           "per step (median over seeds):", "",
            "| core | " + " | ".join(f"L={n}" for n in lengths) + " |", "|---|" + "---|" * len(lengths)]
     for core in cores:
         md.append(f"| {core} | " + " | ".join(length_cells(rows, core, lengths,

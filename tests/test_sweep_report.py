@@ -528,3 +528,14 @@ def test_plot_runs_labels_lines_and_bad_labels(sweep_dir, tmp_path):
     bad = subprocess.run([sys.executable, script, *runs, "--labels", "a", "--out", str(out)], capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "--labels has 1 labels for 2 runs" in bad.stderr
+
+
+def test_wilson_interval_of_a_few_runs():
+    from report import wilson_interval
+    lo, hi = wilson_interval(3, 3)
+    assert hi == 1.0 and lo == pytest.approx(0.4385, abs=1e-4)  # all agree: still wide
+    lo, hi = wilson_interval(0, 3)
+    assert lo == 0.0 and hi == pytest.approx(0.5615, abs=1e-4)
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    with pytest.raises(ValueError, match="trials=0"):
+        wilson_interval(0, 0)

@@ -32,6 +32,10 @@ movement actions, 0 for a policy that always picks one; the actions played are t
     python scripts/probe_minigrid.py                                  # the MiniGrid-MemoryS7 sweep: about 1 min
     python scripts/probe_minigrid.py results/runs/sweep_minigrid9/*/*/ --name probe_minigrid9
 
+And where a failing policy loses the cue (a linear read-out over the led-back episodes): the cue's kind from the
+encoder's output on the look-back view, from the actor core's state after it and at the decision, and the matching
+side from that last state (:func:`cue_probes`).
+
 Writes results/<name>.json and results/<name>.md (default name probe_minigrid).
 """
 
@@ -48,7 +52,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
-from bench_export import stateful  # noqa: E402
 
 DEFAULT_RUNS = "results/runs/sweep_minigrid7/*/*/"
 LEFT, RIGHT, FORWARD = 0, 1, 2  # minigrid's action numbers (also with action_set=move)
@@ -76,22 +79,63 @@ def probe_episode(env, act: Callable[[object, bool], object], seed: int) -> Dict
             "looked_back": last_seen_x is not None and last_seen_x >= end_column}
 
 
-def led_back_succeeds(env, act: Callable[[object, bool], object], seed: int) -> bool:
+def led_back(env, act: Callable[[object, bool], object], seed: int) -> Dict[str, object]:
     """The episode of ``seed`` with the route forced to the end of the hallway and round to face the start room (two
     right turns; ``act`` sees every observation, so a recurrent policy's state follows the forced route), then played
-    on by ``act``; True when it ends on the matching object."""
+    on by ``act``. Returns ``succeeds`` (it ended on the matching object), ``calls`` (act calls in all; the first
+    ``forced`` of them were on the forced route, so call ``forced`` is the one on the look-back view and the last
+    one chose the final action), ``cue_is_key`` and ``upper_is_right`` (the matching object is the upper one)."""
     obs, _ = env.reset(seed=seed)
     u = env.unwrapped
+    cue = u.grid.get(1, u.height // 2 - 1)
+    labels = {"cue_is_key": type(cue).__name__ == "Key", "upper_is_right": u.success_pos[1] < u.height // 2}
     forced = [FORWARD] * (u.success_pos[0] - int(u.agent_pos[0])) + [RIGHT, RIGHT]
-    start, done, total = True, False, 0.0
+    start, done, total, calls = True, False, 0.0, 0
     for action in forced:
         act(obs, start)
+        calls += 1
         obs, reward, terminated, truncated, _ = env.step(action)
         start, total, done = False, total + float(reward), terminated or truncated
     while not done:
         obs, reward, terminated, truncated, _ = env.step(act(obs, False))
+        calls += 1
         total, done = total + float(reward), terminated or truncated
-    return total > 0
+    return {"succeeds": total > 0, "calls": calls, "forced": len(forced), **labels}
+
+
+def led_back_succeeds(env, act: Callable[[object, bool], object], seed: int) -> bool:
+    """:func:`led_back`'s ``succeeds``."""
+    return bool(led_back(env, act, seed)["succeeds"])
+
+
+def linear_probe_accuracy(x: np.ndarray, y: np.ndarray, folds: int = 5, l2: float = 1e-2, seed: int = 0) -> float:
+    """Held-out accuracy of a linear read-out: an L2-regularised logistic regression from ``x [N, D]`` to the 0/1
+    labels ``y [N]``, fitted on k-1 folds (features standardised by those folds) and scored on the last, over
+    ``folds`` folds. 0.5 for features that say nothing about balanced labels, near 1 for ones that hold them."""
+    x = torch.as_tensor(np.asarray(x, dtype=np.float64)).reshape(len(x), -1)
+    y = torch.as_tensor(np.asarray(y, dtype=np.float64))
+    if len(x) < 2 * folds or len(torch.unique(y)) < 2:
+        raise ValueError(f"{len(x)} samples with labels {sorted(set(y.tolist()))}: a probe needs both labels and at "
+                         f"least {2 * folds} samples")
+    order = torch.as_tensor(np.random.default_rng(seed).permutation(len(x)))
+    correct = 0
+    for part in torch.chunk(order, folds):
+        train = order[~torch.isin(order, part)]
+        mean, std = x[train].mean(0), x[train].std(0).clamp_min(1e-6)
+        xt, xv = (x[train] - mean) / std, (x[part] - mean) / std
+        w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+        b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(xt @ w + b, y[train]) + l2 * (w * w).sum()
+            loss.backward()
+            return loss
+        opt.step(closure)
+        with torch.no_grad():
+            correct += int(((xv @ w + b > 0).double() == y[part]).sum())
+    return correct / len(x)
 
 
 def summarize(episodes: List[Dict[str, object]]) -> Dict[str, float]:
@@ -134,6 +178,24 @@ def action_entropy(policy, observations: np.ndarray, starts: np.ndarray, mask: n
     return float(entropy[torch.as_tensor(np.asarray(mask, dtype=bool))].mean())
 
 
+def cue_probes(policy, observations: np.ndarray, states: np.ndarray, looks: List[Dict[str, object]]):
+    """Where the cue is lost, if it is: linear-probe accuracy (:func:`linear_probe_accuracy`) of the cue's kind from
+    the encoder's output on the look-back view, from the actor core's state after that view and from its state at
+    the decision (the final action's), and of the matching side from that last state (what the action head needs).
+    None where the led-back episodes do not have both labels."""
+    names = ("probe_cue_encoder_look", "probe_cue_state_look", "probe_cue_state_decide", "probe_side_state_decide")
+    cue = np.array([lk["cue_is_key"] for lk in looks], dtype=float)
+    side = np.array([lk["upper_is_right"] for lk in looks], dtype=float)
+    if len(looks) < 10 or len(set(cue)) < 2 or len(set(side)) < 2:
+        return dict.fromkeys(names)
+    look = [lk["look"] for lk in looks]
+    decide = [lk["decide"] for lk in looks]
+    with torch.no_grad():
+        encoded = policy.encoder(torch.as_tensor(observations[look])).numpy()
+    return dict(zip(names, (linear_probe_accuracy(encoded, cue), linear_probe_accuracy(states[look], cue),
+                            linear_probe_accuracy(states[decide], cue), linear_probe_accuracy(states[decide], side))))
+
+
 def probe_run(run_dir: Path, episodes: int, seed0: int) -> Dict[str, object]:
     import envs
     from agents import load_policy
@@ -142,26 +204,34 @@ def probe_run(run_dir: Path, episodes: int, seed0: int) -> Dict[str, object]:
     policy = load_policy(run_dir)
     kwargs = policy_env_kwargs(policy, run_dir)
     env = envs.make_env(policy.env_id, **kwargs)
-    policy_act = stateful(lambda o, s, e: policy.act(o, s, e, deterministic=True), policy.initial_state(1))
     seen: List[np.ndarray] = []
     starts: List[bool] = []
+    states: List[np.ndarray] = []  # the actor core's state each act call left (what its action was chosen from)
+    box = {"state": policy.initial_state(1)}
 
     def act(obs, start):
         seen.append(np.array(obs))
         starts.append(bool(start))
-        return policy_act(obs, start)
+        action, box["state"] = policy.act(obs, box["state"], start, deterministic=True)
+        states.append(policy._split(box["state"])[0].reshape(-1).numpy().copy())
+        return action.item() if np.ndim(action) == 0 else action
 
-    eps, own = [], []  # own: the steps of the policy's own episodes (not of the led-back replays)
+    eps, own, looks = [], [], []  # own: the steps of the policy's own episodes (not of the led-back replays)
     for seed in range(seed0, seed0 + episodes):
         first = len(seen)
         eps.append(probe_episode(env, act, seed))
         own.extend(range(first, len(seen)))
-        eps[-1]["led_back_succeeds"] = led_back_succeeds(env, act, seed)
+        first = len(seen)
+        back = led_back(env, act, seed)
+        eps[-1]["led_back_succeeds"] = back["succeeds"]
+        if back["calls"] > back["forced"]:  # the episode did not end on the forced route
+            looks.append({**back, "look": first + back["forced"], "decide": first + back["calls"] - 1})
     observations = np.stack(seen)
     activity = encoder_activity(policy, observations)
     own_mask = np.zeros(len(seen), dtype=bool)
     own_mask[own] = True
     activity["action_entropy"] = action_entropy(policy, observations, np.array(starts), own_mask)
+    activity.update(cue_probes(policy, observations, np.stack(states), looks))
     parts = run_dir.parent.name.split("__")  # sweep cells are <env>__<label>__<size>__s<seed>
     cell = run_dir.parent.name if len(parts) == 4 else run_dir.name
     return {"run": str(run_dir), "env": policy.env_id, "cell": cell,
@@ -177,7 +247,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("runs", nargs="*", help=f"run directories (default: {DEFAULT_RUNS})")
+    parser.add_argument("runs", nargs="*", help=f"run directories or quoted glob patterns (default: {DEFAULT_RUNS})")
     parser.add_argument("--episodes", type=int, default=200, help="episodes per run (default 200)")
     parser.add_argument("--seed", type=int, default=1000, help="env seed of the first episode (default 1000)")
     parser.add_argument("--name", default="probe_minigrid", help="results file stem (default probe_minigrid)")
@@ -186,7 +256,8 @@ def main(argv=None) -> int:
     if args.episodes < 1:
         parser.error(f"--episodes {args.episodes}: expected a positive integer")
     torch.set_num_threads(1)
-    runs = benchlib.trained_runs(args.runs or sorted(glob.glob(str(benchlib.ROOT / DEFAULT_RUNS))))
+    patterns = args.runs or [str(benchlib.ROOT / DEFAULT_RUNS)]  # quoted patterns are expanded here
+    runs = benchlib.trained_runs([m for p in patterns for m in (sorted(glob.glob(p)) or [p])])
     if not runs:
         parser.error(f"no run directories with a model.zip (default {DEFAULT_RUNS}: run the MiniGrid-MemoryS7 sweep "
                      "first, see results/studies/minigrid_memory_s7.md)")
@@ -200,7 +271,10 @@ def main(argv=None) -> int:
         print(f"[{i + 1}/{len(runs)}] {r['cell']}: success {_pct(r['success'])}, cue seen {_pct(r['cue_seen'])}, "
               f"looked back {_pct(r['looked_back'])}, hold (median) {r['hold_median_success']}, led back succeeds "
               f"{_pct(r['led_back_succeeds'])}, encoder units varying {_pct(r['encoder_varying'])}, saturated "
-              f"{_pct(r['encoder_saturated'])}, action entropy {r['action_entropy']:.3f}", flush=True)
+              f"{_pct(r['encoder_saturated'])}, action entropy {r['action_entropy']:.3f}; cue read out from the "
+              f"encoder at the look-back view {_pct(r['probe_cue_encoder_look'])}, the state there "
+              f"{_pct(r['probe_cue_state_look'])}, at the decision {_pct(r['probe_cue_state_decide'])}; side at the "
+              f"decision {_pct(r['probe_side_state_decide'])}", flush=True)
 
     table = [f"Deterministic actions, {args.episodes} episodes per run on env seeds {args.seed}.."
              f"{args.seed + args.episodes - 1}, each run's own env options. success: ended on the matching object; "
@@ -224,6 +298,17 @@ def main(argv=None) -> int:
                      f"{_pct(r['looked_back'])} | {hold} | {_pct(r['led_back_succeeds'])} | "
                      f"{_pct(r['encoder_varying'])} of {r['encoder_units']} | {_pct(r['encoder_saturated'])} | "
                      f"{r['action_entropy']:.3f} |")
+    table += ["", "Where the cue is lost: held-out accuracy (5-fold) of a linear read-out (L2-regularised logistic "
+              "regression) over the led-back episodes, of the cue's kind (key or ball) from the encoder's output on "
+              "the look-back view, from the actor core's state after that view and from its state at the decision "
+              "(the one the final action was chosen from), and of the matching side (upper or lower object) from "
+              "that last state. 50% = the features say nothing of it; near 100% = a linear head could read it.", "",
+              "| run | led back, succeeds | cue from encoder, look-back | cue from state, look-back | "
+              "cue from state, decision | side from state, decision |", "|---" * 6 + "|"]
+    for r in rows:
+        table.append(f"| {r['cell']} | {_pct(r['led_back_succeeds'])} | {_pct(r['probe_cue_encoder_look'])} | "
+                     f"{_pct(r['probe_cue_state_look'])} | {_pct(r['probe_cue_state_decide'])} | "
+                     f"{_pct(r['probe_side_state_decide'])} |")
     benchlib.publish(args.name, "probe_minigrid.py", sys.argv[1:] if argv is None else argv, table, args.out_dir,
                      settings={"episodes": args.episodes, "seed": args.seed}, rows=rows)
     return 0

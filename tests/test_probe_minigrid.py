@@ -106,6 +106,34 @@ def test_led_back_tells_a_policy_that_decides_from_one_that_never_gets_there():
     assert turns_left == lower and 0 < sum(lower) < 40
 
 
+def test_led_back_labels_and_act_calls_are_the_envs():
+    env = make()
+    u = env.unwrapped
+    kinds = set()
+    for seed in range(30):
+        back = probe.led_back(env, look_back_route(env), seed)
+        env.reset(seed=seed)
+        cue_kind = type(u.grid.get(1, u.height // 2 - 1)).__name__
+        kinds.add(cue_kind)
+        assert back["cue_is_key"] == (cue_kind == "Key")
+        assert back["upper_is_right"] == (u.success_pos[1] < u.agent_pos[1])
+        # forced: forward to the end column and two turns; then the oracle's turn and step
+        assert back["forced"] == (u.success_pos[0] - int(u.agent_pos[0])) + 2 and back["calls"] == back["forced"] + 2
+    assert kinds == {"Key", "Ball"}
+
+
+def test_linear_probe_reads_what_the_features_hold_and_nothing_else():
+    rng = np.random.default_rng(0)
+    y = rng.random(120) < 0.5
+    noise = rng.normal(size=(120, 16))
+    held = noise.copy()
+    held[:, 3] += np.where(y, 1.5, -1.5)  # one unit carries the label
+    assert probe.linear_probe_accuracy(held, y) > 0.9
+    assert 0.3 < probe.linear_probe_accuracy(noise, y) < 0.7
+    with pytest.raises(ValueError, match="needs both labels"):
+        probe.linear_probe_accuracy(noise, np.ones(120))
+
+
 def test_with_a_3x3_view_the_cue_is_out_of_view_from_the_end_of_the_hallway():
     env = make(view_size=3)
     for seed in range(30):

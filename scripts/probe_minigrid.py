@@ -82,7 +82,8 @@ def probe_episode(env, act: Callable[[object, bool], object], seed: int) -> Dict
 def led_back(env, act: Callable[[object, bool], object], seed: int) -> Dict[str, object]:
     """The episode of ``seed`` with the route forced to the end of the hallway and round to face the start room (two
     right turns; ``act`` sees every observation, so a recurrent policy's state follows the forced route), then played
-    on by ``act``. Returns ``succeeds`` (it ended on the matching object), ``calls`` (act calls in all; the first
+    on by ``act``. Returns ``succeeds`` (it ended on the matching object), ``ended_on_object`` (on either one, not
+    by running out of steps), ``calls`` (act calls in all; the first
     ``forced`` of them were on the forced route, so call ``forced`` is the one on the look-back view and the last
     one chose the final action), ``cue_is_key`` and ``upper_is_right`` (the matching object is the upper one)."""
     obs, _ = env.reset(seed=seed)
@@ -100,7 +101,8 @@ def led_back(env, act: Callable[[object, bool], object], seed: int) -> Dict[str,
         obs, reward, terminated, truncated, _ = env.step(act(obs, False))
         calls += 1
         total, done = total + float(reward), terminated or truncated
-    return {"succeeds": total > 0, "calls": calls, "forced": len(forced), **labels}
+    ended = tuple(u.agent_pos) in (tuple(u.success_pos), tuple(u.failure_pos))
+    return {"succeeds": total > 0, "ended_on_object": ended, "calls": calls, "forced": len(forced), **labels}
 
 
 def led_back_succeeds(env, act: Callable[[object, bool], object], seed: int) -> bool:
@@ -181,8 +183,9 @@ def action_entropy(policy, observations: np.ndarray, starts: np.ndarray, mask: n
 def cue_probes(policy, observations: np.ndarray, states: np.ndarray, looks: List[Dict[str, object]]):
     """Where the cue is lost, if it is: linear-probe accuracy (:func:`linear_probe_accuracy`) of the cue's kind from
     the encoder's output on the look-back view, from the actor core's state after that view and from its state at
-    the decision (the final action's), and of the matching side from that last state (what the action head needs).
-    None where the led-back episodes do not have both labels."""
+    the decision (the one the step onto an object was chosen from), and of the matching side from that last state
+    (what the action head needs), over the led-back episodes that ended on an object. None where those do not have
+    both labels."""
     names = ("probe_cue_encoder_look", "probe_cue_state_look", "probe_cue_state_decide", "probe_side_state_decide")
     cue = np.array([lk["cue_is_key"] for lk in looks], dtype=float)
     side = np.array([lk["upper_is_right"] for lk in looks], dtype=float)
@@ -224,7 +227,7 @@ def probe_run(run_dir: Path, episodes: int, seed0: int) -> Dict[str, object]:
         first = len(seen)
         back = led_back(env, act, seed)
         eps[-1]["led_back_succeeds"] = back["succeeds"]
-        if back["calls"] > back["forced"]:  # the episode did not end on the forced route
+        if back["calls"] > back["forced"] and back["ended_on_object"]:  # the policy chose a side after the view
             looks.append({**back, "look": first + back["forced"], "decide": first + back["calls"] - 1})
     observations = np.stack(seen)
     activity = encoder_activity(policy, observations)
@@ -299,10 +302,11 @@ def main(argv=None) -> int:
                      f"{_pct(r['encoder_varying'])} of {r['encoder_units']} | {_pct(r['encoder_saturated'])} | "
                      f"{r['action_entropy']:.3f} |")
     table += ["", "Where the cue is lost: held-out accuracy (5-fold) of a linear read-out (L2-regularised logistic "
-              "regression) over the led-back episodes, of the cue's kind (key or ball) from the encoder's output on "
-              "the look-back view, from the actor core's state after that view and from its state at the decision "
-              "(the one the final action was chosen from), and of the matching side (upper or lower object) from "
-              "that last state. 50% = the features say nothing of it; near 100% = a linear head could read it.", "",
+              "regression) over the led-back episodes that ended on an object, of the cue's kind (key or ball) from "
+              "the encoder's output on the look-back view, from the actor core's state after that view and from its "
+              "state at the decision (the one the step onto an object was chosen from), and of the matching side "
+              "(upper or lower object) from that last state. 50% = the features say nothing of it; near 100% = a "
+              "linear head could read it; - = too few such episodes, or only one label among them.", "",
               "| run | led back, succeeds | cue from encoder, look-back | cue from state, look-back | "
               "cue from state, decision | side from state, decision |", "|---" * 6 + "|"]
     for r in rows:

@@ -118,6 +118,7 @@ def test_led_back_labels_and_act_calls_are_the_envs():
         assert back["cue_is_key"] == (cue_kind == "Key")
         assert back["upper_is_right"] == (u.success_pos[1] < u.agent_pos[1])
         # forced: forward to the end column and two turns; then the oracle's turn and step
+        assert back["ended_on_object"]
         assert back["forced"] == (u.success_pos[0] - int(u.agent_pos[0])) + 2 and back["calls"] == back["forced"] + 2
     assert kinds == {"Key", "Ball"}
 

@@ -1,4 +1,5 @@
-"""Where the time goes: one training iteration (rollout and update) and one batch-1 ``act`` call, by component.
+"""Where the time goes: one training iteration (rollout and update) and one batch-1 ``act`` call, by component;
+one MiniGrid update by operator.
 
 Each component is a function of the trainer, the policy, the env or torch, timed by wrapping it with a wall clock
 for the profiled iterations only (a few hundred nanoseconds per call, no tracing profiler); whatever is left of the
@@ -154,6 +155,21 @@ def profile_act(policy, obs, calls: int) -> Dict[str, object]:
     return {"p50_us": p50, "ops": rows, "ops_us_under_profiler": sum(e.self_cpu_time_total for e in ops) / n}
 
 
+def profile_update_ops(model, top: int = 15) -> Dict[str, object]:
+    """One update (``model.train()`` after a rollout) split by torch's profiler into its ATen operators and the
+    autograd functions of the fused kernels (self CPU time; the profiler adds its own overhead per operator)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model.learn(model.n_steps * model.n_envs)  # a fresh rollout in the buffer
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        model.train()
+    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in ops)
+    rows = [{"op": e.key, "ms": e.self_cpu_time_total / 1e3, "share": e.self_cpu_time_total / total,
+             "calls": e.count} for e in ops[:top]]
+    return {"ms_under_profiler": total / 1e3, "ops": rows}
+
+
 def phase_table(title: str, result: Dict[str, object]) -> List[str]:
     lines = [f"### {title}", "", "| phase | component | s per 1k steps | share of phase | calls |",
              "|---|---|---|---|---|"]
@@ -192,6 +208,18 @@ def main() -> None:
         table += phase_table(label, result)
         print(f"{label}: rollout {result['rollout']['s_per_1k_steps']:.3f} s/1k, "
               f"update {result['update']['s_per_1k_steps']:.3f} s/1k", flush=True)
+    table += ["## One update, by operator (MiniGrid-MemoryS7-v0, ours)", "",
+              "Self CPU time of the operators of one `model.train()` (4 epochs over a 1,024-step rollout) under "
+              "torch's profiler, the 15 largest; `GRULayerFunction*` / `LSTMLayerFunction*` are the fused kernels' "
+              "per-step loops (their matrix products over all steps count as `aten::mm` / `aten::addmm`).", ""]
+    for core in ("gru", "lstm"):
+        result = profile_update_ops(minigrid[f"recurrent-agents ({core})"]())
+        payload["update_ops"] = {**payload.get("update_ops", {}), core: result}
+        table += [f"### {core}: {result['ms_under_profiler']:.0f} ms under the profiler", "",
+                  "| operator | ms | share | calls |", "|---|---|---|---|"]
+        table += [f"| {r['op']} | {r['ms']:.1f} | {r['share']:.0%} | {r['calls']:,} |" for r in result["ops"]]
+        table.append("")
+        print(f"update ops {core}: {result['ms_under_profiler']:.0f} ms", flush=True)
     table += ["## One batch-1 `policy.act` call (hidden 128, deterministic), by ATen operator", "",
               "p50 wall time of the call without the profiler; operator times are self CPU time per call under "
               "torch's profiler (which adds its own overhead), the operators below 0.5 us left out.", ""]

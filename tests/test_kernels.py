@@ -69,6 +69,19 @@ def _assert_grads(g_fast, g_ref, atol=2e-5, rtol=1e-4):
         torch.testing.assert_close(g_fast[k], g_ref[k], atol=atol, rtol=rtol, msg=lambda m: f"grad of {k}: {m}")
 
 
+def _assert_matches_stepwise(fast, slow, x, state0, starts, g):
+    """The fused sequence path against the stock step-by-step reference with resets: outputs, final state and every
+    gradient (of random output and state weights drawn from ``g``); returns the fused outputs."""
+    T, B, H = x.shape[0], x.shape[1], fast.hidden_size
+    gy, gs = torch.randn(T, B, H, generator=g), torch.randn(B, *fast.state_shape, generator=g)
+    y_f, s_f, g_f = _run(lambda c, x_, s_: c.forward_sequence(x_, s_, starts), fast, x, state0, gy, gs)
+    y_r, s_r, g_r = _run(lambda c, x_, s_: _stepwise(c, x_, s_, starts), slow, x, state0, gy, gs)
+    torch.testing.assert_close(y_f, y_r, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s_f, s_r, atol=1e-5, rtol=1e-5)
+    _assert_grads(g_f, g_r)
+    return y_f
+
+
 _rng = random.Random(0)
 # T, B, F, H: a few fixed ones and a few drawn at random (odd sizes exercise the vector loops' remainders)
 SHAPES = [(1, 1, 3, 4), (7, 3, 5, 8), (16, 8, 12, 32), (33, 5, 64, 64)] + [
@@ -109,12 +122,7 @@ def test_matches_stepwise_reference_with_resets(name, num_layers, shape):
     starts = torch.rand(T, B, generator=g) < 0.25
     starts[0, 0] = True
     starts[T // 2, :] = True  # every env at once
-    gy, gs = torch.randn(T, B, H, generator=g), torch.randn(B, *fast.state_shape, generator=g)
-    y_f, s_f, g_f = _run(lambda c, x_, s_: c.forward_sequence(x_, s_, starts), fast, x, state0, gy, gs)
-    y_r, s_r, g_r = _run(lambda c, x_, s_: _stepwise(c, x_, s_, starts), slow, x, state0, gy, gs)
-    torch.testing.assert_close(y_f, y_r, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(s_f, s_r, atol=1e-5, rtol=1e-5)
-    _assert_grads(g_f, g_r)
+    y_f = _assert_matches_stepwise(fast, slow, x, state0, starts, g)
     # float episode_start flags (0/1) act the same as bools
     y_f2, _ = fast.forward_sequence(x, state0, starts.float())
     torch.testing.assert_close(y_f2, y_f)
@@ -126,18 +134,13 @@ def test_matches_stepwise_reference_with_resets(name, num_layers, shape):
 def test_every_row_block_of_the_step_product(name, B):
     """The per-step product's own path (up to 8 rows, split into blocks of 6, 5, 2 and 1) against the step-by-step
     reference at every batch size it splits differently, with a hidden size whose gate columns (3H = 135, 4H = 180)
-    leave remainders after the 24-, 16- and 8-column blocks; B = 9 takes the BLAS path."""
+    leave remainders after the 40-, 24-, 16- and 8-column blocks; B = 9 takes the BLAS path."""
     T, F, H = 12, 7, 45
     fast, slow = _pair(name, F, H, 1, seed=B)
     g = torch.Generator().manual_seed(B)
     x, state0 = torch.randn(T, B, F, generator=g), torch.randn(B, *fast.state_shape, generator=g)
     starts = torch.rand(T, B, generator=g) < 0.2
-    gy, gs = torch.randn(T, B, H, generator=g), torch.randn(B, *fast.state_shape, generator=g)
-    y_f, s_f, g_f = _run(lambda c, x_, s_: c.forward_sequence(x_, s_, starts), fast, x, state0, gy, gs)
-    y_r, s_r, g_r = _run(lambda c, x_, s_: _stepwise(c, x_, s_, starts), slow, x, state0, gy, gs)
-    torch.testing.assert_close(y_f, y_r, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(s_f, s_r, atol=1e-5, rtol=1e-5)
-    _assert_grads(g_f, g_r)
+    _assert_matches_stepwise(fast, slow, x, state0, starts, g)
 
 
 @needs_fused

@@ -149,7 +149,7 @@ class MiniGridEncoder(nn.Module):
     def _folded_first_layer(self, codes: torch.Tensor) -> torch.Tensor:
         """The embedding and the first linear layer as one product: ``onehot(codes) @ table + bias``, where each
         table row is one code's embedding through its position's slice of the layer's weight. The same function
-        and gradients as embedding-then-linear, with a fifth of the training arithmetic (no gradient for the
+        and gradients as embedding-then-linear, with about half the training arithmetic (no gradient for the
         input, no gathers; results/profile.md)."""
         linear = self.net[0]
         out, dim, cells = linear.out_features, self.embed.embedding_dim, (self.n_codes - 1) // 3

@@ -207,7 +207,7 @@ struct NoGrad {  // nothing inside a kernel is recorded by autograd
 
 // ------------------------------------------------------------------------------------------------ per-step product
 // The sequence kernels' per-step recurrent product C [B, N] (+)= A [B, K] M [K, N] (M row-major). At a few batch
-// rows a BLAS call costs several times its arithmetic (dispatch, packing; results/profile.md), so up to
+// rows a BLAS call costs several times its arithmetic (dispatch, packing; results/profile_before.md), so up to
 // kStepRowsMax rows of float it runs here: blocks of MB rows x 8*NV columns held in vector registers over the whole
 // k loop (GCC/Clang vector extensions). Each output sums over k in order, with FMA where the CPU has it.
 constexpr int64_t kStepRowsMax = 8;
@@ -217,7 +217,7 @@ constexpr int64_t kStepRowsMax = 8;
 typedef float v8f __attribute__((vector_size(32)));
 
 // Rows are given by pointers, so that a block can be filled up with a zero row (A) and a scratch row (C): 3 or 4
-// rows run as 5, which measured faster than as 2 + 1, 2 + 2 or a 4-row block (scripts/bench_kernels.py shapes).
+// rows run as 5, which measured faster than 2 + 1, 2 + 2 or a 4-row block on this project's CPU (commit 1e059f1).
 template <int MB, int NV>
 int64_t step_mm_block(const float* const* __restrict A, int64_t K, const float* __restrict M, int64_t N, int64_t n0,
                       float* const* __restrict C, bool accumulate) {
@@ -282,15 +282,15 @@ inline bool step_mm_own(at::ScalarType dtype, int64_t B) {
 }
 
 // C [B, N] (+)= A [B, K] M [K, N] for one step, all contiguous. Float rows up to kStepRowsMax run on raw pointers
-// (no Tensor per step); more rows, double, or no vector extensions: at::mm_out / addmm_ on the given views.
+// (no Tensor per step); more rows, double, or no vector extensions: at::mm_out / addmm_ on the given views (C is
+// C_all[t], or C_all itself where c_is_step is false, and A is A_all[t]).
 template <typename s_t>
-// (For BLAS: C is C_all[t], or C_all itself where c_is_step is false, and A is A_all[t].)
 void step_mm(s_t* c, const s_t* a, const s_t* m, int64_t B, int64_t K, int64_t N, const Tensor& C_all,
              const Tensor& A_all, const Tensor& M, int64_t t, bool c_is_step, bool accumulate) {
 #ifdef RA_STEP_MM
   if constexpr (std::is_same_v<s_t, float>) {
     if (step_mm_own(at::kFloat, B)) {
-      // row blocks by measured speed (results/profile.md): 6 rows x 16 columns, 5 x 16 (also for 3 or 4 rows),
+      // row blocks by measured speed (commits ed606da, 1e059f1): 6 rows x 16 columns, 5 x 16 (also 3 or 4 rows),
       // 2 x 24, 1 x 40
       for (int64_t b = 0; b < B;) {
         const int64_t rows = std::min<int64_t>(B - b, 6);

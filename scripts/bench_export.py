@@ -52,12 +52,15 @@ def play(act, env, seeds: List[int], reference=None) -> Dict[str, float]:
     return out
 
 
-def stateful(fn, initial):
-    """Wrap ``fn(obs, state, start) -> (action, state)`` into ``act(obs, start) -> action`` keeping the state."""
+def stateful(fn, initial, on_state=None):
+    """Wrap ``fn(obs, state, start) -> (action, state)`` into ``act(obs, start) -> action`` keeping the state;
+    ``on_state(state)``, if given, sees each new state."""
     box = {"state": initial}
 
     def act(obs, start):
         action, box["state"] = fn(obs, box["state"], start)
+        if on_state is not None:
+            on_state(box["state"])
         return action.item() if np.ndim(action) == 0 else action
     return act
 

@@ -52,6 +52,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
+from bench_export import stateful  # noqa: E402
 
 DEFAULT_RUNS = "results/runs/sweep_minigrid7/*/*/"
 LEFT, RIGHT, FORWARD = 0, 1, 2  # minigrid's action numbers (also with action_set=move)
@@ -83,9 +84,9 @@ def led_back(env, act: Callable[[object, bool], object], seed: int) -> Dict[str,
     """The episode of ``seed`` with the route forced to the end of the hallway and round to face the start room (two
     right turns; ``act`` sees every observation, so a recurrent policy's state follows the forced route), then played
     on by ``act``. Returns ``succeeds`` (it ended on the matching object), ``ended_on_object`` (on either one, not
-    by running out of steps), ``calls`` (act calls in all; the first
-    ``forced`` of them were on the forced route, so call ``forced`` is the one on the look-back view and the last
-    one chose the final action), ``cue_is_key`` and ``upper_is_right`` (the matching object is the upper one)."""
+    by running out of steps), ``calls`` (act calls in all; the first ``forced`` of them were on the forced route, so
+    call ``forced`` is the one on the look-back view and the last one chose the final action), ``cue_is_key`` and
+    ``upper_is_right`` (the matching object is the upper one)."""
     obs, _ = env.reset(seed=seed)
     u = env.unwrapped
     cue = u.grid.get(1, u.height // 2 - 1)
@@ -103,11 +104,6 @@ def led_back(env, act: Callable[[object, bool], object], seed: int) -> Dict[str,
         total, done = total + float(reward), terminated or truncated
     ended = tuple(u.agent_pos) in (tuple(u.success_pos), tuple(u.failure_pos))
     return {"succeeds": total > 0, "ended_on_object": ended, "calls": calls, "forced": len(forced), **labels}
-
-
-def led_back_succeeds(env, act: Callable[[object, bool], object], seed: int) -> bool:
-    """:func:`led_back`'s ``succeeds``."""
-    return bool(led_back(env, act, seed)["succeeds"])
 
 
 def linear_probe_accuracy(x: np.ndarray, y: np.ndarray, folds: int = 5, l2: float = 1e-2, seed: int = 0) -> float:
@@ -210,14 +206,13 @@ def probe_run(run_dir: Path, episodes: int, seed0: int) -> Dict[str, object]:
     seen: List[np.ndarray] = []
     starts: List[bool] = []
     states: List[np.ndarray] = []  # the actor core's state each act call left (what its action was chosen from)
-    box = {"state": policy.initial_state(1)}
+    policy_act = stateful(lambda o, s, e: policy.act(o, s, e, deterministic=True), policy.initial_state(1),
+                          on_state=lambda s: states.append(policy._split(s)[0].reshape(-1).numpy().copy()))
 
     def act(obs, start):
         seen.append(np.array(obs))
         starts.append(bool(start))
-        action, box["state"] = policy.act(obs, box["state"], start, deterministic=True)
-        states.append(policy._split(box["state"])[0].reshape(-1).numpy().copy())
-        return action.item() if np.ndim(action) == 0 else action
+        return policy_act(obs, start)
 
     eps, own, looks = [], [], []  # own: the steps of the policy's own episodes (not of the led-back replays)
     for seed in range(seed0, seed0 + episodes):

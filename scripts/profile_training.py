@@ -214,7 +214,7 @@ def main() -> None:
               "per-step loops (their matrix products over all steps count as `aten::mm` / `aten::addmm`).", ""]
     for core in ("gru", "lstm"):
         result = profile_update_ops(minigrid[f"recurrent-agents ({core})"]())
-        payload["update_ops"] = {**payload.get("update_ops", {}), core: result}
+        payload.setdefault("update_ops", {})[core] = result
         table += [f"### {core}: {result['ms_under_profiler']:.0f} ms under the profiler", "",
                   "| operator | ms | share | calls |", "|---|---|---|---|"]
         table += [f"| {r['op']} | {r['ms']:.1f} | {r['share']:.0%} | {r['calls']:,} |" for r in result["ops"]]

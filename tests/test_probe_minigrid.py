@@ -92,12 +92,12 @@ def test_look_back_route_always_wins_and_holds_the_cue_for_two_actions():
 
 def test_led_back_tells_a_policy_that_decides_from_one_that_never_gets_there():
     env = make()
-    assert all(probe.led_back_succeeds(env, look_back_route(env), seed) for seed in range(20))
+    assert all(probe.led_back(env, look_back_route(env), seed)["succeeds"] for seed in range(20))
     # the straight route, put there, walks back into the start room and never turns round: the episode runs out
-    assert not any(probe.led_back_succeeds(env, straight_route(env), seed) for seed in range(20))
+    assert not any(probe.led_back(env, straight_route(env), seed)["succeeds"] for seed in range(20))
     # turning left there (then stepping on) wins exactly when the matching object is the lower one
     u = env.unwrapped
-    turns_left = [probe.led_back_succeeds(env, lambda obs, start: LEFT if u.agent_dir == WEST else FORWARD, seed)
+    turns_left = [probe.led_back(env, lambda obs, start: LEFT if u.agent_dir == WEST else FORWARD, seed)["succeeds"]
                   for seed in range(40)]
     lower = []
     for seed in range(40):

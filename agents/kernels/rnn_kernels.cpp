@@ -253,13 +253,17 @@ int64_t step_mm_block(const float* const* __restrict A, int64_t K, const float* 
 // `rows` (<= MB) rows starting at a / c, run as a block of MB: wide blocks, 8-column blocks, then the last columns
 template <int MB, int NV>
 void step_mm_rows(const float* a, int64_t K, const float* m, int64_t N, float* c, int64_t rows, bool accumulate) {
-  std::vector<float> pad;
+  // the filler rows: a zero row of A (never written) and a scratch row of C, kept per thread across calls
+  thread_local std::vector<float> zeros, scratch;
+  if (rows < MB) {
+    if (zeros.size() < static_cast<size_t>(K)) zeros.assign(K, 0.0f);
+    if (scratch.size() < static_cast<size_t>(N)) scratch.resize(N);
+  }
   const float* A[MB];
   float* C[MB];
-  if (rows < MB) pad.assign(K + N, 0.0f);  // one zero row of A, one scratch row of C for the filler rows
   for (int b = 0; b < MB; ++b) {
-    A[b] = b < rows ? a + b * K : pad.data();
-    C[b] = b < rows ? c + b * N : pad.data() + K;
+    A[b] = b < rows ? a + b * K : zeros.data();
+    C[b] = b < rows ? c + b * N : scratch.data();
   }
   int64_t n0 = step_mm_block<MB, NV>(A, K, m, N, 0, C, accumulate);
   n0 = step_mm_block<MB, 1>(A, K, m, N, n0, C, accumulate);
